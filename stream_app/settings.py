@@ -1,0 +1,123 @@
+"""Every setting of nextclick in one typed place: environment variables prefixed `NEXTCLICK_`.
+
+The trainer and the worker read the same object, so a deployment configures both with one
+ConfigMap. The README's configuration reference lists each variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEXTCLICK_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared" / "data",
+        description="Folder holding the session click logs (one sub-folder per data set).",
+    )
+    artifact_dir: Path = Field(
+        default=REPO_ROOT / "artifacts",
+        description="Where `training.retrain` writes model artifacts and the worker reads them.",
+    )
+
+    # --- Streaming worker: Kafka connection -------------------------------------------------
+    # Defaults suit a real Kafka cluster. The embedded test/demo broker (Tansu) wants shorter
+    # group timings and fetch waits: `stream_app.embedded_broker.TANSU_WORKER_TUNING` lists them
+    # and `EmbeddedBroker.worker_env()` turns them into NEXTCLICK_* variables.
+    bootstrap_servers: str = Field(
+        default="localhost:9092", description="Comma-separated Kafka bootstrap host:port list."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)."
+    )
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(default=None, description="Private key of `ssl_certfile`.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+
+    # --- Streaming worker: topics and application ---------------------------------------------
+    app_id: str = Field(
+        default="nextclick", description="faust app id: the consumer group and table topic prefix."
+    )
+    clicks_topic: str = Field(
+        default="clicks", description="Input click events, keyed by session id (UTF-8)."
+    )
+    recommendations_topic: str = "recommendations"
+    dead_letter_topic: str = Field(
+        default="clicks-dlq", description="Malformed clicks, original bytes plus reason headers."
+    )
+    partitions: int = Field(
+        default=4, ge=1, description="Partitions of the clicks topic and of the session table."
+    )
+    table_store: str = Field(
+        default="memory://",
+        description="faust table store: `memory://` or `rocksdb://` (needs faust-streaming[rocksdict]).",
+    )
+    table_dir: Path = Field(
+        default=REPO_ROOT / "runs" / "tables", description="Where a RocksDB table store keeps files."
+    )
+    serving_artifact_dir: Path = Field(
+        default=REPO_ROOT / "artifacts" / "current",
+        description="The artifact directory (see `stream_app.scoring`) the worker serves.",
+    )
+    inference_threads: int = Field(
+        default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."
+    )
+    model_retry_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between attempts to load a missing or bad artifact."
+    )
+
+    # --- Streaming worker: recommendation behaviour -------------------------------------------
+    top_k: int = Field(default=20, ge=1, description="Items per suggestion.")
+    exclude_seen: bool = Field(
+        default=True, description="Leave items already clicked in the session out of suggestions."
+    )
+    session_ttl: float = Field(
+        default=1800.0, gt=0, description="Seconds of inactivity after which a session is forgotten."
+    )
+    eviction_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between sweeps that evict idle sessions."
+    )
+    max_history: int = Field(
+        default=50, ge=1, description="Clicked items kept per session (L): for exclusion and replay."
+    )
+    max_payload_bytes: int = Field(
+        default=16_384, ge=64, description="Larger click messages go to the dead-letter topic."
+    )
+    batch_size: int = Field(default=256, ge=1, description="Most clicks scored in one model call.")
+    batch_window: float = Field(
+        default=0.01, gt=0, description="Seconds to wait for a batch to fill before scoring it."
+    )
+
+    # --- Streaming worker: operations and broker tuning ---------------------------------------
+    web_port: int = Field(
+        default=6066, description="HTTP port of /metrics, /livez and /readyz (faust's web server)."
+    )
+    broker_session_timeout: float = Field(
+        default=60.0, gt=0, description="Consumer group session timeout, seconds (faust default)."
+    )
+    broker_heartbeat_interval: float = Field(default=3.0, gt=0, description="Seconds.")
+    broker_rebalance_timeout: float = Field(default=60.0, gt=0, description="Seconds.")
+    broker_commit_interval: float = Field(
+        default=2.8, gt=0, description="Seconds between offset commits (faust default)."
+    )
+    consumer_fetch_max_wait: float = Field(
+        default=1.5,
+        gt=0,
+        description="Longest a fetch may wait in the broker for data, seconds (faust's fixed 1.5 s).",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

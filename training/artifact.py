@@ -1,0 +1,70 @@
+"""A model artifact: one directory holding everything a worker needs to serve, plus its provenance.
+
+Files: gru4rec.onnx (the serving graph), item_ids.json (index → external id), popularity.npy (click
+counts per index, for cold start), config.json, metrics.json, and manifest.json, written last, with
+the sha256 of every other file so a worker can refuse a corrupt or partial copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stream_app.settings import REPO_ROOT
+
+MANIFEST = "manifest.json"
+ITEM_IDS = "item_ids.json"
+POPULARITY = "popularity.npy"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """The git commit the trainer ran from (with '-dirty' when the tree had changes), or 'unknown'."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def new_version() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_artifact_metadata(directory: Path, *, version: str, item_ids: np.ndarray, popularity: np.ndarray,
+                            config: dict, metrics: dict, models: dict[str, dict]) -> Path:
+    """Write the data files and the manifest around model files already saved in `directory`."""
+    write_json(directory / ITEM_IDS, [str(i) for i in item_ids])
+    np.save(directory / POPULARITY, np.asarray(popularity, dtype=np.int64))
+    write_json(directory / CONFIG, config)
+    write_json(directory / METRICS, metrics)
+    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    write_json(directory / MANIFEST, {
+        "version": version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code_version": code_version(),
+        "models": models,
+        "files": {name: sha256_of(directory / name) for name in files},
+    })
+    return directory / MANIFEST
