@@ -29,8 +29,9 @@ class GRU4RecServingStep(nn.Module):
             raise ValueError(f"serving stacks the layers' states into one tensor: layers must be equal, got {model.config.layers}")
         if not 0 < top_k <= model.config.n_items:
             raise ValueError(f"top_k must be in 1..{model.config.n_items}, got {top_k}")
-        self.model = model.eval()
+        self.model = model
         self.top_k = top_k
+        self.eval()  # the exporter restores this mode afterwards: eval, so dropout stays off for the caller too
 
     def forward(self, item: torch.Tensor, hidden: torch.Tensor):
         scores, next_hidden = self.model(item, list(hidden.unbind(0)))

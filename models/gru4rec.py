@@ -150,6 +150,7 @@ class GRU4Rec(nn.Module):
         """Training forward: scores [B, C] of the gathered candidates, and the new hidden states."""
         input_table = rows.output_weights if rows.input_embedding is None else rows.input_embedding
         output, new_hidden = self.step(input_table[rows.position["items"]], hidden)
-        candidates = rows.position["candidates"]
-        scores = torch.addmm(rows.output_bias[candidates].T, output, rows.output_weights[candidates].T)
-        return scores, new_hidden
+        # score each distinct item once, then pick the candidates' columns: the GEMM and its gradient
+        # scatter then run over the few thousand distinct rows, not over every (repeated) candidate
+        distinct_scores = torch.addmm(rows.output_bias.T, output, rows.output_weights.T)
+        return distinct_scores[:, rows.position["candidates"]], new_hidden

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> Path:
         out, version=version, item_ids=item_map.ids, popularity=popularity,
         config={"gru4rec": params.to_dict(), "top_k": args.top_k},
         metrics=metrics,
-        models={"gru4rec": {"file": "gru4rec.onnx", "layers": model.n_layers, "hidden_size": model.hidden_size,
+        models={"gru4rec": {"file": "gru4rec.onnx", "n_items": len(item_map), "layers": model.n_layers, "hidden_size": model.hidden_size,
                             "top_k": args.top_k}},
     )
     print(f"\nartifact {version} written to {out}")

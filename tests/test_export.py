@@ -1,0 +1,63 @@
+"""The ONNX serving graph gives what the torch model gives, on real sessions, step after step."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.export import export_gru4rec
+from training.artifact import sha256_of
+from training.retrain import main as retrain
+from training.trainer import GRU4RecTraining, train_gru4rec
+from tests.real_slices import yoochoose_slice
+
+TOP_K = 20
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train, test, _, popularity = yoochoose_slice()
+    params = GRU4RecTraining(layers=(48, 48), batch_size=32, n_sample=128, n_epochs=1)
+    model, _ = train_gru4rec(train, popularity, params, progress=False)
+    return model, test
+
+
+def test_onnx_step_matches_torch_on_real_sessions(trained, tmp_path):
+    model, test = trained
+    session = ort.InferenceSession(str(export_gru4rec(model, tmp_path / "g.onnx", top_k=TOP_K)))
+    for batch in (1, 7):  # the batch dimension is dynamic
+        sessions = [test.items[test.offsets[s]:test.offsets[s + 1]] for s in range(batch)]
+        steps = min(len(s) for s in sessions)
+        hidden = np.zeros((model.n_layers, batch, model.hidden_size), dtype=np.float32)
+        torch_hidden = [torch.zeros(batch, model.hidden_size) for _ in range(model.n_layers)]
+        for t in range(steps):  # feed each step's hidden state back, as the worker does
+            items = np.array([s[t] for s in sessions], dtype=np.int64)
+            top_items, top_scores, hidden = session.run(None, {"item": items, "hidden": hidden})
+            with torch.no_grad():
+                scores, torch_hidden = model(torch.from_numpy(items), torch_hidden)
+            expected_scores, expected_items = torch.topk(scores, TOP_K)
+            np.testing.assert_allclose(hidden, torch.stack(torch_hidden).numpy(), atol=1e-4)
+            np.testing.assert_array_equal(top_items, expected_items.numpy())
+            np.testing.assert_allclose(top_scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_retrain_writes_a_verifiable_artifact(tmp_path):
+    out = retrain(["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1500", "--max-test-sessions", "200",
+                   "--epochs", "1", "--layers", "16", "--batch-size", "16", "--n-sample", "32", "--top-k", "10",
+                   "--out", str(tmp_path / "artifact"), "--no-progress"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    expected_files = {"gru4rec.onnx", "item_ids.json", "popularity.npy", "config.json", "metrics.json",
+                      "training_curve.png"}
+    assert set(manifest["files"]) == expected_files
+    for name, digest in manifest["files"].items():
+        assert sha256_of(out / name) == digest
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"gru4rec", "popularity"}
+    assert 0.0 <= metrics["results"]["gru4rec"]["recall@20"] <= 1.0
+    item_ids = json.loads((out / "item_ids.json").read_text())
+    assert len(item_ids) == len(np.load(out / "popularity.npy")) == manifest["models"]["gru4rec"]["n_items"]
+    outputs = ort.InferenceSession(str(out / "gru4rec.onnx")).run(
+        None, {"item": np.array([0, 1]), "hidden": np.zeros((1, 2, 16), dtype=np.float32)})
+    assert outputs[0].shape == (2, 10)

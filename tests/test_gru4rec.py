@@ -1,0 +1,91 @@
+"""GRU4Rec's model, optimiser, training and evaluation on a slice of the real YOOCHOOSE log."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.gru4rec import GRU4Rec, GRU4RecConfig
+from training.data import Sessions
+from training.evaluate import evaluate, model_ranks, popularity_ranks
+from training.optim import AdagradMomentum
+from training.trainer import GRU4RecTraining, train_gru4rec
+from tests.real_slices import yoochoose_slice
+
+SMALL = dict(layers=(32,), batch_size=32, n_sample=64, n_epochs=1, dropout_embed=0.0, dropout_hidden=0.0)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_training_scores_equal_full_catalogue_scores(constrained):
+    torch.manual_seed(0)
+    model = GRU4Rec(GRU4RecConfig(n_items=50, layers=(8,), embedding=0 if constrained else 6,
+                                  constrained_embedding=constrained)).eval()
+    items, candidates = torch.tensor([3, 7, 7]), torch.tensor([7, 1, 3, 49, 1, 0])
+    hidden = [torch.randn(3, 8)]
+    rows = model.gather_rows(items, candidates)
+    sampled, sampled_hidden = model.score_candidates(rows, hidden)
+    full, full_hidden = model(items, hidden)
+    torch.testing.assert_close(sampled, full[:, candidates])
+    torch.testing.assert_close(sampled_hidden[0], full_hidden[0])
+
+
+def test_initialisation_follows_the_official_bounds():
+    model = GRU4Rec(GRU4RecConfig(n_items=1000, layers=(64,)))
+    assert model.output_weights.abs().max() <= math.sqrt(6 / (1000 + 64))
+    assert model.grus[0].weight_hh.abs().max() <= math.sqrt(6 / (64 + 64))
+    assert torch.count_nonzero(model.output_bias) == 0
+    assert torch.count_nonzero(model.grus[0].bias_ih) == 0
+
+
+def test_row_update_equals_the_dense_update_on_touched_rows_only():
+    torch.manual_seed(1)
+    table = torch.nn.Parameter(torch.randn(20, 4))
+    before = table.detach().clone()
+    dense = torch.nn.Parameter(table.detach().clone())
+    rows_opt = AdagradMomentum([], [table], lr=0.1, momentum=0.5)
+    dense_opt = AdagradMomentum([dense], [], lr=0.1, momentum=0.5)
+    ids = torch.tensor([2, 5, 11])
+    for _ in range(3):  # several steps so accumulators and momentum matter
+        grad_rows = torch.randn(3, 4)
+        rows_opt.step_rows(table, ids, grad_rows)
+        dense.grad = torch.zeros(20, 4).index_copy_(0, ids, grad_rows)
+        dense_opt.step_dense()
+    torch.testing.assert_close(table.detach()[ids], dense.detach()[ids])
+    untouched = torch.ones(20, dtype=torch.bool).index_fill_(0, ids, False)
+    torch.testing.assert_close(table.detach()[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("loss", ["bpr", "top1", "bpr-max", "top1-max", "cross-entropy"])
+def test_every_loss_learns_far_beyond_popularity(loss):
+    train, test, _, popularity = yoochoose_slice()
+    params = GRU4RecTraining(loss=loss, learning_rate=0.1, logq=1.0 if loss == "cross-entropy" else 0.0, **SMALL)
+    model, history = train_gru4rec(train, popularity, params, progress=False)
+    metrics, baseline = evaluate(model, popularity, test, name=loss)
+    assert np.isfinite(history.epochs[0].loss)
+    assert metrics.n_predictions == baseline.n_predictions == test.n_clicks - test.n_sessions
+    assert metrics.recall[20] > 2 * baseline.recall[20]
+
+
+def test_evaluation_resets_state_per_session():
+    """A session's ranks do not depend on which sessions share its batch."""
+    train, test, _, popularity = yoochoose_slice()
+    model, _ = train_gru4rec(train, popularity, GRU4RecTraining(**SMALL), progress=False)
+    batched = model_ranks(model, test, batch_size=64)
+    one_by_one = model_ranks(model, test, batch_size=1)
+    assert len(batched) == len(one_by_one)
+    assert sorted(batched.tolist()) == sorted(one_by_one.tolist())
+
+
+def test_ranks_are_conservative_on_ties():
+    class Constant(torch.nn.Module):
+        def initial_hidden(self, n):
+            return [torch.zeros(n, 1)]
+
+        def forward(self, items, hidden):
+            return torch.zeros(len(items), 30), hidden
+
+    sessions = Sessions(offsets=np.array([0, 3]), items=np.array([1, 2, 3]), n_dropped_clicks=0)
+    assert model_ranks(Constant(), sessions).tolist() == [30, 30]  # every tied item counts as ranked above
+    popularity = np.array([5, 5, 1, 9])
+    assert popularity_ranks(popularity, Sessions(np.array([0, 3]), np.array([3, 0, 2]), 0)).tolist() == [3, 4]

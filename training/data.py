@@ -1,0 +1,283 @@
+"""Click logs in, item-index sessions out.
+
+Every source (TSV/CSV/Parquet event logs, SR-GNN pickles) becomes a `ClickLog` with one invariant, so
+the trainer, the evaluator and the stream replay never look at file formats. Bad rows fail loudly with
+`DataError` naming the file and the row: a silently mis-ordered session trains a wrong model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+_SEPARATORS = ("\t", ";", ",")
+_TIME_SCALE = {"s": 1, "ms": 1000}  # divisor to seconds
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the 1-based data row (or pickle index)."""
+
+
+@dataclass(frozen=True)
+class ClickLog:
+    """Clicks of many sessions as parallel arrays. Invariant: each session's clicks are contiguous and in
+    time order; sessions are ordered by the time of their first click (ties and time-less sources: file order)."""
+
+    session_ids: np.ndarray  # dtype object (str), one per click
+    item_ids: np.ndarray  # dtype object (str), one per click
+    times: np.ndarray | None  # float64 unix seconds, one per click; None when the source has no time
+    source: str  # where it came from, for messages and artifact metadata
+
+    def __post_init__(self):
+        n = len(self.session_ids)
+        if len(self.item_ids) != n or (self.times is not None and len(self.times) != n):
+            raise ValueError("session_ids, item_ids and times must have one entry per click")
+
+    def session_offsets(self) -> np.ndarray:
+        """int64 [n_sessions + 1]: session s is clicks offsets[s]:offsets[s+1]."""
+        ids = self.session_ids
+        if not len(ids):
+            return np.zeros(1, np.int64)
+        starts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        return np.concatenate(([0], starts, [len(ids)])).astype(np.int64)
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.session_offsets()) - 1
+
+    @property
+    def n_clicks(self) -> int:
+        return len(self.session_ids)
+
+    def time_range(self) -> tuple[float, float] | None:
+        if self.times is None or not self.n_clicks:
+            return None
+        return float(self.times.min()), float(self.times.max())
+
+    def head_sessions(self, n: int) -> ClickLog:
+        """The first n sessions: small real slices for tests and smoke runs."""
+        end = self.session_offsets()[min(n, self.n_sessions)]
+        times = None if self.times is None else self.times[:end]
+        return ClickLog(self.session_ids[:end], self.item_ids[:end], times, self.source)
+
+
+def read_event_log(path, *, session_key="SessionId", item_key="ItemId", time_key="Time", time_unit="s",
+                   date_key=None, sep=None) -> ClickLog:
+    """Read a TSV/CSV (optionally .gz) or Parquet click log into a `ClickLog`.
+
+    Without `date_key`, `time_key` is an absolute time and each session's rows must already be in time
+    order in the file (a row going back in time means a broken export, so it raises). With `date_key`
+    (raw Diginetica: `timeframe` = ms since session start, `eventdate` = day), the time is the session's
+    first day plus the offset, and rows are put in time order within their session: that format stores
+    them in no particular order, and a session crossing midnight keeps its real duration.
+    """
+    path = Path(path)
+    if time_unit not in _TIME_SCALE:
+        raise ValueError(f"time_unit must be one of {list(_TIME_SCALE)}, not {time_unit!r}")
+    frame = _read_table(path, sep)
+    wanted = [session_key, item_key, time_key] + ([date_key] if date_key else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)}; columns present: "
+                        f"{', '.join(map(str, frame.columns))}")
+    if frame.empty:
+        raise DataError(f"{path.name}: no data rows")
+    sessions = _ids(frame[session_key], path, "session")
+    items = _ids(frame[item_key], path, "item")
+    times = pd.to_numeric(frame[time_key], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    _check_parsed(np.isfinite(times), frame[time_key], path, "time")
+    times = times / _TIME_SCALE[time_unit]
+    codes, _ = pd.factorize(sessions)  # session number by first appearance: the stable tie-break
+    if date_key:
+        day = pd.to_datetime(frame[date_key], format="%Y-%m-%d", errors="coerce")
+        _check_parsed(day.notna().to_numpy(), frame[date_key], path, "date")
+        day_s = (day - pd.Timestamp(0)).dt.total_seconds().to_numpy()
+        times = times + pd.Series(day_s).groupby(codes).transform("min").to_numpy()
+    first_time = pd.Series(times).groupby(codes).min().to_numpy()
+    keys = (times, codes, first_time[codes]) if date_key else (codes, first_time[codes])
+    order = np.lexsort(keys)  # stable: file order survives wherever the keys tie
+    sessions, items, times = sessions[order], items[order], times[order]
+    back = np.flatnonzero((sessions[1:] == sessions[:-1]) & (times[1:] < times[:-1]))
+    if len(back):
+        k = back[np.argmin(order[back + 1])]  # report the earliest offending row of the file
+        raise DataError(f"{path.name}: row {order[k + 1] + 1}: time goes backwards within session "
+                        f"'{sessions[k]}' ({times[k + 1]} < {times[k]})")
+    return ClickLog(sessions, items, times, str(path))
+
+
+def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
+    """All columns as strings (ids must never become ints or floats); Parquet keeps its types."""
+    if path.suffix in _PARQUET_SUFFIXES:
+        return pd.read_parquet(path)
+    if sep is None:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as f:
+            header = f.readline()
+        sep = max(_SEPARATORS, key=header.count)
+    try:
+        # Blank lines stay rows so that row numbers in messages match the file.
+        return pd.read_csv(path, sep=sep, dtype=str, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path.name}: {e}") from e
+
+
+def _ids(column: pd.Series, path: Path, what: str) -> np.ndarray:
+    text = column.astype(str)
+    bad = column.isna().to_numpy() | (text.str.strip() == "").to_numpy()
+    if bad.any():
+        raise DataError(f"{path.name}: row {np.argmax(bad) + 1}: missing {what} id")
+    return text.to_numpy(dtype=object)
+
+
+def _check_parsed(ok: np.ndarray, column: pd.Series, path: Path, what: str) -> None:
+    if not ok.all():
+        row = np.argmin(ok)
+        raise DataError(f"{path.name}: row {row + 1}: unparsable {what} {column.iloc[row]!r}")
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: only lists, tuples and ints are expected")
+
+
+def load_pickle_restricted(path):
+    """Unpickle (gzip or plain) without importing anything: a pickle naming any global is refused, so a
+    tampered data file cannot run code."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+        try:
+            return _NoGlobals(f).load()
+        except (pickle.UnpicklingError, EOFError) as e:
+            raise DataError(f"{path.name}: {e}") from e
+
+
+def read_srgnn_train(path) -> ClickLog:
+    """SR-GNN `all_train_seq.txt`: a pickled list of item-id lists, one per session, in time order."""
+    path = Path(path)
+    seqs = load_pickle_restricted(path)
+    if not isinstance(seqs, list):
+        raise DataError(f"{path.name}: expected a pickled list of sessions, got {type(seqs).__name__}")
+    for i, seq in enumerate(seqs):
+        if not _is_int_list(seq):
+            raise DataError(f"{path.name}: session {i}: expected a non-empty list of ints, got {seq!r:.80}")
+    return _sequences_log(seqs, "", path)
+
+
+def read_srgnn_test(path) -> ClickLog:
+    """SR-GNN `test.txt`: (inputs, targets) prefix-augmented; rebuild the full sessions.
+
+    Each session s gives samples (s[:-i], s[-i]) for i = 1..len(s)-1, longest input first, so a chain
+    starting with an input of length L spans L samples. Every sample is checked against its chain: the
+    rebuilt sessions then give back exactly the published (prefix -> next) samples.
+    """
+    path = Path(path)
+    pair = load_pickle_restricted(path)
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, list) for p in pair)
+            and len(pair[0]) == len(pair[1])):
+        raise DataError(f"{path.name}: expected a pickled (inputs, targets) pair of equal-length lists")
+    inputs, targets = pair
+    sessions, j = [], 0
+    while j < len(inputs):
+        first = inputs[j]
+        if not (_is_int_list(first) and type(targets[j]) is int):
+            raise DataError(f"{path.name}: sample {j}: expected a non-empty list of ints and an int target")
+        length = len(first) + 1
+        if j + length - 1 > len(inputs):
+            raise DataError(f"{path.name}: sample {j}: the file ends inside this session's prefix chain "
+                            f"({len(inputs) - j} of {length - 1} samples)")
+        session = [*first, targets[j]]
+        for i in range(2, length):  # sample j+i-1 must be (session[:-i], session[-i])
+            if inputs[j + i - 1] != session[:-i] or targets[j + i - 1] != session[-i]:
+                raise DataError(f"{path.name}: sample {j + i - 1}: breaks the prefix chain of the session "
+                                f"starting at sample {j}")
+        sessions.append(session)
+        j += length - 1
+    return _sequences_log(sessions, "test-", path)
+
+
+def _is_int_list(seq) -> bool:
+    return isinstance(seq, list) and len(seq) > 0 and all(type(x) is int for x in seq)
+
+
+def _sequences_log(seqs: list[list[int]], id_prefix: str, path: Path) -> ClickLog:
+    """Time-less sources: sessions in file order, ids `{id_prefix}0`, `{id_prefix}1`, ..."""
+    lengths = np.fromiter(map(len, seqs), np.int64, count=len(seqs))
+    names = np.char.add(id_prefix, np.arange(len(seqs)).astype(str)).astype(object)
+    items = np.fromiter(chain.from_iterable(seqs), np.int64, count=int(lengths.sum()))
+    return ClickLog(np.repeat(names, lengths), items.astype(str).astype(object), None, str(path))
+
+
+class ItemMap:
+    """External item ids (str) ↔ contiguous indices 0..n-1. Index order: first appearance in the training log."""
+
+    def __init__(self, ids):
+        self.ids = np.asarray(ids, dtype=object)
+        self._index = pd.Index(self.ids, dtype=object)
+        if not self._index.is_unique:
+            raise ValueError("item ids must be unique")
+
+    @classmethod
+    def fit(cls, item_ids: np.ndarray) -> ItemMap:
+        return cls(pd.unique(np.asarray(item_ids, dtype=object)))
+
+    def encode(self, item_ids) -> np.ndarray:
+        """int64 indices; -1 for ids the map does not know."""
+        return self._index.get_indexer(np.asarray(item_ids, dtype=object)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.ids.tolist()))
+
+    @classmethod
+    def load(cls, path) -> ItemMap:
+        return cls(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Item indices of sessions in start-time order: session s is items[offsets[s]:offsets[s+1]]."""
+
+    offsets: np.ndarray  # int64 [n_sessions + 1]
+    items: np.ndarray  # int64
+    n_dropped_clicks: int  # clicks on items the map does not know, removed
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_clicks(self) -> int:
+        return len(self.items)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def encode_sessions(log: ClickLog, item_map: ItemMap) -> Sessions:
+    """Map clicks to item indices, dropping (and counting) clicks on unknown items; a session left empty
+    is removed, the order is kept."""
+    items = item_map.encode(log.item_ids)
+    known = items >= 0
+    session_of_click = np.repeat(np.arange(log.n_sessions), np.diff(log.session_offsets()))
+    lengths = np.bincount(session_of_click[known], minlength=log.n_sessions)
+    offsets = np.concatenate(([0], np.cumsum(lengths[lengths > 0]))).astype(np.int64)
+    return Sessions(offsets, items[known], int((~known).sum()))
+
+
+def item_popularity(sessions: Sessions, n_items: int) -> np.ndarray:
+    """int64 click count per item index (popularity baselines, negative sampling)."""
+    counts = np.bincount(sessions.items, minlength=n_items)
+    if len(counts) > n_items:
+        raise ValueError(f"sessions hold item index {len(counts) - 1}, beyond n_items={n_items}")
+    return counts.astype(np.int64)

@@ -1,0 +1,75 @@
+"""The data sets in the shared data folder, by name, each as (train, test) click logs.
+
+Trainer, evaluator and benchmarks name a data set instead of spelling out file names and reader options;
+`custom_dataset` gives a user's own event-log files the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from stream_app.settings import get_settings
+from training.data import ClickLog, read_event_log, read_srgnn_test, read_srgnn_train
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Files (relative to the data folder, or absolute) and the readers for their formats."""
+
+    name: str
+    train: str
+    test: str
+    read_train: Callable[[Path], ClickLog]
+    read_test: Callable[[Path], ClickLog]
+    validation: tuple[str, str] | None = None  # (train, test) files of the split that tunes hyperparameters
+
+
+_RSC15 = "yoochoose_rsc15_100k/yoochoose-clicks-100k"
+
+
+def _srgnn(folder: str) -> DatasetSpec:
+    return DatasetSpec(folder, f"{folder}/all_train_seq.txt.gz", f"{folder}/test.txt.gz",
+                       read_srgnn_train, read_srgnn_test)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "yoochoose_rsc15_100k": DatasetSpec(
+        "yoochoose_rsc15_100k", f"{_RSC15}_train_full.txt.gz", f"{_RSC15}_test.txt.gz", read_event_log, read_event_log,
+        validation=(f"{_RSC15}_train_tr.txt.gz", f"{_RSC15}_train_valid.txt.gz"),
+    ),
+    "diginetica_srgnn": _srgnn("diginetica_srgnn"),
+    "yoochoose1_64_srgnn": _srgnn("yoochoose1_64_srgnn"),
+}
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def custom_dataset(train_path, test_path, **read_event_log_kwargs) -> DatasetSpec:
+    """A user's own train/test event logs, for `load_dataset`; the kwargs go to `read_event_log`."""
+    read = partial(read_event_log, **read_event_log_kwargs)
+    train, test = (Path(p).expanduser().absolute() for p in (train_path, test_path))
+    return DatasetSpec(f"custom:{train.name}", str(train), str(test), read, read)
+
+
+def load_dataset(name: str | DatasetSpec, data_dir: Path | None = None,
+                 validation: bool = False) -> tuple[ClickLog, ClickLog]:
+    """(train, test) logs of a registered data set (or a `custom_dataset`). With validation=True: the
+    train part's own (train, validation) split, so that tuning never sees the test set."""
+    spec = name if isinstance(name, DatasetSpec) else DATASETS.get(name)
+    if spec is None:
+        raise KeyError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    data_dir = Path(data_dir) if data_dir is not None else get_settings().data_dir
+    if validation and spec.validation is None:
+        raise ValueError(f"{spec.name}: this split ships no validation part; hold out part of its train set")
+    train_file, test_file = spec.validation if validation else (spec.train, spec.test)
+    paths = [data_dir / f for f in (train_file, test_file)]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; set NEXTCLICK_DATA_DIR to the folder holding the data "
+                                    f"sets (now {data_dir})")
+    return spec.read_train(paths[0]), spec.read_test(paths[1])
