@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=4, ge=1, description="Partitions of the clicks topic and of the session table."
     )
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="Replicas of the topics the worker creates; 3 on a production cluster."
+    )
     table_store: str = Field(
         default="memory://",
         description="faust table store: `memory://` or `rocksdb://` (needs faust-streaming[rocksdict]).",

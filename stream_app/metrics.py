@@ -1,0 +1,82 @@
+"""Prometheus metrics of one worker and the HTTP endpoints operators and Kubernetes probe.
+
+Each worker owns a `CollectorRegistry` (not prometheus-client's global one), so tests and
+several apps in one process never share counters. The endpoints ride on faust's own web server:
+`/metrics` (Prometheus text format), `/livez` (the event loop answers) and `/readyz`
+(200 only when every readiness check passes, 503 with the failing checks otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+INFERENCE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class WorkerMetrics:
+    """All metrics of one worker, registered in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "nextclick_events_consumed", "Click messages read from the clicks topic.", registry=r
+        )
+        self.suggestions_published = Counter(
+            "nextclick_suggestions_published", "Suggestions sent to the recommendations topic.", registry=r
+        )
+        self.dead_letters = Counter(
+            "nextclick_dead_letters", "Click messages sent to the dead-letter topic.", ["reason"], registry=r
+        )
+        self.errors = Counter(
+            "nextclick_errors", "Unexpected errors, by pipeline stage.", ["stage"], registry=r
+        )
+        self.end_to_end_latency = Histogram(
+            "nextclick_end_to_end_latency_seconds",
+            "From the click's own timestamp to its suggestion being handed to the producer.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_latency = Histogram(
+            "nextclick_inference_latency_seconds",
+            "Wall time of one batched model call.",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nextclick_batch_size", "Clicks per micro-batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.active_sessions = Gauge(
+            "nextclick_active_sessions", "Sessions held in this worker's table.", registry=r
+        )
+        self.model = Info("nextclick_model", "The model being served.", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def add_web_endpoints(
+    app: faust.App, metrics: WorkerMetrics, readiness_checks: Callable[[], Mapping[str, bool]]
+) -> None:
+    """Register /metrics, /livez and /readyz on the app's web server."""
+
+    @app.page("/metrics")
+    async def metrics_view(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        # As a header: aiohttp refuses a charset inside `content_type`, and Prometheus wants one.
+        return view.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/livez")
+    async def liveness_view(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return view.json({"alive": True})
+
+    @app.page("/readyz")
+    async def readiness_view(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        checks = dict(readiness_checks())
+        ready = all(checks.values())
+        return view.json({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -1,0 +1,185 @@
+"""Turn a micro-batch of clicks into suggestions, advancing each session's GRU state.
+
+Kept apart from faust so the logic runs on any mapping (the faust Table in the worker, a dict
+in tests); it only reads state and leaves writing the new states to the caller. A batch costs
+one model call per "round": round r holds the r-th click of every session in the batch, so two
+clicks of one session are stepped in order while clicks of different sessions share a call.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import numpy as np
+
+from stream_app.events import Click
+from stream_app.scoring import Scorer
+
+
+class SessionState(faust.Record, serializer="json"):
+    """One session in the table. JSON, so any Kafka tool can read the changelog.
+
+    `items` holds external ids, not model indices: indices belong to one artifact, ids survive a
+    model change, when the hidden state is rebuilt by replaying them.
+    """
+
+    items: list[str]  # last `max_history` clicked item ids, oldest first
+    last_seen: float  # worker clock (Unix s) at the session's latest click
+    hidden: str  # base64 of float32 [layers, hidden_size]; "" until a known item is clicked
+    artifact_version: str  # the artifact whose model produced `hidden`
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedClick:
+    """A valid click and where it was read, which the suggestion cites."""
+
+    click: Click
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    suggestions: list[dict[str, Any]]  # one per click, in click order
+    states: dict[bytes, SessionState]  # every session of the batch after it, keyed like the table
+
+
+@dataclass(slots=True)
+class _Session:
+    items: list[str]
+    hidden: np.ndarray | None  # [layers, hidden_size]
+
+
+def _encode_hidden(hidden: np.ndarray | None) -> str:
+    return "" if hidden is None else base64.b64encode(hidden.astype(np.float32).tobytes()).decode("ascii")
+
+
+class SessionRecommender:
+    """Scores batches of clicks against per-session state held in a mapping."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        top_k: int,
+        max_history: int,
+        session_ttl: float,
+        exclude_seen: bool,
+        observe_inference: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self.observe_inference = observe_inference  # gets the wall time of each model call
+        self.scorer = scorer
+        self.top_k = top_k
+        self.max_history = max_history
+        self.session_ttl = session_ttl
+        self.exclude_seen = exclude_seen
+
+    def recommend(
+        self, clicks: Sequence[SourcedClick], table: Mapping[bytes, SessionState], now: float
+    ) -> BatchResult:
+        """One suggestion per click, in click order, and the new state of each session touched.
+
+        `table` is keyed like the clicks topic (the session id in UTF-8) and only read: the
+        caller writes `BatchResult.states` back, in whatever context its store needs.
+        """
+        session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
+        sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
+        suggestions: list[dict[str, Any]] = [{} for _ in clicks]
+        for positions in self._rounds(clicks):
+            self._step_round(clicks, positions, sessions, suggestions)
+        states = {
+            session_id.encode(): SessionState(
+                items=session.items,
+                last_seen=now,
+                hidden=_encode_hidden(session.hidden),
+                artifact_version=self.scorer.version,
+            )
+            for session_id, session in sessions.items()
+        }
+        return BatchResult(suggestions, states)
+
+    @staticmethod
+    def _rounds(clicks: Sequence[SourcedClick]) -> list[list[int]]:
+        rounds: list[list[int]] = []
+        clicks_so_far: Counter[str] = Counter()
+        for position, sourced in enumerate(clicks):
+            ordinal = clicks_so_far[sourced.click.session_id]
+            clicks_so_far[sourced.click.session_id] += 1
+            if ordinal == len(rounds):
+                rounds.append([])
+            rounds[ordinal].append(position)
+        return rounds
+
+    def _load(self, state: SessionState | None, now: float) -> _Session:
+        if state is None or now - state.last_seen > self.session_ttl:
+            return _Session(items=[], hidden=None)
+        if state.artifact_version == self.scorer.version and state.hidden:
+            shape = (self.scorer.layers, self.scorer.hidden_size)
+            hidden = np.frombuffer(base64.b64decode(state.hidden), dtype=np.float32).reshape(shape).copy()
+            return _Session(items=list(state.items), hidden=hidden)
+        known = [index for item in state.items if (index := self.scorer.index_of(item)) is not None]
+        return _Session(items=list(state.items), hidden=self.scorer.replay(known) if known else None)
+
+    def _step_round(
+        self,
+        clicks: Sequence[SourcedClick],
+        positions: list[int],
+        sessions: dict[str, _Session],
+        suggestions: list[dict[str, Any]],
+    ) -> None:
+        scorer = self.scorer
+        indices = {p: scorer.index_of(clicks[p].click.item_id) for p in positions}
+        stepped = [p for p in positions if indices[p] is not None]
+        if stepped:
+            hidden = np.stack(
+                [
+                    h
+                    if (h := sessions[clicks[p].click.session_id].hidden) is not None
+                    else scorer.zero_hidden(1)[:, 0, :]
+                    for p in stepped
+                ],
+                axis=1,
+            )
+            started = time.perf_counter()
+            result = scorer.step(np.array([indices[p] for p in stepped], dtype=np.int64), hidden)
+            self.observe_inference(time.perf_counter() - started)
+        rows = {p: row for row, p in enumerate(stepped)}
+
+        for p in positions:
+            sourced = clicks[p]
+            session = sessions[sourced.click.session_id]
+            session.items = (session.items + [sourced.click.item_id])[-self.max_history :]
+            exclude = self._seen(session) if self.exclude_seen else set()
+            if p in rows:
+                row = rows[p]
+                session.hidden = result.next_hidden[:, row, :].copy()
+                items, scores = scorer.select(
+                    result.top_items[row], result.top_scores[row], self.top_k, exclude
+                )
+                source = "model"
+            else:
+                items, scores = scorer.popular(self.top_k, exclude)
+                source = "popularity"
+            suggestions[p] = {
+                "session_id": sourced.click.session_id,
+                "click": {
+                    "item_id": sourced.click.item_id,
+                    "timestamp": sourced.click.timestamp,
+                    "partition": sourced.partition,
+                    "offset": sourced.offset,
+                },
+                "items": [scorer.item_ids[i] for i in items],
+                "scores": scores,
+                "source": source,
+                "model": scorer.name,
+                "artifact_version": scorer.version,
+            }
+
+    def _seen(self, session: _Session) -> set[int]:
+        return {index for item in session.items if (index := self.scorer.index_of(item)) is not None}

@@ -1,0 +1,236 @@
+"""Shared fixtures: the embedded broker, and nextclick workers run as real subprocesses.
+
+A worker runs exactly as in production (`python -m stream_app worker`), configured only through
+NEXTCLICK_* variables; tests talk to it through Kafka and its HTTP endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, RecordMetadata
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_app.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.settings import REPO_ROOT, Settings
+
+WORKER_START_TIMEOUT = 60.0
+
+
+# A model small enough to train in seconds on two busy cores; its quality is irrelevant here.
+TINY_TRAINING = [
+    "--dataset",
+    "yoochoose_rsc15_100k",
+    "--epochs",
+    "1",
+    "--layers",
+    "32",
+    "--batch-size",
+    "64",
+    "--n-sample",
+    "256",
+    "--max-train-sessions",
+    "2000",
+    "--max-test-sessions",
+    "100",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real artifact from `python -m training.retrain` (needs the `train` extra: torch)."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("artifact") / "tiny"
+    subprocess.run(
+        ["nice", "-n", "15", sys.executable, "-m", "training.retrain", *TINY_TRAINING, "--out", str(out)],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One in-memory Tansu for the whole test session; tests isolate by unique topic names."""
+    with EmbeddedBroker() as running:
+        yield running
+
+
+class KafkaClient:
+    """Blocking produce/consume helpers with the connection settings a worker uses."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def produce(
+        self, topic: str, messages: list[tuple[bytes | None, bytes | None]], partition: int | None = None
+    ) -> list[RecordMetadata]:
+        async def send_all() -> list[RecordMetadata]:
+            producer = AIOKafkaProducer(acks="all", **aiokafka_client_kwargs(self.settings))
+            await producer.start()
+            try:
+                return [
+                    await producer.send_and_wait(topic, value, key=key, partition=partition)
+                    for key, value in messages
+                ]
+            finally:
+                await producer.stop()
+
+        return asyncio.run(send_all())
+
+    def consume(self, topic: str, count: int, timeout: float = 20.0) -> list[ConsumerRecord]:
+        """The first `count` records of `topic` (all partitions); fewer if `timeout` passes first."""
+
+        async def read() -> list[ConsumerRecord]:
+            consumer = AIOKafkaConsumer(
+                topic, auto_offset_reset="earliest", **aiokafka_client_kwargs(self.settings)
+            )
+            await consumer.start()
+            records: list[ConsumerRecord] = []
+            deadline = time.monotonic() + timeout
+            try:
+                while len(records) < count and time.monotonic() < deadline:
+                    batches = await consumer.getmany(timeout_ms=200)
+                    records += [record for batch in batches.values() for record in batch]
+            finally:
+                await consumer.stop()
+            return records
+
+        return asyncio.run(read())
+
+
+class Worker(KafkaClient):
+    """A running `python -m stream_app worker` and what a test needs to reach it."""
+
+    def __init__(self, settings: Settings, process: subprocess.Popen[bytes], log: Path) -> None:
+        super().__init__(settings)
+        self.process = process
+        self.log = log
+        self.web_url = f"http://127.0.0.1:{settings.web_port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.web_url + path, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def readiness(self) -> dict[str, Any]:
+        return json.loads(self.get("/readyz")[1])
+
+    def metric(self, sample_name: str, /, **labels: str) -> float:
+        """One sample of the worker's /metrics (0.0 when absent, like an untouched counter)."""
+        for family in text_string_to_metric_families(self.get("/metrics")[1].decode()):
+            for sample in family.samples:
+                if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_until(
+        self, condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"worker exited ({self.process.returncode}) waiting for {what}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker: no {what} after {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+
+def unique_worker_settings(bootstrap_servers: str, tmp_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """Settings fields for a worker with its own app id and topics, tuned for Tansu."""
+    app_id = f"t{uuid.uuid4().hex[:10]}"
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "app_id": app_id,
+        "clicks_topic": f"{app_id}-clicks",
+        "recommendations_topic": f"{app_id}-recommendations",
+        "dead_letter_topic": f"{app_id}-dlq",
+        "partitions": 2,
+        "table_dir": tmp_dir / "tables",
+        "web_port": free_port(),
+        "serving_artifact_dir": tmp_dir / "no-artifact",
+        "model_retry_interval": 1.0,
+        **TANSU_WORKER_TUNING,
+        **overrides,
+    }
+
+
+@contextmanager
+def running_worker(fields: dict[str, Any], log: Path, require_model: bool = False) -> Iterator[Worker]:
+    """Start a worker subprocess with `fields` as NEXTCLICK_* variables; stop it on exit."""
+    settings = Settings(**fields)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEXTCLICK_")}
+    env |= {f"NEXTCLICK_{name.upper()}": str(value) for name, value in fields.items() if value is not None}
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            ["nice", "-n", "15", sys.executable, "-m", "stream_app", "worker", "-l", "info"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    worker = Worker(settings, process, log)
+    try:
+
+        def ready() -> bool:
+            try:
+                checks = worker.readiness()["checks"]
+            except OSError:
+                return False
+            wanted = ["partitions_assigned", "tables_recovered"] + (["model_loaded"] if require_model else [])
+            return all(checks[name] for name in wanted)
+
+        worker.wait_until(ready, timeout=WORKER_START_TIMEOUT, what="readiness")
+        yield worker
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def launch_worker() -> Callable[..., Any]:
+    """`running_worker` for tests: `with launch_worker(fields, log) as worker: ...`."""
+    return running_worker
+
+
+@pytest.fixture(scope="session")
+def worker_fields() -> Callable[..., dict[str, Any]]:
+    """`unique_worker_settings` for tests."""
+    return unique_worker_settings
+
+
+@pytest.fixture(scope="session")
+def kafka_client() -> type[KafkaClient]:
+    """`KafkaClient(settings)` for tests that talk to a broker without a worker."""
+    return KafkaClient

@@ -1,0 +1,158 @@
+"""The ONNX scorer and the per-session batching logic, on a real (tiny) artifact, without a broker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app.events import Click
+from stream_app.scoring import ArtifactError, Scorer
+from stream_app.sessions import SessionRecommender, SessionState, SourcedClick
+
+TOP_K = 20
+
+
+@pytest.fixture(scope="module")
+def scorer(artifact: Path) -> Scorer:
+    return Scorer(artifact)
+
+
+def recommender(scorer: Scorer, **overrides: object) -> SessionRecommender:
+    options = {"top_k": TOP_K, "max_history": 50, "session_ttl": 1800.0, "exclude_seen": True} | overrides
+    return SessionRecommender(scorer, **options)  # type: ignore[arg-type]
+
+
+def sourced(session_id: str, item_id: str, offset: int = 0) -> SourcedClick:
+    return SourcedClick(Click(session_id, item_id, 1396321357.5), partition=0, offset=offset)
+
+
+def serve(
+    engine: SessionRecommender, clicks: list[SourcedClick], table: dict[bytes, SessionState], now: float
+) -> list[dict]:
+    """What the worker does with a batch: recommend, then write the states back."""
+    result = engine.recommend(clicks, table, now)
+    table.update(result.states)
+    return result.suggestions
+
+
+def expected_for_prefix(scorer: Scorer, items: list[str], k: int = TOP_K) -> list[str]:
+    """The suggestion after `items`, computed click by click with `Scorer.step` (all known items)."""
+    hidden = scorer.zero_hidden(1)
+    for item in items:
+        result = scorer.step(np.array([scorer.index_of(item)]), hidden)
+        hidden = result.next_hidden
+    seen = {scorer.index_of(item) for item in items}
+    chosen, _ = scorer.select(result.top_items[0], result.top_scores[0], k, seen)
+    return [scorer.item_ids[i] for i in chosen]
+
+
+def test_the_artifact_matches_the_contract(scorer: Scorer) -> None:
+    batch = 3
+    result = scorer.step(np.arange(batch), scorer.zero_hidden(batch))
+    assert result.top_items.shape == (batch, scorer.graph_top_k) and result.top_items.dtype == np.int64
+    assert result.top_scores.shape == (batch, scorer.graph_top_k) and result.top_scores.dtype == np.float32
+    assert result.next_hidden.shape == (scorer.layers, batch, scorer.hidden_size)
+    assert np.all(np.diff(result.top_scores, axis=1) <= 0), "best first"
+    assert scorer.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_a_batched_step_equals_single_steps(scorer: Scorer) -> None:
+    items = np.array([4, 8, 15])
+    hidden = (
+        np.random.default_rng(0).standard_normal((scorer.layers, 3, scorer.hidden_size)).astype(np.float32)
+    )
+    batched = scorer.step(items, hidden)
+    for row in range(3):
+        single = scorer.step(items[row : row + 1], hidden[:, row : row + 1])
+        np.testing.assert_array_equal(single.top_items[0], batched.top_items[row])
+        np.testing.assert_allclose(
+            single.next_hidden[:, 0], batched.next_hidden[:, row], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_selection_leaves_out_excluded_items_and_keeps_order(scorer: Scorer) -> None:
+    result = scorer.step(np.array([0]), scorer.zero_hidden(1))
+    top = result.top_items[0].tolist()
+    items, scores = scorer.select(result.top_items[0], result.top_scores[0], 5, {top[0], top[2]})
+    assert items == [top[1], top[3], top[4], top[5], top[6]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_popularity_ranks_by_training_clicks(scorer: Scorer) -> None:
+    items, scores = scorer.popular(10)
+    assert scores == sorted(scores, reverse=True) and scores[0] == scorer.popularity.max()
+    assert scorer.popular(9, {items[0]})[0] == items[1:]
+
+
+def test_a_corrupt_artifact_is_refused(artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    (copy / "item_ids.json").write_text(json.dumps(["tampered"]))
+    with pytest.raises(ArtifactError, match="sha256"):
+        Scorer(copy)
+
+
+def test_clicks_of_one_session_in_one_batch_are_stepped_in_order(scorer: Scorer) -> None:
+    a, b, c = scorer.item_ids[:3]
+    table: dict[bytes, SessionState] = {}
+    batch = [sourced("s1", a, 0), sourced("s2", c, 1), sourced("s1", b, 2), sourced("s1", c, 3)]
+    suggestions = serve(recommender(scorer), batch, table, now=1000.0)
+    assert [s["items"] for s in suggestions] == [
+        expected_for_prefix(scorer, [a]),
+        expected_for_prefix(scorer, [c]),
+        expected_for_prefix(scorer, [a, b]),
+        expected_for_prefix(scorer, [a, b, c]),
+    ]
+    assert [s["click"]["offset"] for s in suggestions] == [0, 1, 2, 3]
+    assert table[b"s1"].items == [a, b, c] and table[b"s1"].artifact_version == scorer.version
+
+
+def test_state_carries_over_between_batches(scorer: Scorer) -> None:
+    a, b = scorer.item_ids[5:7]
+    table: dict[bytes, SessionState] = {}
+    engine = recommender(scorer)
+    serve(engine, [sourced("s1", a)], table, now=1000.0)
+    [suggestion] = serve(engine, [sourced("s1", b)], table, now=1001.0)
+    assert suggestion["items"] == expected_for_prefix(scorer, [a, b])
+    assert suggestion["source"] == "model" and len(suggestion["scores"]) == TOP_K
+
+
+def test_an_unknown_item_gets_popular_items_and_keeps_the_state(scorer: Scorer) -> None:
+    a, b = scorer.item_ids[:2]
+    table: dict[bytes, SessionState] = {}
+    engine = recommender(scorer)
+    [first, unknown] = serve(engine, [sourced("s1", a), sourced("s1", "no-such-item")], table, now=1000.0)
+    assert unknown["source"] == "popularity"
+    popular, _ = scorer.popular(TOP_K, {scorer.index_of(a)})
+    assert unknown["items"] == [scorer.item_ids[i] for i in popular]
+    [after] = serve(engine, [sourced("s1", b)], table, now=1001.0)
+    assert after["items"] == expected_for_prefix(scorer, [a, b])
+
+
+def test_an_idle_session_starts_over(scorer: Scorer) -> None:
+    a, b = scorer.item_ids[:2]
+    table: dict[bytes, SessionState] = {}
+    engine = recommender(scorer, session_ttl=60.0)
+    serve(engine, [sourced("s1", a)], table, now=1000.0)
+    [suggestion] = serve(engine, [sourced("s1", b)], table, now=1061.0)
+    assert suggestion["items"] == expected_for_prefix(scorer, [b])
+    assert table[b"s1"].items == [b]
+
+
+def test_state_from_another_artifact_is_rebuilt_by_replaying_the_items(scorer: Scorer) -> None:
+    a, b, c = scorer.item_ids[:3]
+    stale = SessionState(items=[a, "gone-item", b], last_seen=1000.0, hidden="AAAA", artifact_version="older")
+    table = {b"s1": stale}
+    [suggestion] = serve(recommender(scorer), [sourced("s1", c)], table, now=1001.0)
+    assert suggestion["items"] == expected_for_prefix(scorer, [a, b, c])
+
+
+def test_history_is_capped(scorer: Scorer) -> None:
+    table: dict[bytes, SessionState] = {}
+    items = scorer.item_ids[:6]
+    serve(recommender(scorer, max_history=4), [sourced("s1", item) for item in items], table, now=1000.0)
+    assert table[b"s1"].items == items[-4:]
