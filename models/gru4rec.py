@@ -62,6 +62,12 @@ class ItemRows:
     input_embedding: torch.Tensor | None  # E[ids] when the input embedding is separate
     position: dict[str, torch.Tensor] = field(default_factory=dict)  # where each request sits in `ids`
 
+    def mask(self, request: str) -> torch.Tensor:
+        """Which of `ids` the request (`items` or `candidates`) used."""
+        used = torch.zeros(len(self.ids), dtype=torch.bool)
+        used[self.position[request]] = True
+        return used
+
 
 class GRU4Rec(nn.Module):
     def __init__(self, config: GRU4RecConfig):
@@ -143,6 +149,20 @@ class GRU4Rec(nn.Module):
             input_embedding=input_embedding,
             position=position,
         )
+
+    def row_updates(self, rows: ItemRows) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+        """(table, row ids, their gradient) for every row the step really used; rows gathered for one
+        table but unused by another (an input item's output bias) are left alone, as the official
+        sparse update leaves them."""
+        candidates = rows.mask("candidates")
+        if self.input_embedding is None:  # shared table: each gathered row is an input or a candidate
+            updates = [(self.output_weights, rows.ids, rows.output_weights.grad)]
+        else:
+            inputs = rows.mask("items")
+            updates = [(self.output_weights, rows.ids[candidates], rows.output_weights.grad[candidates]),
+                       (self.input_embedding, rows.ids[inputs], rows.input_embedding.grad[inputs])]
+        updates.append((self.output_bias, rows.ids[candidates], rows.output_bias.grad[candidates]))
+        return updates
 
     def score_candidates(
         self, rows: ItemRows, hidden: list[torch.Tensor]

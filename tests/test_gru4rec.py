@@ -89,3 +89,19 @@ def test_ranks_are_conservative_on_ties():
     assert model_ranks(Constant(), sessions).tolist() == [30, 30]  # every tied item counts as ranked above
     popularity = np.array([5, 5, 1, 9])
     assert popularity_ranks(popularity, Sessions(np.array([0, 3]), np.array([3, 0, 2]), 0)).tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_a_step_updates_only_the_rows_it_used(constrained):
+    model = GRU4Rec(GRU4RecConfig(n_items=10, layers=(4,), embedding=0 if constrained else 3,
+                                  constrained_embedding=constrained))
+    rows = model.gather_rows(items=torch.tensor([1, 2]), candidates=torch.tensor([2, 5, 7]))
+    scores, _ = model.score_candidates(rows, model.initial_hidden(2))
+    scores.sum().backward()
+    updated = {table: ids.tolist() for table, ids, _ in model.row_updates(rows)}
+    assert updated[model.output_bias] == [2, 5, 7]  # item 1 was only an input: its output bias is untouched
+    if constrained:
+        assert updated[model.output_weights] == [1, 2, 5, 7]
+    else:
+        assert updated[model.output_weights] == [2, 5, 7]
+        assert updated[model.input_embedding] == [1, 2]

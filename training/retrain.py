@@ -73,13 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def training_params(args: argparse.Namespace) -> GRU4RecTraining:
-    values: dict = {}
-    if args.config:
-        values.update(tomllib.loads(args.config.read_text()).get("gru4rec", {}))
-    for field in dataclasses.fields(GRU4RecTraining):
-        if getattr(args, field.name) is not None:
-            values[field.name] = getattr(args, field.name)
+def training_params(config: Path | None = None, **overrides) -> GRU4RecTraining:
+    """Defaults, then the config file's [gru4rec] table, then the overrides that are not None."""
+    values: dict = tomllib.loads(config.read_text()).get("gru4rec", {}) if config else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
     if "layers" in values:
         values["layers"] = tuple(values["layers"])
     return GRU4RecTraining(**values)
@@ -106,7 +103,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = training_params(args)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(GRU4RecTraining)}
+    params = training_params(args.config, **overrides)
     train_log, test_log, data_name = load_logs(args)
 
     item_map = ItemMap.fit(train_log.item_ids)

@@ -113,10 +113,8 @@ def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTra
             loss = loss_fn(scores, log_sampling_prob) / params.batch_size
             loss.backward()
             optimiser.step_dense()
-            optimiser.step_rows(model.output_weights, rows.ids, rows.output_weights.grad)
-            optimiser.step_rows(model.output_bias, rows.ids, rows.output_bias.grad)
-            if rows.input_embedding is not None:
-                optimiser.step_rows(model.input_embedding, rows.ids, rows.input_embedding.grad)
+            for table, ids, grad in model.row_updates(rows):
+                optimiser.step_rows(table, ids, grad)
             hidden = [h.detach() for h in hidden]
 
             batch_events = len(step.items)
