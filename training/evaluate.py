@@ -4,17 +4,21 @@ Protocol (the GRU4Rec / SR-GNN one): sessions start from a zero hidden state; ea
 the true next item against the whole catalogue; rank = number of items scoring >= the target
 (conservative: a tie never helps the model); Recall@K = share of predictions with rank <= K,
 MRR@K = mean of 1/rank over them (0 beyond K). Clicks on items unseen in training are dropped from
-the test sessions beforehand and counted (`Sessions.n_dropped_clicks`).
+the test sessions beforehand and counted (`Sessions.n_dropped_clicks`). Models that read the whole
+prefix (NARM) see the session's clicks so far, at most its last L, for each prediction instead of a
+hidden state carried from click to click: the predictions are the same ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from training.data import Sessions
+from training.prefixes import Prefixes
 from training.session_batches import apply_resets, session_parallel_steps
 
 CUTOFFS = (5, 10, 20)
@@ -62,6 +66,22 @@ def model_ranks(model: torch.nn.Module, sessions: Sessions, batch_size: int = 51
     return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
 
+@torch.no_grad()
+def prefix_model_ranks(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sessions: Sessions,
+                       max_len: int, batch_size: int = 512) -> np.ndarray:
+    """Conservative rank of every next click for models that read the whole prefix (NARM): each click is
+    predicted from the session's clicks before it (its last `max_len`), `score_fn(items [B, L] padded after
+    the clicks, lengths [B])` gives full-catalogue scores. Same predictions, same order as `popularity_ranks`."""
+    if isinstance(score_fn, torch.nn.Module):
+        score_fn.eval()
+    ranks = []
+    for batch in Prefixes.of(sessions, max_len).batches(batch_size):
+        scores = score_fn(batch.items, batch.lengths)
+        target_scores = scores.gather(1, batch.targets.unsqueeze(1))
+        ranks.append((scores >= target_scores).sum(dim=1))
+    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+
+
 def popularity_ranks(popularity: np.ndarray, sessions: Sessions) -> np.ndarray:
     """Rank of every next click when every session gets the training popularity ranking."""
     is_target = np.ones(sessions.n_clicks, dtype=bool)
@@ -75,6 +95,18 @@ def evaluate(model: torch.nn.Module, popularity: np.ndarray, sessions: Sessions,
              batch_size: int = 512) -> tuple[RankingMetrics, RankingMetrics]:
     """The model's metrics and the popularity baseline's, on the same predictions."""
     ranks = model_ranks(model, sessions, batch_size)
+    baseline = popularity_ranks(popularity, sessions)
+    if len(ranks) != len(baseline):
+        raise AssertionError(f"model made {len(ranks)} predictions, the protocol expects {len(baseline)}")
+    return (RankingMetrics.from_ranks(name, ranks, sessions.n_dropped_clicks),
+            RankingMetrics.from_ranks("popularity", baseline, sessions.n_dropped_clicks))
+
+
+def evaluate_prefix_model(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], popularity: np.ndarray,
+                          sessions: Sessions, name: str, max_len: int,
+                          batch_size: int = 512) -> tuple[RankingMetrics, RankingMetrics]:
+    """`evaluate` for prefix models (`prefix_model_ranks`): their metrics and the popularity baseline's."""
+    ranks = prefix_model_ranks(score_fn, sessions, max_len, batch_size)
     baseline = popularity_ranks(popularity, sessions)
     if len(ranks) != len(baseline):
         raise AssertionError(f"model made {len(ranks)} predictions, the protocol expects {len(baseline)}")

@@ -23,6 +23,7 @@ def plot_training_curve(history: TrainingHistory, path: Path, title: str) -> Pat
     ax_loss.grid(alpha=0.3)
     ax_speed.bar([e.epoch for e in history.epochs], [e.events_per_second for e in history.epochs])
     ax_speed.set_xlabel("epoch")
+    ax_speed.set_xticks([e.epoch for e in history.epochs])
     ax_speed.set_ylabel("events / s")
     ax_speed.grid(alpha=0.3, axis="y")
     fig.suptitle(title)

@@ -74,7 +74,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTraining,
-                  progress: bool = True, curve_every: int = 200) -> tuple[GRU4Rec, TrainingHistory]:
+                  progress: bool = True) -> tuple[GRU4Rec, TrainingHistory]:
     torch.manual_seed(params.seed)
     model = GRU4Rec(params.model_config(len(popularity)))
     model.train()
@@ -91,6 +91,7 @@ def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTra
 
     history = TrainingHistory()
     n_events = int(sessions.n_clicks - sessions.n_sessions)
+    curve_every = max(1, n_events // params.batch_size // 50)  # about 50 curve points per epoch
     for epoch in range(1, params.n_epochs + 1):
         hidden = model.initial_hidden(params.batch_size)
         epoch_loss, epoch_events, window_loss, window_events = 0.0, 0, 0.0, 0

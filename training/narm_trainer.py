@@ -1,0 +1,139 @@
+"""Training NARM: shuffled mini-batches of session prefixes, Adam with a step-decayed learning rate.
+
+Every prefix of every training session (its last L clicks) predicts the click after it (`training.prefixes`).
+Two ways to score a mini-batch:
+- `full_softmax` (the paper's): cross-entropy of a softmax over the whole catalogue, [b, n_items] scores
+  per step, affordable while n_items is in the tens of thousands (Diginetica's 43k, YOOCHOOSE's 37k);
+- otherwise GRU4Rec's losses (`training.losses`, unchanged) over the candidates [the batch's targets +
+  `n_sample` items drawn ∝ popularity^sample_alpha, shared by the batch], column j < b being row j's target.
+Each step's summed loss is divided by the step's batch size (the official code's mean).
+
+Optimiser: torch's Adam over every parameter (the item table gets a dense gradient, which is fine at
+this size), lr 1e-3 and batch 512 as in the paper. The official Theano code keeps the learning rate
+constant; the defaults here decay it by 0.1 every 3 epochs (the schedule of the common PyTorch ports and
+of SR-GNN), set `lr_decay=1` for the official behaviour.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.narm import NARM, NARMConfig
+from training.data import Sessions
+from training.losses import LossConfig, make_loss
+from training.prefixes import Prefixes
+from training.sampling import PopularitySampler
+from training.trainer import EpochStats, TrainingDiverged, TrainingHistory
+
+
+@dataclass(frozen=True)
+class NARMTraining:
+    """Hyper-parameters; the defaults are the paper's (full-catalogue softmax cross-entropy)."""
+
+    embedding_dim: int = 50
+    hidden_size: int = 100
+    max_len: int = 19
+    dropout_embed: float = 0.25
+    dropout_context: float = 0.5
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.1  # multiply the learning rate by this ...
+    lr_decay_every: int = 3  # ... every this many epochs
+    full_softmax: bool = True  # the paper's loss; False: `loss` over sampled candidates
+    loss: str = "cross-entropy"
+    n_sample: int = 2048
+    sample_alpha: float = 0.3
+    bpreg: float = 0.9
+    elu_param: float = 1.0
+    logq: float = 0.0
+    n_epochs: int = 10
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.full_softmax and self.loss != "cross-entropy":
+            raise ValueError(f"full_softmax is a softmax cross-entropy; loss={self.loss!r} needs full_softmax=False")
+        LossConfig(name=self.loss)  # validates the name
+
+    def model_config(self, n_items: int) -> NARMConfig:
+        return NARMConfig(n_items=n_items, embedding_dim=self.embedding_dim, hidden_size=self.hidden_size,
+                          max_len=self.max_len, dropout_embed=self.dropout_embed,
+                          dropout_context=self.dropout_context)
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(name=self.loss, bpreg=self.bpreg, elu_param=self.elu_param, logq=self.logq)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
+               progress: bool = True) -> tuple[NARM, TrainingHistory]:
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    model = NARM(params.model_config(len(popularity)))
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=params.lr_decay_every, gamma=params.lr_decay)
+    loss_fn = make_loss(params.loss_config())
+    sampler = None
+    if not params.full_softmax and params.n_sample > 0:
+        sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed)
+    log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0))
+
+    prefixes = Prefixes.of(sessions, params.max_len)
+    n_events = len(prefixes)
+    curve_every = max(1, n_events // params.batch_size // 50)  # about 50 curve points per epoch
+    history = TrainingHistory()
+    for epoch in range(1, params.n_epochs + 1):
+        epoch_loss, epoch_events, window_loss, window_events = 0.0, 0, 0.0, 0
+        started = time.perf_counter()
+        bar = tqdm(total=n_events, desc=f"epoch {epoch}/{params.n_epochs}", unit="ev", disable=not progress,
+                   smoothing=0.05)
+        for n_step, batch in enumerate(prefixes.batches(params.batch_size, rng)):
+            batch_events = len(batch.targets)
+            if params.full_softmax:
+                scores = model(batch.items, batch.lengths)
+                loss = F.cross_entropy(scores, batch.targets, reduction="sum") / batch_events
+            else:
+                if sampler is None and batch_events < 2:
+                    continue  # in-batch negatives only: a single prefix has nothing to rank against
+                negatives = sampler.draw() if sampler is not None else batch.targets[:0]
+                candidates = torch.cat([batch.targets, negatives])
+                log_sampling_prob = None
+                if params.logq > 0:
+                    log_sampling_prob = torch.cat([log_popularity[batch.targets],
+                                                   params.sample_alpha * log_popularity[negatives]])
+                scores = model.score_candidates(batch.items, batch.lengths, candidates)
+                loss = loss_fn(scores, log_sampling_prob) / batch_events
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+
+            step_loss = loss.item() * batch_events  # summed over this step's events
+            if not np.isfinite(step_loss):
+                raise TrainingDiverged(f"loss became {step_loss} in epoch {epoch}, step {n_step}: "
+                                       "lower the learning rate or check the data")
+            epoch_loss += step_loss
+            epoch_events += batch_events
+            window_loss += step_loss
+            window_events += batch_events
+            if (n_step + 1) % curve_every == 0:
+                history.curve_events.append((epoch - 1) * n_events + epoch_events)
+                history.curve_loss.append(window_loss / window_events)
+                window_loss, window_events = 0.0, 0
+                bar.set_postfix(loss=f"{epoch_loss / epoch_events:.4f}")
+            bar.update(batch_events)
+        bar.close()
+        schedule.step()
+        stats = EpochStats(epoch, epoch_loss / max(epoch_events, 1), time.perf_counter() - started, epoch_events)
+        history.epochs.append(stats)
+        if progress:
+            print(f"epoch {epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  {stats.events_per_second:,.0f} events/s")
+    model.eval()
+    return model, history
