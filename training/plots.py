@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from training.trainer import TrainingHistory  # noqa: E402
 
@@ -18,6 +19,7 @@ def plot_training_curve(history: TrainingHistory, path: Path, title: str) -> Pat
     epoch_ends = [sum(e.events for e in history.epochs[: i + 1]) for i in range(len(history.epochs))]
     ax_loss.plot(epoch_ends, [e.loss for e in history.epochs], "o-", label="epoch mean")
     ax_loss.set_xlabel("training events")
+    ax_loss.xaxis.set_major_formatter(EngFormatter())
     ax_loss.set_ylabel("loss per event")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
