@@ -76,6 +76,10 @@ class EmbeddedBroker:
         """`host:port` as a client's bootstrap servers (the advertised address)."""
         return f"{self.host}:{self.advertised_port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
     def worker_env(self) -> dict[str, str]:
         """`NEXTCLICK_*` variables that point a worker at this broker with the Tansu tuning."""
         env = {f"NEXTCLICK_{name.upper()}": str(value) for name, value in TANSU_WORKER_TUNING.items()}
@@ -97,7 +101,10 @@ class EmbeddedBroker:
         ]
         log = open(self.log_file, "ab") if self.log_file else contextlib.nullcontext(subprocess.DEVNULL)
         with log as output:
-            self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+            # Own process group: a Ctrl-C meant for the demo must not kill the broker under the worker.
+            self._process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             wait_for_port(self.host, self.port)
         except TimeoutError:

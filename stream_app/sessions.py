@@ -4,6 +4,12 @@ Kept apart from faust so the logic runs on any mapping (the faust Table in the w
 in tests); it only reads state and leaves writing the new states to the caller. A batch costs
 one model call per "round": round r holds the r-th click of every session in the batch, so two
 clicks of one session are stepped in order while clicks of different sessions share a call.
+
+Delivery is at-least-once, and the table's changelog can be ahead of the committed offsets after a
+crash: a click may come again after the state already holds it. Each state remembers the offsets
+of its clicks, so such a repeat is answered from the session's prefix up to that click (replayed
+from a zero hidden state, like the original answer) and leaves the state alone, instead of
+stepping the session a second time.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class SessionState(faust.Record, serializer="json"):
     last_seen: float  # worker clock (Unix s) at the session's latest click
     hidden: str  # base64 of float32 [layers, hidden_size]; "" until a known item is clicked
     artifact_version: str  # the artifact whose model produced `hidden`
+    offsets: list[int] = []  # clicks-topic offset of each entry of `items` (one partition per session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,7 @@ class BatchResult:
 @dataclass(slots=True)
 class _Session:
     items: list[str]
+    offsets: list[int]
     hidden: np.ndarray | None  # [layers, hidden_size]
 
 
@@ -91,7 +99,14 @@ class SessionRecommender:
         session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
         sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
         suggestions: list[dict[str, Any]] = [{} for _ in clicks]
-        for positions in self._rounds(clicks):
+        fresh = []
+        for position, sourced in enumerate(clicks):
+            session = sessions[sourced.click.session_id]
+            if session.offsets and sourced.offset <= session.offsets[-1]:
+                suggestions[position] = self._answer_repeat(sourced, session)
+            else:
+                fresh.append(position)
+        for positions in self._rounds(clicks, fresh):
             self._step_round(clicks, positions, sessions, suggestions)
         states = {
             session_id.encode(): SessionState(
@@ -99,16 +114,18 @@ class SessionRecommender:
                 last_seen=now,
                 hidden=_encode_hidden(session.hidden),
                 artifact_version=self.scorer.version,
+                offsets=session.offsets,
             )
             for session_id, session in sessions.items()
         }
         return BatchResult(suggestions, states)
 
     @staticmethod
-    def _rounds(clicks: Sequence[SourcedClick]) -> list[list[int]]:
+    def _rounds(clicks: Sequence[SourcedClick], positions: list[int]) -> list[list[int]]:
         rounds: list[list[int]] = []
         clicks_so_far: Counter[str] = Counter()
-        for position, sourced in enumerate(clicks):
+        for position in positions:
+            sourced = clicks[position]
             ordinal = clicks_so_far[sourced.click.session_id]
             clicks_so_far[sourced.click.session_id] += 1
             if ordinal == len(rounds):
@@ -118,13 +135,33 @@ class SessionRecommender:
 
     def _load(self, state: SessionState | None, now: float) -> _Session:
         if state is None or now - state.last_seen > self.session_ttl:
-            return _Session(items=[], hidden=None)
+            return _Session(items=[], offsets=[], hidden=None)
         if state.artifact_version == self.scorer.version and state.hidden:
             shape = (self.scorer.layers, self.scorer.hidden_size)
             hidden = np.frombuffer(base64.b64decode(state.hidden), dtype=np.float32).reshape(shape).copy()
-            return _Session(items=list(state.items), hidden=hidden)
-        known = [index for item in state.items if (index := self.scorer.index_of(item)) is not None]
-        return _Session(items=list(state.items), hidden=self.scorer.replay(known) if known else None)
+            return _Session(items=list(state.items), offsets=list(state.offsets), hidden=hidden)
+        return _Session(
+            items=list(state.items), offsets=list(state.offsets), hidden=self._replay(state.items)
+        )
+
+    def _replay(self, items: list[str]) -> np.ndarray | None:
+        known = [index for item in items if (index := self.scorer.index_of(item)) is not None]
+        return self.scorer.replay(known) if known else None
+
+    def _answer_repeat(self, sourced: SourcedClick, session: _Session) -> dict[str, Any]:
+        """The suggestion for a click the state already holds, from the session's prefix up to it.
+
+        A repeat older than the kept history (`max_history` clicks) is answered from its own click.
+        `offsets` lines up with the end of `items` (states written before offsets were kept have fewer).
+        """
+        if sourced.offset in session.offsets:
+            kept = len(session.items) - len(session.offsets) + session.offsets.index(sourced.offset)
+        else:
+            kept = 0
+        replayed = _Session(items=session.items[:kept], offsets=[], hidden=self._replay(session.items[:kept]))
+        suggestions: list[dict[str, Any]] = [{}]
+        self._step_round([sourced], [0], {sourced.click.session_id: replayed}, suggestions)
+        return suggestions[0]
 
     def _step_round(
         self,
@@ -155,6 +192,7 @@ class SessionRecommender:
             sourced = clicks[p]
             session = sessions[sourced.click.session_id]
             session.items = (session.items + [sourced.click.item_id])[-self.max_history :]
+            session.offsets = (session.offsets + [sourced.offset])[-self.max_history :]
             exclude = self._seen(session) if self.exclude_seen else set()
             if p in rows:
                 row = rows[p]

@@ -1,14 +1,17 @@
 """Every setting of nextclick in one typed place: environment variables prefixed `NEXTCLICK_`.
 
 The trainer and the worker read the same object, so a deployment configures both with one
-ConfigMap. The README's configuration reference lists each variable.
+ConfigMap. The README's configuration table is generated from the field descriptions here:
+`python -m stream_app.settings --markdown` (a test keeps the two equal).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,15 +38,19 @@ class Settings(BaseSettings):
     bootstrap_servers: str = Field(
         default="localhost:9092", description="Comma-separated Kafka bootstrap host:port list."
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How clients talk to the brokers: TLS (SSL), SASL, both or neither."
+    )
     ssl_cafile: Path | None = Field(
         default=None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)."
     )
     ssl_certfile: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
     ssl_keyfile: Path | None = Field(default=None, description="Private key of `ssl_certfile`.")
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: str | None = Field(default=None, description="SASL password (pass it from a secret).")
 
     # --- Streaming worker: topics and application ---------------------------------------------
     app_id: str = Field(
@@ -52,7 +59,9 @@ class Settings(BaseSettings):
     clicks_topic: str = Field(
         default="clicks", description="Input click events, keyed by session id (UTF-8)."
     )
-    recommendations_topic: str = "recommendations"
+    recommendations_topic: str = Field(
+        default="recommendations", description="Output suggestions (JSON), keyed by session id."
+    )
     dead_letter_topic: str = Field(
         default="clicks-dlq", description="Malformed clicks, original bytes plus reason headers."
     )
@@ -109,8 +118,12 @@ class Settings(BaseSettings):
     broker_session_timeout: float = Field(
         default=60.0, gt=0, description="Consumer group session timeout, seconds (faust default)."
     )
-    broker_heartbeat_interval: float = Field(default=3.0, gt=0, description="Seconds.")
-    broker_rebalance_timeout: float = Field(default=60.0, gt=0, description="Seconds.")
+    broker_heartbeat_interval: float = Field(
+        default=3.0, gt=0, description="Seconds between consumer group heartbeats (faust default)."
+    )
+    broker_rebalance_timeout: float = Field(
+        default=60.0, gt=0, description="Longest a group rebalance may take, seconds (faust default)."
+    )
     broker_commit_interval: float = Field(
         default=2.8, gt=0, description="Seconds between offset commits (faust default)."
     )
@@ -124,3 +137,31 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def _shown_default(value: object) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, Path):
+        return f"`{os.path.relpath(value, REPO_ROOT)}` (from the repo root)"
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every setting's variable, default and description."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = field.description or ""
+        if get_origin(field.annotation) is Literal:
+            meaning += " One of " + ", ".join(f"`{choice}`" for choice in get_args(field.annotation)) + "."
+        rows.append(f"| `NEXTCLICK_{name.upper()}` | {_shown_default(field.default)} | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m stream_app.settings", description=__doc__)
+    parser.add_argument("--markdown", action="store_true", help="print the README's configuration table")
+    if parser.parse_args().markdown:
+        print(markdown_table())
+    else:
+        print(get_settings().model_dump_json(indent=2))

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
@@ -28,9 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.scoring import Scorer
 from stream_app.settings import REPO_ROOT, Settings
 
 WORKER_START_TIMEOUT = 60.0
+SERVED_TOP_K = Settings.model_fields["top_k"].default  # test workers get no NEXTCLICK_TOP_K
 
 
 # A model small enough to train in seconds on two busy cores; its quality is irrelevant here.
@@ -67,6 +70,35 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def scorer(artifact: Path) -> Scorer:
+    return Scorer(artifact)
+
+
+@pytest.fixture(scope="session")
+def offline_items(scorer: Scorer) -> Callable[[list[str]], list[str]]:
+    """The offline reference: the suggestion after a session's clicks, from a zero hidden state.
+
+    Steps the ONNX model through every click of the prefix one at a time (batch 1), as if the
+    session had never been seen, so it shares nothing with the worker's incremental state.
+    """
+
+    def items_after(clicked: list[str]) -> list[str]:
+        hidden, last = scorer.zero_hidden(1), None
+        for item in clicked:
+            if (index := scorer.index_of(item)) is not None:
+                last = scorer.step(np.array([index]), hidden)
+                hidden = last.next_hidden
+        seen = {index for item in clicked if (index := scorer.index_of(item)) is not None}
+        if last is None or scorer.index_of(clicked[-1]) is None:
+            chosen, _ = scorer.popular(SERVED_TOP_K, seen)
+        else:
+            chosen, _ = scorer.select(last.top_items[0], last.top_scores[0], SERVED_TOP_K, seen)
+        return [scorer.item_ids[i] for i in chosen]
+
+    return items_after
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -16,17 +17,17 @@ from stream_app.sessions import SessionRecommender, SessionState, SourcedClick
 TOP_K = 20
 
 
-@pytest.fixture(scope="module")
-def scorer(artifact: Path) -> Scorer:
-    return Scorer(artifact)
-
-
 def recommender(scorer: Scorer, **overrides: object) -> SessionRecommender:
     options = {"top_k": TOP_K, "max_history": 50, "session_ttl": 1800.0, "exclude_seen": True} | overrides
     return SessionRecommender(scorer, **options)  # type: ignore[arg-type]
 
 
-def sourced(session_id: str, item_id: str, offset: int = 0) -> SourcedClick:
+_next_offset = itertools.count()
+
+
+def sourced(session_id: str, item_id: str, offset: int | None = None) -> SourcedClick:
+    """A click read at `offset`, by default after every click made so far (a new click, not a repeat)."""
+    offset = next(_next_offset) if offset is None else offset
     return SourcedClick(Click(session_id, item_id, 1396321357.5), partition=0, offset=offset)
 
 
@@ -156,3 +157,19 @@ def test_history_is_capped(scorer: Scorer) -> None:
     items = scorer.item_ids[:6]
     serve(recommender(scorer, max_history=4), [sourced("s1", item) for item in items], table, now=1000.0)
     assert table[b"s1"].items == items[-4:]
+
+
+def test_a_repeated_click_gets_its_first_answer_and_leaves_the_state_alone(scorer: Scorer) -> None:
+    """After a crash the changelog may already hold clicks that Kafka delivers again."""
+    a, b, c, d = scorer.item_ids[:4]
+    table: dict[bytes, SessionState] = {}
+    engine = recommender(scorer)
+    first = serve(
+        engine, [sourced("s1", a, 10), sourced("s1", b, 11), sourced("s1", c, 12)], table, now=1000.0
+    )
+    again = serve(
+        engine, [sourced("s1", b, 11), sourced("s1", c, 12), sourced("s1", d, 13)], table, now=1001.0
+    )
+    assert [s["items"] for s in again[:2]] == [s["items"] for s in first[1:]]
+    assert again[2]["items"] == expected_for_prefix(scorer, [a, b, c, d])
+    assert table[b"s1"].items == [a, b, c, d] and table[b"s1"].offsets == [10, 11, 12, 13]

@@ -1,8 +1,9 @@
 """End to end: real clicks through the broker and a worker serving a real artifact.
 
-Each suggestion must equal what `Scorer.step` gives for its session's prefix, malformed clicks
-in between must not disturb it, and session state must survive a worker restart (changelog)
-and be evicted after the TTL.
+Each suggestion must equal the offline model's for its session's whole prefix (zero hidden state,
+every earlier click stepped again: `offline_items` in conftest), not only the worker's own
+incremental step; malformed clicks in between must not disturb it, and session state must survive
+a worker restart (changelog) and be evicted after the TTL.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from stream_app.embedded_broker import EmbeddedBroker
@@ -27,7 +27,6 @@ from stream_app.settings import get_settings
 pytestmark = pytest.mark.broker
 
 TEST_CLICKS = get_settings().data_dir / "yoochoose_rsc15_100k" / "yoochoose-clicks-100k_test.txt.gz"
-TOP_K = 20
 
 
 def real_sessions(clicks: int) -> list[tuple[str, str]]:
@@ -40,26 +39,6 @@ def real_sessions(clicks: int) -> list[tuple[str, str]]:
 def click_message(session_id: str, item_id: str) -> tuple[bytes, bytes]:
     value = {"session_id": session_id, "item_id": item_id, "timestamp": time.time()}
     return session_id.encode(), json.dumps(value).encode()
-
-
-def expected_items(scorer: Scorer, items: list[str]) -> list[str]:
-    """The suggestion after a session's clicks `items`, computed one `Scorer.step` at a time."""
-    hidden, last = scorer.zero_hidden(1), None
-    for item in items:
-        if (index := scorer.index_of(item)) is not None:
-            last = scorer.step(np.array([index]), hidden)
-            hidden = last.next_hidden
-    seen = {index for item in items if (index := scorer.index_of(item)) is not None}
-    if scorer.index_of(items[-1]) is None:
-        chosen, _ = scorer.popular(TOP_K, seen)
-    else:
-        chosen, _ = scorer.select(last.top_items[0], last.top_scores[0], TOP_K, seen)
-    return [scorer.item_ids[i] for i in chosen]
-
-
-@pytest.fixture(scope="module")
-def scorer(artifact: Path) -> Scorer:
-    return Scorer(artifact)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +55,9 @@ def worker(
         yield running
 
 
-def test_each_click_gets_the_suggestion_of_its_session_prefix(worker: Any, scorer: Scorer) -> None:
+def test_each_click_gets_the_suggestion_of_its_session_prefix(
+    worker: Any, scorer: Scorer, offline_items: Callable[[list[str]], list[str]]
+) -> None:
     clicks = real_sessions(60)
     malformed = [(b"bad", b"{oops"), (b"s", b"[]")]
     messages = [click_message(*click) for click in clicks]
@@ -95,7 +76,7 @@ def test_each_click_gets_the_suggestion_of_its_session_prefix(worker: Any, score
         history[session_id].append(item_id)
         suggestion = by_session[session_id].pop(0)
         assert suggestion["click"]["item_id"] == item_id
-        assert suggestion["items"] == expected_items(scorer, history[session_id]), (
+        assert suggestion["items"] == offline_items(history[session_id]), (
             session_id,
             history[session_id],
         )
@@ -127,6 +108,7 @@ def test_session_state_survives_a_worker_restart(
     launch_worker: Callable[..., Any],
     worker_fields: Callable[..., dict[str, Any]],
     tmp_path: Path,
+    offline_items: Callable[[list[str]], list[str]],
 ) -> None:
     session_id = "restart-1"
     items = scorer.item_ids[10:13]
@@ -143,7 +125,7 @@ def test_session_state_survives_a_worker_restart(
         records = second.consume(second.settings.recommendations_topic, 3)
     last = json.loads(records[-1].value)
     assert last["click"]["item_id"] == items[2]
-    assert last["items"] == expected_items(scorer, items)
+    assert last["items"] == offline_items(items)
 
 
 def test_idle_sessions_are_evicted_by_the_timer(
