@@ -52,9 +52,10 @@ def write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def write_artifact_metadata(directory: Path, *, version: str, item_ids: np.ndarray, popularity: np.ndarray,
-                            config: dict, metrics: dict, models: dict[str, dict]) -> Path:
-    """Write the data files and the manifest around model files already saved in `directory`."""
+def write_artifact_metadata(directory: Path, *, version: str, trained_by: str, item_ids: np.ndarray,
+                            popularity: np.ndarray, config: dict, metrics: dict, models: dict[str, dict]) -> Path:
+    """Write the data files and the manifest around model files already saved in `directory`.
+    `trained_by` is the `code_version()` read when training started (the tree may change meanwhile)."""
     write_json(directory / ITEM_IDS, [str(i) for i in item_ids])
     np.save(directory / POPULARITY, np.asarray(popularity, dtype=np.int64))
     write_json(directory / CONFIG, config)
@@ -63,7 +64,7 @@ def write_artifact_metadata(directory: Path, *, version: str, item_ids: np.ndarr
     write_json(directory / MANIFEST, {
         "version": version,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "code_version": code_version(),
+        "code_version": trained_by,
         "models": models,
         "files": {name: sha256_of(directory / name) for name in files},
     })

@@ -22,7 +22,7 @@ import torch
 
 from models.export import export_gru4rec
 from stream_app.settings import get_settings
-from training.artifact import new_version, write_artifact_metadata
+from training.artifact import code_version, new_version, write_artifact_metadata
 from training.data import ClickLog, ItemMap, encode_sessions, item_popularity
 from training.datasets import custom_dataset, dataset_names, load_dataset
 from training.evaluate import CUTOFFS, evaluate, format_table
@@ -101,6 +101,7 @@ def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
+    trained_by = code_version()
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(GRU4RecTraining)}
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
         },
     }
     write_artifact_metadata(
-        out, version=version, item_ids=item_map.ids, popularity=popularity,
+        out, version=version, trained_by=trained_by, item_ids=item_map.ids, popularity=popularity,
         config={"gru4rec": params.to_dict(), "top_k": args.top_k},
         metrics=metrics,
         models={"gru4rec": {"file": "gru4rec.onnx", "n_items": len(item_map), "layers": model.n_layers, "hidden_size": model.hidden_size,
