@@ -9,6 +9,22 @@
 3. faust hard-codes `fetch_max_wait_ms=1500` for its worker consumer. Real Kafka answers a
    fetch as soon as data is there, so that only bounds idle polls; brokers that sit out the
    whole long poll (Tansu, the embedded test broker) add up to 1.5 s to every click instead.
+4. A worker that starts (or rebalances) with a backlog could lose part of it: 1 to ~150
+   consecutive clicks of a partition never reached the agent, and the partition's committed
+   offset stayed stuck just below them (faust-streaming#596, open). `Recovery.on_recovery_completed`
+   resumes the stream partitions while the consumer's flow is still running (it was resumed for
+   the changelog), awaits `Consumer.perform_seek`, and only then calls `flow_control.resume()`,
+   which *clears* the streams' queues. Whatever the fetcher handed to the streams in between is
+   discarded unprocessed, and the seek does not bring it back: it may run before those records
+   were fetched, and they moved `_read_offset` on, so re-fetched copies are dropped as already
+   read (`DROPPED MESSAGE ROFF` with DEVLOG=1). `_Consumer.perform_seek` therefore stops the
+   consumer's flow before it seeks, as a faust rebalance does before its seeks: nothing more
+   reaches the streams, a fetch still in flight is thrown away by `Consumer.getmany` (which seeks
+   again), the seek lands after everything that was handed over, and the caller's `resume_flow()`
+   restarts fetching at the committed offsets, after the queues were cleared. `resume_flow` also
+   restores the read offsets the seek set, in case the fetch loop moved one on while stopping.
+   At least once holds: records the agent already processed come again, and the worker answers
+   repeats by offset (`stream_app.sessions`).
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import aiokafka
 import faust
 import faust.streams
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from stream_app.partitioning import partition_for_key
 
@@ -52,8 +69,32 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    # Read offsets as `perform_seek` left them, for the generation it ran in (docstring, item 4).
+    _sought_read_offsets: tuple[int, dict[TP, int | None]] | None = None
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets with the flow stopped (docstring, item 4).
+
+        `Recovery._resume_streams` and `Recovery.on_recovery_completed` call this with the flow
+        running and resume it right after, once the queues are cleared; `Consumer.getmany` calls
+        it with the flow already stopped, and whoever stopped it resumes it: left alone.
+        """
+        if not self.flow_active:
+            await super().perform_seek()
+            return
+        self.stop_flow()
+        await super().perform_seek()
+        self._sought_read_offsets = (self.app.consumer_generation_id, dict(self._read_offset))
+
+    def resume_flow(self) -> None:
+        # The fetch loop may still have recorded one handed-over offset after the flow stopped.
+        sought, self._sought_read_offsets = self._sought_read_offsets, None
+        if sought is not None and sought[0] == self.app.consumer_generation_id:
+            self._read_offset.update(sought[1])
+        super().resume_flow()
 
 
 class _Transport(faust_aiokafka.Transport):
