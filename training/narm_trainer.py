@@ -16,20 +16,19 @@ of SR-GNN), set `lr_decay=1` for the official behaviour.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from models.narm import NARM, NARMConfig
 from training.data import Sessions
 from training.losses import LossConfig, make_loss
 from training.prefixes import Prefixes
 from training.sampling import PopularitySampler
-from training.trainer import EpochStats, TrainingDiverged, TrainingHistory
+from training.progress import EpochProgress, TrainingHistory
+from training.trainer import sampled_candidates
 
 
 @dataclass(frozen=True)
@@ -88,14 +87,10 @@ def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
 
     prefixes = Prefixes.of(sessions, params.max_len)
     n_events = len(prefixes)
-    curve_every = max(1, n_events // params.batch_size // 50)  # about 50 curve points per epoch
     history = TrainingHistory()
     for epoch in range(1, params.n_epochs + 1):
-        epoch_loss, epoch_events, window_loss, window_events = 0.0, 0, 0.0, 0
-        started = time.perf_counter()
-        bar = tqdm(total=n_events, desc=f"epoch {epoch}/{params.n_epochs}", unit="ev", disable=not progress,
-                   smoothing=0.05)
-        for n_step, batch in enumerate(prefixes.batches(params.batch_size, rng)):
+        meter = EpochProgress(history, epoch, params.n_epochs, n_events, params.batch_size, show=progress)
+        for batch in prefixes.batches(params.batch_size, rng):
             batch_events = len(batch.targets)
             if params.full_softmax:
                 scores = model(batch.items, batch.lengths)
@@ -103,37 +98,15 @@ def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
             else:
                 if sampler is None and batch_events < 2:
                     continue  # in-batch negatives only: a single prefix has nothing to rank against
-                negatives = sampler.draw() if sampler is not None else batch.targets[:0]
-                candidates = torch.cat([batch.targets, negatives])
-                log_sampling_prob = None
-                if params.logq > 0:
-                    log_sampling_prob = torch.cat([log_popularity[batch.targets],
-                                                   params.sample_alpha * log_popularity[negatives]])
+                candidates, log_sampling_prob = sampled_candidates(batch.targets, sampler, log_popularity,
+                                                                   params.logq, params.sample_alpha)
                 scores = model.score_candidates(batch.items, batch.lengths, candidates)
                 loss = loss_fn(scores, log_sampling_prob) / batch_events
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-
-            step_loss = loss.item() * batch_events  # summed over this step's events
-            if not np.isfinite(step_loss):
-                raise TrainingDiverged(f"loss became {step_loss} in epoch {epoch}, step {n_step}: "
-                                       "lower the learning rate or check the data")
-            epoch_loss += step_loss
-            epoch_events += batch_events
-            window_loss += step_loss
-            window_events += batch_events
-            if (n_step + 1) % curve_every == 0:
-                history.curve_events.append((epoch - 1) * n_events + epoch_events)
-                history.curve_loss.append(window_loss / window_events)
-                window_loss, window_events = 0.0, 0
-                bar.set_postfix(loss=f"{epoch_loss / epoch_events:.4f}")
-            bar.update(batch_events)
-        bar.close()
+            meter.step(loss.item() * batch_events, batch_events)
+        meter.finish()
         schedule.step()
-        stats = EpochStats(epoch, epoch_loss / max(epoch_events, 1), time.perf_counter() - started, epoch_events)
-        history.epochs.append(stats)
-        if progress:
-            print(f"epoch {epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  {stats.events_per_second:,.0f} events/s")
     model.eval()
     return model, history

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from training.trainer import TrainingHistory  # noqa: E402
+from training.progress import TrainingHistory  # noqa: E402
 
 
 def plot_training_curve(history: TrainingHistory, path: Path, title: str) -> Path:

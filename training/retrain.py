@@ -15,9 +15,8 @@ import dataclasses
 import sys
 import tomllib
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import get_origin
 
-import numpy as np
 import torch
 
 from models.export import export_gru4rec

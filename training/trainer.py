@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from training.data import Sessions
 from training.losses import LossConfig, make_loss
 from training.optim import AdagradMomentum
+from training.progress import EpochProgress, TrainingHistory
 from training.sampling import PopularitySampler
 from training.session_batches import apply_resets, session_parallel_steps
 
@@ -50,27 +49,15 @@ class GRU4RecTraining:
         return asdict(self)
 
 
-@dataclass
-class EpochStats:
-    epoch: int
-    loss: float
-    seconds: float
-    events: int
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events / self.seconds
-
-
-@dataclass
-class TrainingHistory:
-    epochs: list[EpochStats] = field(default_factory=list)
-    curve_events: list[int] = field(default_factory=list)  # events seen so far, at each curve point
-    curve_loss: list[float] = field(default_factory=list)  # mean loss per event since the previous point
-
-
-class TrainingDiverged(RuntimeError):
-    pass
+def sampled_candidates(targets: torch.Tensor, sampler: PopularitySampler | None, log_popularity: torch.Tensor,
+                       logq: float, sample_alpha: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch's targets followed by the shared popularity samples, and (for logQ correction) the log of
+    each candidate's sampling probability up to a constant: popularity for targets, popularity^alpha else."""
+    negatives = sampler.draw() if sampler is not None else targets[:0]
+    candidates = torch.cat([targets, negatives])
+    if logq <= 0:
+        return candidates, None
+    return candidates, torch.cat([log_popularity[targets], sample_alpha * log_popularity[negatives]])
 
 
 def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTraining,
@@ -91,23 +78,15 @@ def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTra
 
     history = TrainingHistory()
     n_events = int(sessions.n_clicks - sessions.n_sessions)
-    curve_every = max(1, n_events // params.batch_size // 50)  # about 50 curve points per epoch
     for epoch in range(1, params.n_epochs + 1):
         hidden = model.initial_hidden(params.batch_size)
-        epoch_loss, epoch_events, window_loss, window_events = 0.0, 0, 0.0, 0
-        started = time.perf_counter()
-        bar = tqdm(total=n_events, desc=f"epoch {epoch}/{params.n_epochs}", unit="ev", disable=not progress,
-                   smoothing=0.05)
-        for n_step, step in enumerate(session_parallel_steps(sessions, params.batch_size)):
+        meter = EpochProgress(history, epoch, params.n_epochs, n_events, params.batch_size, show=progress)
+        for step in session_parallel_steps(sessions, params.batch_size):
             hidden = apply_resets(hidden, step)
             if sampler is None and len(step.items) < 2:
                 break  # in-batch negatives only: a single session has nothing to rank against
-            negatives = sampler.draw() if sampler is not None else step.targets[:0]
-            candidates = torch.cat([step.targets, negatives])
-            log_sampling_prob = None
-            if params.logq > 0:
-                log_sampling_prob = torch.cat([log_popularity[step.targets],
-                                               params.sample_alpha * log_popularity[negatives]])
+            candidates, log_sampling_prob = sampled_candidates(step.targets, sampler, log_popularity, params.logq,
+                                                               params.sample_alpha)
             rows = model.gather_rows(step.items, candidates)
             optimiser.zero_grad()
             scores, hidden = model.score_candidates(rows, hidden)
@@ -117,26 +96,7 @@ def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTra
             for table, ids, grad in model.row_updates(rows):
                 optimiser.step_rows(table, ids, grad)
             hidden = [h.detach() for h in hidden]
-
-            batch_events = len(step.items)
-            step_loss = loss.item() * params.batch_size  # summed over this step's events
-            if not np.isfinite(step_loss):
-                raise TrainingDiverged(f"loss became {step_loss} in epoch {epoch}, step {n_step}: "
-                                       "lower the learning rate or check the data")
-            epoch_loss += step_loss
-            epoch_events += batch_events
-            window_loss += step_loss
-            window_events += batch_events
-            if (n_step + 1) % curve_every == 0:
-                history.curve_events.append((epoch - 1) * n_events + epoch_events)
-                history.curve_loss.append(window_loss / window_events)
-                window_loss, window_events = 0.0, 0
-                bar.set_postfix(loss=f"{epoch_loss / epoch_events:.4f}")
-            bar.update(batch_events)
-        bar.close()
-        stats = EpochStats(epoch, epoch_loss / max(epoch_events, 1), time.perf_counter() - started, epoch_events)
-        history.epochs.append(stats)
-        if progress:
-            print(f"epoch {epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  {stats.events_per_second:,.0f} events/s")
+            meter.step(loss.item() * params.batch_size, len(step.items))
+        meter.finish()
     model.eval()
     return model, history

@@ -1,0 +1,76 @@
+"""What every trainer records per epoch: a progress bar, the loss curve, and a stop on divergence."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+CURVE_POINTS_PER_EPOCH = 50
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    seconds: float
+    events: int
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds
+
+
+@dataclass
+class TrainingHistory:
+    epochs: list[EpochStats] = field(default_factory=list)
+    curve_events: list[int] = field(default_factory=list)  # events seen so far, at each curve point
+    curve_loss: list[float] = field(default_factory=list)  # mean loss per event since the previous point
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class EpochProgress:
+    """One epoch's bookkeeping: `step` after each mini-batch, `finish` at the end."""
+
+    def __init__(self, history: TrainingHistory, epoch: int, n_epochs: int, events_per_epoch: int,
+                 batch_size: int, show: bool):
+        self.history, self.epoch, self.events_per_epoch, self.show = history, epoch, events_per_epoch, show
+        self.curve_every = max(1, events_per_epoch // batch_size // CURVE_POINTS_PER_EPOCH)
+        self.loss = self.window_loss = 0.0
+        self.events = self.window_events = self.steps = 0
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=events_per_epoch, desc=f"epoch {epoch}/{n_epochs}", unit="ev", disable=not show,
+                        smoothing=0.05)
+
+    def step(self, summed_loss: float, events: int) -> None:
+        """Record one mini-batch: its loss summed over its `events`."""
+        if not np.isfinite(summed_loss):
+            self.bar.close()
+            raise TrainingDiverged(f"loss became {summed_loss} in epoch {self.epoch}, step {self.steps}: "
+                                   "lower the learning rate or check the data")
+        self.steps += 1
+        self.loss += summed_loss
+        self.events += events
+        self.window_loss += summed_loss
+        self.window_events += events
+        if self.steps % self.curve_every == 0:
+            self.history.curve_events.append((self.epoch - 1) * self.events_per_epoch + self.events)
+            self.history.curve_loss.append(self.window_loss / self.window_events)
+            self.window_loss, self.window_events = 0.0, 0
+            self.bar.set_postfix(loss=f"{self.loss / self.events:.4f}")
+        self.bar.update(events)
+
+    def finish(self) -> EpochStats:
+        self.bar.close()
+        stats = EpochStats(self.epoch, self.loss / max(self.events, 1), time.perf_counter() - self.started,
+                           self.events)
+        self.history.epochs.append(stats)
+        if self.show:
+            print(f"epoch {stats.epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  "
+                  f"{stats.events_per_second:,.0f} events/s")
+        return stats
