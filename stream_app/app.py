@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 settings = get_settings()
 metrics = WorkerMetrics()
 
+settings.table_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level of it
 app = TunedApp(
     settings.app_id,
     broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],

@@ -205,7 +205,7 @@ def unique_worker_settings(bootstrap_servers: str, tmp_dir: Path, **overrides: A
         "recommendations_topic": f"{app_id}-recommendations",
         "dead_letter_topic": f"{app_id}-dlq",
         "partitions": 2,
-        "table_dir": tmp_dir / "tables",
+        "table_dir": tmp_dir / "state" / "tables",  # not there yet: the worker must create its parents
         "web_port": free_port(),
         "serving_artifact_dir": tmp_dir / "no-artifact",
         "model_retry_interval": 1.0,
