@@ -31,58 +31,54 @@ NARM_OUTPUTS = ("top_items", "top_scores")
 OPSET = 17
 
 
-class GRU4RecServingStep(nn.Module):
-    def __init__(self, model: GRU4Rec, top_k: int):
+class _TopKServing(nn.Module):
+    """A model wrapped so that its graph returns only the top-K items and their scores."""
+
+    def __init__(self, model: nn.Module, top_k: int):
         super().__init__()
-        if len(set(model.config.layers)) != 1:
-            raise ValueError(f"serving stacks the layers' states into one tensor: layers must be equal, got {model.config.layers}")
         if not 0 < top_k <= model.config.n_items:
             raise ValueError(f"top_k must be in 1..{model.config.n_items}, got {top_k}")
         self.model = model
         self.top_k = top_k
         self.eval()  # the exporter restores this mode afterwards: eval, so dropout stays off for the caller too
 
-    def forward(self, item: torch.Tensor, hidden: torch.Tensor):
-        scores, next_hidden = self.model(item, list(hidden.unbind(0)))
+    def top(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         top_scores, top_items = torch.topk(scores, self.top_k, dim=1)
-        return top_items, top_scores, torch.stack(next_hidden)
-
-
-def export_gru4rec(model: GRU4Rec, path: Path, top_k: int = 100) -> Path:
-    step = GRU4RecServingStep(model, top_k)
-    example = (torch.zeros(2, dtype=torch.int64), torch.zeros(model.n_layers, 2, model.hidden_size))
-    torch.onnx.export(
-        step, example, str(path),
-        input_names=list(GRU4REC_INPUTS), output_names=list(GRU4REC_OUTPUTS),
-        dynamic_axes={"item": {0: "batch"}, "hidden": {1: "batch"}, "top_items": {0: "batch"},
-                      "top_scores": {0: "batch"}, "next_hidden": {1: "batch"}},
-        opset_version=OPSET, dynamo=False,
-    )
-    return path
-
-
-class NARMServingStep(nn.Module):
-    def __init__(self, model: NARM, top_k: int):
-        super().__init__()
-        if not 0 < top_k <= model.config.n_items:
-            raise ValueError(f"top_k must be in 1..{model.config.n_items}, got {top_k}")
-        self.model = model
-        self.top_k = top_k
-        self.eval()  # the exporter restores this mode afterwards: eval, so dropout stays off for the caller too
-
-    def forward(self, items: torch.Tensor, lengths: torch.Tensor):
-        top_scores, top_items = torch.topk(self.model(items, lengths), self.top_k, dim=1)
         return top_items, top_scores
 
 
-def export_narm(model: NARM, path: Path, top_k: int = 100) -> Path:
-    step = NARMServingStep(model, top_k)
-    example = (torch.zeros(2, model.config.max_len, dtype=torch.int64), torch.ones(2, dtype=torch.int64))
-    torch.onnx.export(
-        step, example, str(path),
-        input_names=list(NARM_INPUTS), output_names=list(NARM_OUTPUTS),
-        dynamic_axes={"items": {0: "batch", 1: "length"}, "lengths": {0: "batch"}, "top_items": {0: "batch"},
-                      "top_scores": {0: "batch"}},
-        opset_version=OPSET, dynamo=False,
-    )
+class GRU4RecServingStep(_TopKServing):
+    def __init__(self, model: GRU4Rec, top_k: int):
+        if len(set(model.config.layers)) != 1:
+            raise ValueError(f"serving stacks the layers' states into one tensor: layers must be equal, got {model.config.layers}")
+        super().__init__(model, top_k)
+
+    def forward(self, item: torch.Tensor, hidden: torch.Tensor):
+        scores, next_hidden = self.model(item, list(hidden.unbind(0)))
+        return *self.top(scores), torch.stack(next_hidden)
+
+
+class NARMServingStep(_TopKServing):
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor):
+        return self.top(self.model(items, lengths))
+
+
+def _export(graph: _TopKServing, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
+            outputs: tuple[str, ...], dynamic_axes: dict[str, dict[int, str]]) -> Path:
+    torch.onnx.export(graph, example, str(path), input_names=list(inputs), output_names=list(outputs),
+                      dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
     return path
+
+
+def export_gru4rec(model: GRU4Rec, path: Path, top_k: int = 100) -> Path:
+    example = (torch.zeros(2, dtype=torch.int64), torch.zeros(model.n_layers, 2, model.hidden_size))
+    return _export(GRU4RecServingStep(model, top_k), example, path, GRU4REC_INPUTS, GRU4REC_OUTPUTS,
+                   {"item": {0: "batch"}, "hidden": {1: "batch"}, "top_items": {0: "batch"},
+                    "top_scores": {0: "batch"}, "next_hidden": {1: "batch"}})
+
+
+def export_narm(model: NARM, path: Path, top_k: int = 100) -> Path:
+    example = (torch.zeros(2, model.config.max_len, dtype=torch.int64), torch.ones(2, dtype=torch.int64))
+    return _export(NARMServingStep(model, top_k), example, path, NARM_INPUTS, NARM_OUTPUTS,
+                   {"items": {0: "batch", 1: "length"}, "lengths": {0: "batch"}, "top_items": {0: "batch"},
+                    "top_scores": {0: "batch"}})
