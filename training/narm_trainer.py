@@ -16,7 +16,7 @@ of SR-GNN), set `lr_decay=1` for the official behaviour.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,11 +28,11 @@ from training.losses import LossConfig, make_loss
 from training.prefixes import Prefixes
 from training.sampling import PopularitySampler
 from training.progress import EpochProgress, TrainingHistory
-from training.trainer import sampled_candidates
+from training.trainer import TrainingParams, sampled_candidates
 
 
 @dataclass(frozen=True)
-class NARMTraining:
+class NARMTraining(TrainingParams):
     """Hyper-parameters; the defaults are the paper's (full-catalogue softmax cross-entropy)."""
 
     embedding_dim: int = 50
@@ -46,13 +46,6 @@ class NARMTraining:
     lr_decay_every: int = 3  # ... every this many epochs
     full_softmax: bool = True  # the paper's loss; False: `loss` over sampled candidates
     loss: str = "cross-entropy"
-    n_sample: int = 2048
-    sample_alpha: float = 0.3
-    bpreg: float = 0.9
-    elu_param: float = 1.0
-    logq: float = 0.0
-    n_epochs: int = 10
-    seed: int = 42
 
     def __post_init__(self) -> None:
         if self.full_softmax and self.loss != "cross-entropy":
@@ -64,11 +57,6 @@ class NARMTraining:
                           max_len=self.max_len, dropout_embed=self.dropout_embed,
                           dropout_context=self.dropout_context)
 
-    def loss_config(self) -> LossConfig:
-        return LossConfig(name=self.loss, bpreg=self.bpreg, elu_param=self.elu_param, logq=self.logq)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,

@@ -17,7 +17,27 @@ from training.session_batches import apply_resets, session_parallel_steps
 
 
 @dataclass(frozen=True)
-class GRU4RecTraining:
+class TrainingParams:
+    """What every trainer shares: the loss (`training.losses`), its sampled negatives, epochs and seed."""
+
+    n_sample: int = 2048  # popularity-sampled negatives shared by a mini-batch
+    sample_alpha: float = 0.3  # sampling probability ∝ popularity^alpha
+    loss: str = "bpr-max"
+    bpreg: float = 0.9
+    elu_param: float = 1.0
+    logq: float = 0.0
+    n_epochs: int = 10
+    seed: int = 42
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(name=self.loss, bpreg=self.bpreg, elu_param=self.elu_param, logq=self.logq)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GRU4RecTraining(TrainingParams):
     """Hyper-parameters; the defaults are the official best settings for Diginetica (bpr-max, shared embedding)."""
 
     layers: tuple[int, ...] = (512,)
@@ -28,25 +48,11 @@ class GRU4RecTraining:
     batch_size: int = 128
     learning_rate: float = 0.05
     momentum: float = 0.15
-    n_sample: int = 2048
-    sample_alpha: float = 0.3
-    loss: str = "bpr-max"
-    bpreg: float = 0.9
-    elu_param: float = 1.0
-    logq: float = 0.0
-    n_epochs: int = 10
-    seed: int = 42
 
     def model_config(self, n_items: int) -> GRU4RecConfig:
         return GRU4RecConfig(n_items=n_items, layers=tuple(self.layers), embedding=self.embedding,
                              constrained_embedding=self.constrained_embedding,
                              dropout_embed=self.dropout_embed, dropout_hidden=self.dropout_hidden)
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(name=self.loss, bpreg=self.bpreg, elu_param=self.elu_param, logq=self.logq)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sampled_candidates(targets: torch.Tensor, sampler: PopularitySampler | None, log_popularity: torch.Tensor,
