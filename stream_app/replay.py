@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +77,11 @@ class WorkerProcess:
     decides when and how it stops.
     """
 
-    def __init__(self, fields: dict[str, Any], log_file: Path) -> None:
+    def __init__(self, fields: dict[str, Any], log_file: Path, base_env: Mapping[str, str] | None = None) -> None:
         self.settings = Settings(**fields)
         self.fields = fields
         self.log_file = log_file
+        self.base_env = os.environ if base_env is None else base_env  # tests pass one without NEXTCLICK_*
         self.process: subprocess.Popen[bytes] | None = None
         self.web_url = f"http://127.0.0.1:{self.settings.web_port}"
 
@@ -89,7 +90,9 @@ class WorkerProcess:
         return f"{self.web_url}/metrics"
 
     def start(self) -> WorkerProcess:
-        env = os.environ | {f"NEXTCLICK_{name.upper()}": str(value) for name, value in self.fields.items()}
+        env = dict(self.base_env) | {
+            f"NEXTCLICK_{name.upper()}": str(value) for name, value in self.fields.items() if value is not None
+        }
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "stream_app", "worker", "-l", "info"],
@@ -111,13 +114,13 @@ class WorkerProcess:
         except OSError:
             return {}
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the worker owns its partitions and has loaded the model."""
+    def wait_ready(self, timeout: float = 60.0, checks: Collection[str] | None = None) -> None:
+        """Block until the named /readyz `checks` pass (default: all of them, the model loaded included)."""
         deadline = time.monotonic() + timeout
-        while not (checks := self.readiness()) or not all(checks.values()):
+        while not (state := self.readiness()) or not all(state[c] for c in (checks or state)):
             self.check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"worker not ready after {timeout} s ({checks}); see {self.log_file}")
+                raise TimeoutError(f"worker not ready after {timeout} s ({state}); see {self.log_file}")
             time.sleep(0.1)
 
     def check_alive(self) -> None:

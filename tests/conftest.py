@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.replay import WorkerProcess
 from stream_app.scoring import Scorer
 from stream_app.settings import REPO_ROOT, Settings
 
@@ -216,38 +216,13 @@ def unique_worker_settings(bootstrap_servers: str, tmp_dir: Path, **overrides: A
 
 @contextmanager
 def running_worker(fields: dict[str, Any], log: Path, require_model: bool = False) -> Iterator[Worker]:
-    """Start a worker subprocess with `fields` as NEXTCLICK_* variables; stop it on exit."""
-    settings = Settings(**fields)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NEXTCLICK_")}
-    env |= {f"NEXTCLICK_{name.upper()}": str(value) for name, value in fields.items() if value is not None}
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            ["nice", "-n", "15", sys.executable, "-m", "stream_app", "worker", "-l", "info"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    worker = Worker(settings, process, log)
-    try:
-
-        def ready() -> bool:
-            try:
-                checks = worker.readiness()["checks"]
-            except OSError:
-                return False
-            wanted = ["partitions_assigned", "tables_recovered"] + (["model_loaded"] if require_model else [])
-            return all(checks[name] for name in wanted)
-
-        worker.wait_until(ready, timeout=WORKER_START_TIMEOUT, what="readiness")
-        yield worker
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Start a worker subprocess with `fields` as NEXTCLICK_* variables (and no other NEXTCLICK_* from
+    the developer's environment); stop it on exit."""
+    clean_env = {key: value for key, value in os.environ.items() if not key.startswith("NEXTCLICK_")}
+    with WorkerProcess(fields, log, base_env=clean_env) as process:
+        checks = ["partitions_assigned", "tables_recovered"] + (["model_loaded"] if require_model else [])
+        process.wait_ready(timeout=WORKER_START_TIMEOUT, checks=checks)
+        yield Worker(process.settings, process.process, log)
 
 
 @pytest.fixture(scope="session")
