@@ -25,6 +25,10 @@ import numpy as np
 import onnxruntime as ort
 
 MODEL_NAME = "gru4rec"
+# The artifact's file names: `training.artifact` writes what this module reads.
+MANIFEST = "manifest.json"
+ITEM_IDS = "item_ids.json"
+POPULARITY = "popularity.npy"
 
 
 class ArtifactError(RuntimeError):
@@ -38,7 +42,7 @@ class StepResult:
     next_hidden: np.ndarray  # float32 [layers, B, H]
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -48,7 +52,7 @@ def _sha256(path: Path) -> str:
 
 def verify_artifact(artifact_dir: Path) -> dict:
     """Read the manifest and check every listed file against its sha256; return the manifest."""
-    manifest_path = artifact_dir / "manifest.json"
+    manifest_path = artifact_dir / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{artifact_dir} has no manifest.json")
     manifest = json.loads(manifest_path.read_text())
@@ -56,7 +60,7 @@ def verify_artifact(artifact_dir: Path) -> dict:
         path = artifact_dir / name
         if not path.is_file():
             raise ArtifactError(f"{path} is listed in the manifest but missing")
-        if _sha256(path) != expected:
+        if sha256_of(path) != expected:
             raise ArtifactError(f"{path} does not match its sha256 in the manifest")
     if MODEL_NAME not in manifest.get("models", {}):
         raise ArtifactError(f"{manifest_path} has no {MODEL_NAME!r} model")
@@ -84,10 +88,10 @@ class Scorer:
         self.graph_top_k: int = int(spec["top_k"])
 
         self.item_ids: list[str] = [
-            str(item) for item in json.loads((self.artifact_dir / "item_ids.json").read_text())
+            str(item) for item in json.loads((self.artifact_dir / ITEM_IDS).read_text())
         ]
         self._index_of = {item: index for index, item in enumerate(self.item_ids)}
-        popularity = np.load(self.artifact_dir / "popularity.npy")
+        popularity = np.load(self.artifact_dir / POPULARITY)
         if popularity.shape != (len(self.item_ids),):
             raise ArtifactError(
                 f"popularity.npy has shape {popularity.shape}, expected ({len(self.item_ids)},)"

@@ -7,7 +7,6 @@ the sha256 of every other file so a worker can refuse a corrupt or partial copy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -15,21 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from stream_app.scoring import ITEM_IDS, MANIFEST, POPULARITY, sha256_of
 from stream_app.settings import REPO_ROOT
 
-MANIFEST = "manifest.json"
-ITEM_IDS = "item_ids.json"
-POPULARITY = "popularity.npy"
 CONFIG = "config.json"
 METRICS = "metrics.json"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def code_version() -> str:

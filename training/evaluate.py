@@ -52,6 +52,11 @@ class RankingMetrics:
         }
 
 
+def conservative_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row, the number of items scoring at least as high as the target: a tie never helps."""
+    return (scores >= scores.gather(1, targets.unsqueeze(1))).sum(dim=1)
+
+
 @torch.no_grad()
 def model_ranks(model: torch.nn.Module, sessions: Sessions, batch_size: int = 512) -> np.ndarray:
     """Conservative rank of every next click; `model(items, hidden)` gives full-catalogue scores."""
@@ -61,8 +66,7 @@ def model_ranks(model: torch.nn.Module, sessions: Sessions, batch_size: int = 51
     for step in session_parallel_steps(sessions, batch_size):
         hidden = apply_resets(hidden, step)
         scores, hidden = model(step.items, hidden)
-        target_scores = scores.gather(1, step.targets.unsqueeze(1))
-        ranks.append((scores >= target_scores).sum(dim=1))
+        ranks.append(conservative_ranks(scores, step.targets))
     return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
 
@@ -76,9 +80,7 @@ def prefix_model_ranks(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Te
         score_fn.eval()
     ranks = []
     for batch in Prefixes.of(sessions, max_len).batches(batch_size):
-        scores = score_fn(batch.items, batch.lengths)
-        target_scores = scores.gather(1, batch.targets.unsqueeze(1))
-        ranks.append((scores >= target_scores).sum(dim=1))
+        ranks.append(conservative_ranks(score_fn(batch.items, batch.lengths), batch.targets))
     return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
 
@@ -91,27 +93,28 @@ def popularity_ranks(popularity: np.ndarray, sessions: Sessions) -> np.ndarray:
     return len(popularity) - np.searchsorted(sorted_popularity, popularity[targets], side="left")
 
 
-def evaluate(model: torch.nn.Module, popularity: np.ndarray, sessions: Sessions, name: str,
-             batch_size: int = 512) -> tuple[RankingMetrics, RankingMetrics]:
-    """The model's metrics and the popularity baseline's, on the same predictions."""
-    ranks = model_ranks(model, sessions, batch_size)
+def with_popularity_baseline(name: str, ranks: np.ndarray, popularity: np.ndarray,
+                             sessions: Sessions) -> tuple[RankingMetrics, RankingMetrics]:
+    """A model's metrics from its ranks, and the popularity baseline's on the same predictions."""
     baseline = popularity_ranks(popularity, sessions)
     if len(ranks) != len(baseline):
         raise AssertionError(f"model made {len(ranks)} predictions, the protocol expects {len(baseline)}")
     return (RankingMetrics.from_ranks(name, ranks, sessions.n_dropped_clicks),
             RankingMetrics.from_ranks("popularity", baseline, sessions.n_dropped_clicks))
+
+
+def evaluate(model: torch.nn.Module, popularity: np.ndarray, sessions: Sessions, name: str,
+             batch_size: int = 512) -> tuple[RankingMetrics, RankingMetrics]:
+    """Metrics of a step model (GRU4Rec) and of the popularity baseline."""
+    return with_popularity_baseline(name, model_ranks(model, sessions, batch_size), popularity, sessions)
 
 
 def evaluate_prefix_model(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], popularity: np.ndarray,
                           sessions: Sessions, name: str, max_len: int,
                           batch_size: int = 512) -> tuple[RankingMetrics, RankingMetrics]:
-    """`evaluate` for prefix models (`prefix_model_ranks`): their metrics and the popularity baseline's."""
-    ranks = prefix_model_ranks(score_fn, sessions, max_len, batch_size)
-    baseline = popularity_ranks(popularity, sessions)
-    if len(ranks) != len(baseline):
-        raise AssertionError(f"model made {len(ranks)} predictions, the protocol expects {len(baseline)}")
-    return (RankingMetrics.from_ranks(name, ranks, sessions.n_dropped_clicks),
-            RankingMetrics.from_ranks("popularity", baseline, sessions.n_dropped_clicks))
+    """Metrics of a prefix model (NARM, `prefix_model_ranks`) and of the popularity baseline."""
+    return with_popularity_baseline(name, prefix_model_ranks(score_fn, sessions, max_len, batch_size),
+                                    popularity, sessions)
 
 
 def format_table(rows: list[RankingMetrics], cutoffs: tuple[int, ...] = CUTOFFS) -> str:
