@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from training.data import ItemMap, encode_sessions, item_popularity  # noqa: E402
+from training.data import EncodedSplit  # noqa: E402
 from training.datasets import dataset_names, load_dataset  # noqa: E402
 from training.evaluate import evaluate, format_table  # noqa: E402
 from training.losses import LOSSES  # noqa: E402
@@ -40,9 +40,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     train_log, test_log = load_dataset(args.dataset)
-    item_map = ItemMap.fit(train_log.item_ids)
-    train, test = encode_sessions(train_log, item_map), encode_sessions(test_log, item_map)
-    popularity = item_popularity(train, len(item_map))
+    split = EncodedSplit.of(train_log, test_log)
+    train, test, popularity = split.train, split.test, split.popularity
     base = training_params(args.config, n_epochs=args.epochs)
     rows = []
     for loss in args.losses:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from training.data import ItemMap, encode_sessions, item_popularity
+from training.data import EncodedSplit
 from training.datasets import dataset_names, load_dataset
 from training.evaluate import evaluate, format_table
 from training.retrain import training_params
@@ -42,9 +42,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     train_log, test_log = load_dataset(args.dataset)
-    item_map = ItemMap.fit(train_log.item_ids)
-    train = encode_sessions(train_log, item_map)
-    popularity = item_popularity(train, len(item_map))
+    split = EncodedSplit.of(train_log, test_log)
+    train, popularity = split.train, split.popularity
     params = training_params(args.config, n_epochs=args.epochs)
     started = time.perf_counter()
     model, history = train_gru4rec(train, popularity, params, progress=False)
@@ -52,14 +51,13 @@ def main() -> None:
 
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"data: {args.dataset}, {train.n_clicks - train.n_sessions:,} training events per epoch, "
-          f"{len(item_map):,} items; settings: {args.config.name}")
+          f"{len(split.item_map):,} items; settings: {args.config.name}")
     for epoch in history.epochs:
         print(f"epoch {epoch.epoch}: {epoch.events_per_second:,.0f} events/s, {epoch.seconds:.1f} s, loss {epoch.loss:.4f}")
     events = sum(e.events for e in history.epochs)
     print(f"overall: {events / total:,.0f} events/s, {total / len(history.epochs):.1f} s per epoch")
     if args.evaluate:
-        test = encode_sessions(test_log, item_map)
-        print(format_table(list(evaluate(model, popularity, test, name="gru4rec"))))
+        print(format_table(list(evaluate(model, popularity, split.test, name="gru4rec"))))
 
 
 if __name__ == "__main__":

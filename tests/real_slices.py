@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 
-from training.data import ItemMap, encode_sessions, item_popularity
+from training.data import EncodedSplit
 from training.datasets import load_dataset
 
 
@@ -11,6 +11,5 @@ def yoochoose_slice(train_sessions: int = 3000, test_sessions: int = 300):
     """(train Sessions, test Sessions, item map, popularity) from the first sessions of the real slice."""
     train_log, test_log = load_dataset("yoochoose_rsc15_100k")
     train_log, test_log = train_log.head_sessions(train_sessions), test_log.head_sessions(test_sessions)
-    item_map = ItemMap.fit(train_log.item_ids)
-    train = encode_sessions(train_log, item_map)
-    return train, encode_sessions(test_log, item_map), item_map, item_popularity(train, len(item_map))
+    split = EncodedSplit.of(train_log, test_log)
+    return split.train, split.test, split.item_map, split.popularity

@@ -281,3 +281,19 @@ def item_popularity(sessions: Sessions, n_items: int) -> np.ndarray:
     if len(counts) > n_items:
         raise ValueError(f"sessions hold item index {len(counts) - 1}, beyond n_items={n_items}")
     return counts.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """A train/test split in the index space of the training items: what every trainer starts from."""
+
+    train: Sessions
+    test: Sessions
+    item_map: ItemMap
+    popularity: np.ndarray  # training click counts per item index
+
+    @classmethod
+    def of(cls, train_log: ClickLog, test_log: ClickLog) -> "EncodedSplit":
+        item_map = ItemMap.fit(train_log.item_ids)
+        train = encode_sessions(train_log, item_map)
+        return cls(train, encode_sessions(test_log, item_map), item_map, item_popularity(train, len(item_map)))

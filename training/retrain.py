@@ -22,7 +22,7 @@ import torch
 from models.export import export_gru4rec
 from stream_app.settings import get_settings
 from training.artifact import code_version, new_version, write_artifact_metadata
-from training.data import ClickLog, ItemMap, encode_sessions, item_popularity
+from training.data import ClickLog, EncodedSplit
 from training.datasets import custom_dataset, dataset_names, load_dataset
 from training.evaluate import CUTOFFS, evaluate, format_table
 from training.plots import plot_training_curve
@@ -107,10 +107,8 @@ def main(argv: list[str] | None = None) -> Path:
     params = training_params(args.config, **overrides)
     train_log, test_log, data_name = load_logs(args)
 
-    item_map = ItemMap.fit(train_log.item_ids)
-    train = encode_sessions(train_log, item_map)
-    test = encode_sessions(test_log, item_map)
-    popularity = item_popularity(train, len(item_map))
+    split = EncodedSplit.of(train_log, test_log)
+    train, test, item_map, popularity = split.train, split.test, split.item_map, split.popularity
     print(f"{data_name}: train {train.n_sessions:,} sessions / {train.n_clicks:,} clicks / {len(item_map):,} items; "
           f"test {test.n_sessions:,} sessions / {test.n_clicks:,} clicks ({test.n_dropped_clicks:,} clicks on "
           f"unseen items dropped)")
@@ -146,8 +144,8 @@ def main(argv: list[str] | None = None) -> Path:
         out, version=version, trained_by=trained_by, item_ids=item_map.ids, popularity=popularity,
         config={"gru4rec": params.to_dict(), "top_k": args.top_k},
         metrics=metrics,
-        models={"gru4rec": {"file": "gru4rec.onnx", "n_items": len(item_map), "layers": model.n_layers, "hidden_size": model.hidden_size,
-                            "top_k": args.top_k}},
+        models={"gru4rec": {"file": "gru4rec.onnx", "n_items": len(item_map), "layers": model.n_layers,
+                            "hidden_size": model.hidden_size, "top_k": args.top_k}},
     )
     print(f"\nartifact {version} written to {out}")
     return out
