@@ -42,7 +42,7 @@ def main() -> None:
     train_log, test_log = load_dataset(args.dataset)
     split = EncodedSplit.of(train_log, test_log)
     train, test, popularity = split.train, split.test, split.popularity
-    base = training_params(args.config, n_epochs=args.epochs)
+    base = training_params("gru4rec", args.config, n_epochs=args.epochs)
     rows = []
     for loss in args.losses:
         # ELU belongs to the -max losses; the plain pairwise losses use raw scores as in the original paper

@@ -44,7 +44,7 @@ def main() -> None:
     train_log, test_log = load_dataset(args.dataset)
     split = EncodedSplit.of(train_log, test_log)
     train, popularity = split.train, split.popularity
-    params = training_params(args.config, n_epochs=args.epochs)
+    params = training_params("gru4rec", args.config, n_epochs=args.epochs)
     started = time.perf_counter()
     model, history = train_gru4rec(train, popularity, params, progress=False)
     total = time.perf_counter() - started

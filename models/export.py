@@ -10,8 +10,15 @@ NARM reads the whole session (its last L clicks) at every click, so the worker k
 
 items holds each session's clicks from position 0, oldest first, then any padding; lengths >= 1.
 
-Top-K is computed inside the graph so only K ids per session leave onnxruntime, and the batch
-dimension is dynamic so the worker can score any number of clicks in one call (NARM's L is dynamic too).
+DIEN re-ranks the N candidates a retriever returned, from the same padded history:
+
+    (items [B, L] int64, lengths [B] int64, candidates [B, N] int64) → scores [B, N] float32 (logits)
+
+Its AUGRU is unrolled over L steps, so L is fixed at the model's max_len: pad every history to it.
+
+Top-K is computed inside the retrievers' graphs so only K ids per session leave onnxruntime, and the batch
+dimension is dynamic so the worker can score any number of clicks in one call (NARM's L and DIEN's N are
+dynamic too).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.dien import DIEN
 from models.gru4rec import GRU4Rec
 from models.narm import NARM
 
@@ -28,6 +36,8 @@ GRU4REC_INPUTS = ("item", "hidden")
 GRU4REC_OUTPUTS = ("top_items", "top_scores", "next_hidden")
 NARM_INPUTS = ("items", "lengths")
 NARM_OUTPUTS = ("top_items", "top_scores")
+DIEN_INPUTS = ("items", "lengths", "candidates")
+DIEN_OUTPUTS = ("scores",)
 OPSET = 17
 
 
@@ -63,7 +73,7 @@ class NARMServingStep(_TopKServing):
         return self.top(self.model(items, lengths))
 
 
-def _export(graph: _TopKServing, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
+def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
             outputs: tuple[str, ...], dynamic_axes: dict[str, dict[int, str]]) -> Path:
     torch.onnx.export(graph, example, str(path), input_names=list(inputs), output_names=list(outputs),
                       dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
@@ -82,3 +92,12 @@ def export_narm(model: NARM, path: Path, top_k: int = 100) -> Path:
     return _export(NARMServingStep(model, top_k), example, path, NARM_INPUTS, NARM_OUTPUTS,
                    {"items": {0: "batch", 1: "length"}, "lengths": {0: "batch"}, "top_items": {0: "batch"},
                     "top_scores": {0: "batch"}})
+
+
+def export_dien(model: DIEN, path: Path) -> Path:
+    model.eval()
+    example = (torch.zeros(2, model.config.max_len, dtype=torch.int64), torch.ones(2, dtype=torch.int64),
+               torch.zeros(2, 3, dtype=torch.int64))
+    return _export(model, example, path, DIEN_INPUTS, DIEN_OUTPUTS,
+                   {"items": {0: "batch"}, "lengths": {0: "batch"}, "candidates": {0: "batch", 1: "candidates"},
+                    "scores": {0: "batch", 1: "candidates"}})

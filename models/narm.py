@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -49,6 +50,7 @@ class NARMConfig:
     max_len: int = 19  # L: a longer session is represented by its last L clicks (training and serving)
     dropout_embed: float = 0.25
     dropout_context: float = 0.5  # on c = [c_l ; c_g], before the decoder
+    sparse_item_gradients: bool = False  # lookups give E a sparse gradient (rows used only), for SparseAdam
 
     def __post_init__(self) -> None:
         if self.max_len < 1:
@@ -100,7 +102,7 @@ class NARM(nn.Module):
         """c = [c_l ; c_g] [B, 2H] (dropout included) for clicks items [B, L] padded after lengths [B]."""
         positions = torch.arange(items.shape[1], device=items.device)
         mask = positions.unsqueeze(0) < lengths.unsqueeze(1)
-        embedded = self.dropout_embed(self.item_embedding[items.masked_fill(~mask, 0)])  # padding: any id
+        embedded = self.dropout_embed(self.rows(items.masked_fill(~mask, 0)))  # padding: any id
         # h_0 explicit, shaped from the input: the exported graph keeps its batch size dynamic
         states, _ = self.gru(embedded, embedded.new_zeros(1, embedded.shape[0], self.config.hidden_size))
         last_index = (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, states.shape[2])
@@ -120,4 +122,7 @@ class NARM(nn.Module):
 
     def score_candidates(self, items: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Training forward on sampled candidates: scores [B, C] of the items `candidates` [C]."""
-        return self.query(items, lengths) @ self.item_embedding[candidates].T
+        return self.query(items, lengths) @ self.rows(candidates).T
+
+    def rows(self, items: torch.Tensor) -> torch.Tensor:
+        return F.embedding(items, self.item_embedding, sparse=self.config.sparse_item_gradients)

@@ -26,11 +26,11 @@ import faust
 from stream_app.dead_letters import dead_letter_headers
 from stream_app.events import InvalidClick, Reason, check_partition, parse_click
 from stream_app.faust_app import KeyPartitionedTable, TunedApp, event_context
+from stream_app.hot_swap import ServedModel
 from stream_app.kafka_security import faust_credentials
 from stream_app.metrics import WorkerMetrics, add_web_endpoints
 from stream_app.partitioning import partition_for_key
-from stream_app.scoring import Scorer
-from stream_app.sessions import SessionRecommender, SessionState, SourcedClick
+from stream_app.sessions import SessionState, SourcedClick
 from stream_app.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ sessions = app.Table(
 )
 
 model_loaded = asyncio.Event()
-recommender: SessionRecommender | None = None
+served = ServedModel(settings, metrics, loaded=model_loaded)
 
 
 def readiness_checks() -> dict[str, bool]:
@@ -111,31 +111,9 @@ async def declare_output_topics() -> None:
 
 @app.task
 async def load_model() -> None:
-    """Load the served artifact, retrying so a late-mounted artifact still gets picked up."""
-    global recommender
-    while recommender is None:
-        try:
-            scorer = await asyncio.to_thread(
-                Scorer, settings.serving_artifact_dir, settings.inference_threads
-            )
-        except Exception as exc:
-            metrics.errors.labels(stage="model_load").inc()
-            logger.error("cannot load the artifact at %s (%r); retrying", settings.serving_artifact_dir, exc)
-            await asyncio.sleep(settings.model_retry_interval)
-            continue
-        recommender = SessionRecommender(
-            scorer,
-            top_k=settings.top_k,
-            max_history=settings.max_history,
-            session_ttl=settings.session_ttl,
-            exclude_seen=settings.exclude_seen,
-            observe_inference=metrics.inference_latency.observe,
-        )
-        metrics.model.info(
-            {"name": scorer.name, "artifact_version": scorer.version, "provider": scorer.provider}
-        )
-        logger.info("serving %s artifact %s on %s", scorer.name, scorer.version, scorer.provider)
-    model_loaded.set()
+    """Serve the fixed artifact (retrying until it loads), or the store's current version and every
+    later promotion or rollback, swapped in without a restart (`stream_app.hot_swap`)."""
+    await served.run()
 
 
 async def send_dead_letter(message: faust.types.Message, refusal: InvalidClick) -> None:
@@ -189,6 +167,7 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
         return
 
     await model_loaded.wait()  # refusals above flow even while the model is still loading
+    recommender = served.recommender  # read once: a swap lands between two batches, never inside one
     assert recommender is not None
     try:
         result = recommender.recommend([sourced for sourced, _ in clicks], sessions, now=time.time())
@@ -231,3 +210,24 @@ async def evict_idle_sessions() -> None:
         else:
             active += 1
     metrics.active_sessions.set(active)
+
+
+@app.timer(interval=settings.consumer_lag_interval)
+async def measure_consumer_lag() -> None:
+    """Export each owned clicks partition's lag (log end offset minus committed offset), as
+    consumer-group tools count it; a partition with no commit yet counts from its log start."""
+    owned = [tp for tp in app.assignor.assigned_actives() if tp.topic == settings.clicks_topic]
+    # faust's view of the committed offsets (set on every commit and seek), read before any await
+    committed = {tp: app.consumer._committed_offset.get(tp) for tp in owned}
+    uncommitted = [tp for tp, offset in committed.items() if offset is None]
+    try:
+        log_ends = await app.consumer.highwaters(*owned) if owned else {}
+        log_starts = await app.consumer.earliest_offsets(*uncommitted) if uncommitted else {}
+    except Exception:  # e.g. a leader moving mid-request: the next tick measures again
+        metrics.errors.labels(stage="consumer_lag").inc()
+        logger.warning("measuring the consumer lag failed", exc_info=True)
+        return
+    metrics.consumer_lag.clear()  # partitions moved to another worker are reported by that worker
+    for tp, offset in committed.items():
+        lag = log_ends[tp] - (log_starts[tp] if offset is None else offset)
+        metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, lag))

@@ -68,15 +68,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def demo_artifact(settings: Settings, epochs: int) -> Path:
-    """The served artifact if valid, else the demo's own quick one, trained when missing."""
+    """NEXTCLICK_SERVING_ARTIFACT_DIR if set and valid, else the demo's own quick one, trained when missing."""
     quick = settings.artifact_dir / "demo"
-    for candidate in (settings.serving_artifact_dir, quick):
+    for candidate in filter(None, (settings.serving_artifact_dir, quick)):
         with contextlib.suppress(ArtifactError):
             verify_artifact(candidate)
             return candidate
+    return train_quick_artifact(quick, epochs)
+
+
+def train_quick_artifact(out: Path, epochs: int, *flags: str) -> Path:
+    """A quick GRU4Rec: `epochs` of configs/gru4rec_yoochoose.toml on yoochoose_rsc15_100k (then `flags`)."""
     print(
-        f"no valid artifact at {settings.serving_artifact_dir}: training a quick GRU4Rec"
-        f" ({epochs} epoch(s) of configs/gru4rec_yoochoose.toml on yoochoose_rsc15_100k) into {quick}",
+        f"training a quick GRU4Rec ({epochs} epoch(s) of configs/gru4rec_yoochoose.toml on"
+        f" yoochoose_rsc15_100k) into {out}",
         flush=True,
     )
     subprocess.run(
@@ -86,16 +91,19 @@ def demo_artifact(settings: Settings, epochs: int) -> Path:
             "training.retrain",
             "--dataset",
             "yoochoose_rsc15_100k",
+            "--models",
+            "gru4rec",
             "--config",
             str(REPO_ROOT / "configs" / "gru4rec_yoochoose.toml"),
             "--epochs",
             str(epochs),
             "--out",
-            str(quick),
+            str(out),
+            *flags,
         ],
         check=True,
     )
-    return quick
+    return out
 
 
 def status_line(stats: OnlineStats, suggestions_per_second: float, top_k: int) -> str:

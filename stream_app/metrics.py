@@ -56,6 +56,27 @@ class WorkerMetrics:
             "nextclick_active_sessions", "Sessions held in this worker's table.", registry=r
         )
         self.model = Info("nextclick_model", "The model being served.", registry=r)
+        self.model_swaps = Counter(
+            "nextclick_model_swaps",
+            "Attempts to serve a new artifact version (the first one included): success, or refused "
+            "(corrupt, partial or incompatible; the model served before keeps serving).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("success", "refused"):
+            self.model_swaps.labels(outcome=outcome)  # both series exist from the start, for alerts
+        self.model_created = Gauge(
+            "nextclick_model_created_timestamp_seconds",
+            "Creation time of the served artifact (its manifest's created_at), Unix seconds.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "nextclick_consumer_lag",
+            "Clicks not yet processed on an owned partition: log end offset minus committed offset.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.ready = Gauge("nextclick_ready", "1 while every /readyz check passes, else 0.", registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -65,6 +86,8 @@ def add_web_endpoints(
     app: faust.App, metrics: WorkerMetrics, readiness_checks: Callable[[], Mapping[str, bool]]
 ) -> None:
     """Register /metrics, /livez and /readyz on the app's web server."""
+    # Read at each scrape, so alerts see the same readiness as Kubernetes' probe.
+    metrics.ready.set_function(lambda: float(all(readiness_checks().values())))
 
     @app.page("/metrics")
     async def metrics_view(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,12 +127,15 @@ class Scorer:
         )
         return StepResult(top_items, top_scores, next_hidden)
 
-    def replay(self, item_indices: list[int]) -> np.ndarray:
-        """The hidden state [layers, H] after a session's clicks; rebuilds state for a new model."""
-        hidden = self.zero_hidden(1)
-        for index in item_indices:
-            hidden = self.step(np.array([index]), hidden).next_hidden
-        return hidden[:, 0, :]
+    def replay(self, sessions: Sequence[Sequence[int]]) -> np.ndarray:
+        """The hidden states [layers, B, H] after each session's clicks, from a zero state; rebuilds
+        state for a new model. The sessions step together: one model call per click position."""
+        hidden = self.zero_hidden(len(sessions))
+        for position in range(max(map(len, sessions), default=0)):
+            rows = [row for row, items in enumerate(sessions) if len(items) > position]
+            items = np.array([sessions[row][position] for row in rows], dtype=np.int64)
+            hidden[:, rows, :] = self.step(items, hidden[:, rows, :]).next_hidden
+        return hidden
 
     def select(
         self, top_items: np.ndarray, top_scores: np.ndarray, k: int, exclude: Collection[int] = ()

@@ -10,6 +10,19 @@ crash: a click may come again after the state already holds it. Each state remem
 of its clicks, so such a repeat is answered from the session's prefix up to that click (replayed
 from a zero hidden state, like the original answer) and leaves the state alone, instead of
 stepping the session a second time.
+
+A hidden state belongs to the model that computed it. When the worker swaps to another artifact
+(`stream_app.hot_swap`), a state written under another version is never fed to the new model: its
+session's kept item ids are replayed through the new model from a zero hidden state, lazily, when
+the session's next click arrives (`_load`), so that suggestion equals what the new model gives
+offline for the prefix (the whole session while it has at most `max_history` clicks). Lazy, not
+eager at swap time: eagerly replaying every session in the table would stall the stream for as
+long as it takes (and write every state again) just when the swap must be seamless, and would
+spend most of it on sessions that never click again and are evicted by their TTL. Lazily, each
+returning session is replayed once (at most `max_history` clicks), and a batch's returning sessions
+together, one model call per click position, so a batch right after a swap costs about what any
+batch costs. The same rule covers a state that reaches a worker still serving another version
+(rebalance, rollback, rolling update).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import numpy as np
 
 from stream_app.events import Click
 from stream_app.scoring import Scorer
+from stream_app.settings import Settings
 
 
 class SessionState(faust.Record, serializer="json"):
@@ -62,6 +76,7 @@ class _Session:
     items: list[str]
     offsets: list[int]
     hidden: np.ndarray | None  # [layers, hidden_size]
+    stale: bool = False  # `hidden` is still to be rebuilt from `items` (`_replay`)
 
 
 def _encode_hidden(hidden: np.ndarray | None) -> str:
@@ -88,6 +103,17 @@ class SessionRecommender:
         self.session_ttl = session_ttl
         self.exclude_seen = exclude_seen
 
+    @classmethod
+    def from_settings(cls, scorer: Scorer, settings: Settings, **overrides: Any) -> SessionRecommender:
+        """The recommender the worker serves with; the quality gate overrides `top_k` and `session_ttl`."""
+        options = {
+            "top_k": settings.top_k,
+            "max_history": settings.max_history,
+            "session_ttl": settings.session_ttl,
+            "exclude_seen": settings.exclude_seen,
+        }
+        return cls(scorer, **options | overrides)
+
     def recommend(
         self, clicks: Sequence[SourcedClick], table: Mapping[bytes, SessionState], now: float
     ) -> BatchResult:
@@ -98,6 +124,7 @@ class SessionRecommender:
         """
         session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
         sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
+        self._replay([session for session in sessions.values() if session.stale])
         suggestions: list[dict[str, Any]] = [{} for _ in clicks]
         fresh = []
         for position, sourced in enumerate(clicks):
@@ -140,13 +167,19 @@ class SessionRecommender:
             shape = (self.scorer.layers, self.scorer.hidden_size)
             hidden = np.frombuffer(base64.b64decode(state.hidden), dtype=np.float32).reshape(shape).copy()
             return _Session(items=list(state.items), offsets=list(state.offsets), hidden=hidden)
-        return _Session(
-            items=list(state.items), offsets=list(state.offsets), hidden=self._replay(state.items)
-        )
+        return _Session(items=list(state.items), offsets=list(state.offsets), hidden=None, stale=True)
 
-    def _replay(self, items: list[str]) -> np.ndarray | None:
-        known = [index for item in items if (index := self.scorer.index_of(item)) is not None]
-        return self.scorer.replay(known) if known else None
+    def _replay(self, stale: list[_Session]) -> None:
+        """Rebuild the hidden states of `stale` sessions from their known items, all in one replay:
+        right after a swap, most sessions of a batch need it."""
+        known = [
+            [index for item in session.items if (index := self.scorer.index_of(item)) is not None]
+            for session in stale
+        ]
+        hidden = self.scorer.replay(known)
+        for row, session in enumerate(stale):
+            session.hidden = hidden[:, row, :].copy() if known[row] else None
+            session.stale = False
 
     def _answer_repeat(self, sourced: SourcedClick, session: _Session) -> dict[str, Any]:
         """The suggestion for a click the state already holds, from the session's prefix up to it.
@@ -158,7 +191,8 @@ class SessionRecommender:
             kept = len(session.items) - len(session.offsets) + session.offsets.index(sourced.offset)
         else:
             kept = 0
-        replayed = _Session(items=session.items[:kept], offsets=[], hidden=self._replay(session.items[:kept]))
+        replayed = _Session(items=session.items[:kept], offsets=[], hidden=None, stale=True)
+        self._replay([replayed])
         suggestions: list[dict[str, Any]] = [{}]
         self._step_round([sourced], [0], {sourced.click.session_id: replayed}, suggestions)
         return suggestions[0]

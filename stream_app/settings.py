@@ -28,7 +28,41 @@ class Settings(BaseSettings):
     )
     artifact_dir: Path = Field(
         default=REPO_ROOT / "artifacts",
-        description="Where `training.retrain` writes model artifacts and the worker reads them.",
+        description="The artifact store (`versions/`, `current.json`) when no store URL is set; "
+        "`training.retrain` also builds artifacts here (`staging/`) before pushing them.",
+    )
+
+    # --- Artifact store, quality gate and hot swap (`stream_app.artifact_store`) -----------------
+    artifact_store_url: str | None = Field(
+        default=None,
+        description="fsspec URL of a remote artifact store (`s3://bucket/nextclick`, `gs://...`; needs "
+        "the `fsspec` extra and the filesystem's package) used instead of `artifact_dir`.",
+    )
+    artifact_cache_dir: Path = Field(
+        default=REPO_ROOT / "runs" / "artifact-cache",
+        description="Local copies of versions read from a remote store (workers, the quality gate).",
+    )
+    artifact_keep_versions: int = Field(
+        default=5,
+        ge=2,
+        description="Versions the store keeps: the newest ones, plus always the current one and the "
+        "one a rollback returns to.",
+    )
+    quality_gate_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        description="A new version is promoted only if its Recall@20 and MRR@20 on the held-out data "
+        "are each at most this much (absolute) below the current version's.",
+    )
+    model_updates_topic: str = Field(
+        default="model-updates",
+        description="Promotions are announced here and workers swap at once; empty: no announcements "
+        "(workers rely on polling the store).",
+    )
+    model_poll_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between a worker's checks of the store's current version.",
     )
 
     # --- Streaming worker: Kafka connection -------------------------------------------------
@@ -78,9 +112,10 @@ class Settings(BaseSettings):
     table_dir: Path = Field(
         default=REPO_ROOT / "runs" / "tables", description="Where a RocksDB table store keeps files."
     )
-    serving_artifact_dir: Path = Field(
-        default=REPO_ROOT / "artifacts" / "current",
-        description="The artifact directory (see `stream_app.scoring`) the worker serves.",
+    serving_artifact_dir: Path | None = Field(
+        default=None,
+        description="Serve this fixed artifact directory (see `stream_app.scoring`) and never swap; "
+        "unset: serve the store's current version and follow its promotions.",
     )
     inference_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."
@@ -114,6 +149,11 @@ class Settings(BaseSettings):
     # --- Streaming worker: operations and broker tuning ---------------------------------------
     web_port: int = Field(
         default=6066, description="HTTP port of /metrics, /livez and /readyz (faust's web server)."
+    )
+    consumer_lag_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between measurements of the clicks partitions' consumer lag (a metric).",
     )
     broker_session_timeout: float = Field(
         default=60.0, gt=0, description="Consumer group session timeout, seconds (faust default)."

@@ -7,6 +7,7 @@ NEXTCLICK_* variables; tests talk to it through Kafka and its HTTP endpoints.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -40,13 +41,15 @@ SERVED_TOP_K = Settings.model_fields["top_k"].default  # test workers get no NEX
 TINY_TRAINING = [
     "--dataset",
     "yoochoose_rsc15_100k",
+    "--models",
+    "gru4rec",
     "--epochs",
     "1",
-    "--layers",
+    "--gru4rec-layers",
     "32",
-    "--batch-size",
+    "--gru4rec-batch-size",
     "64",
-    "--n-sample",
+    "--gru4rec-n-sample",
     "256",
     "--max-train-sessions",
     "2000",
@@ -58,18 +61,31 @@ TINY_TRAINING = [
 ]
 
 
+def retrain_tiny(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m training.retrain` with TINY_TRAINING, then `flags` (which win); needs torch."""
+    pytest.importorskip("torch")
+    return subprocess.run(
+        ["nice", "-n", "15", sys.executable, "-m", "training.retrain", *TINY_TRAINING, *flags],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real artifact from `python -m training.retrain` (needs the `train` extra: torch)."""
-    pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("artifact") / "tiny"
-    subprocess.run(
-        ["nice", "-n", "15", sys.executable, "-m", "training.retrain", *TINY_TRAINING, "--out", str(out)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-    )
+    retrain_tiny("--out", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_retrain() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`retrain_tiny(*flags, env=...)` for tests that need another real artifact or a real retrain run."""
+    return retrain_tiny
 
 
 @pytest.fixture(scope="session")
@@ -77,28 +93,35 @@ def scorer(artifact: Path) -> Scorer:
     return Scorer(artifact)
 
 
-@pytest.fixture(scope="session")
-def offline_items(scorer: Scorer) -> Callable[[list[str]], list[str]]:
+def offline_suggestion(scorer: Scorer, clicked: list[str]) -> list[str]:
     """The offline reference: the suggestion after a session's clicks, from a zero hidden state.
 
     Steps the ONNX model through every click of the prefix one at a time (batch 1), as if the
     session had never been seen, so it shares nothing with the worker's incremental state.
     """
+    hidden, last = scorer.zero_hidden(1), None
+    for item in clicked:
+        if (index := scorer.index_of(item)) is not None:
+            last = scorer.step(np.array([index]), hidden)
+            hidden = last.next_hidden
+    seen = {index for item in clicked if (index := scorer.index_of(item)) is not None}
+    if last is None or scorer.index_of(clicked[-1]) is None:
+        chosen, _ = scorer.popular(SERVED_TOP_K, seen)
+    else:
+        chosen, _ = scorer.select(last.top_items[0], last.top_scores[0], SERVED_TOP_K, seen)
+    return [scorer.item_ids[i] for i in chosen]
 
-    def items_after(clicked: list[str]) -> list[str]:
-        hidden, last = scorer.zero_hidden(1), None
-        for item in clicked:
-            if (index := scorer.index_of(item)) is not None:
-                last = scorer.step(np.array([index]), hidden)
-                hidden = last.next_hidden
-        seen = {index for item in clicked if (index := scorer.index_of(item)) is not None}
-        if last is None or scorer.index_of(clicked[-1]) is None:
-            chosen, _ = scorer.popular(SERVED_TOP_K, seen)
-        else:
-            chosen, _ = scorer.select(last.top_items[0], last.top_scores[0], SERVED_TOP_K, seen)
-        return [scorer.item_ids[i] for i in chosen]
 
-    return items_after
+@pytest.fixture(scope="session")
+def offline_items(scorer: Scorer) -> Callable[[list[str]], list[str]]:
+    """`offline_suggestion` of the session's tiny artifact."""
+    return functools.partial(offline_suggestion, scorer)
+
+
+@pytest.fixture(scope="session")
+def offline_items_of() -> Callable[[Scorer], Callable[[list[str]], list[str]]]:
+    """`offline_suggestion` of any artifact: `offline_items_of(scorer)(clicked)`."""
+    return lambda scorer: functools.partial(offline_suggestion, scorer)
 
 
 @pytest.fixture(scope="session")
@@ -241,3 +264,14 @@ def worker_fields() -> Callable[..., dict[str, Any]]:
 def kafka_client() -> type[KafkaClient]:
     """`KafkaClient(settings)` for tests that talk to a broker without a worker."""
     return KafkaClient
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two busy cores: torch's second thread only waits for the first (20x slower here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,3 +13,4 @@ def yoochoose_slice(train_sessions: int = 3000, test_sessions: int = 300):
     train_log, test_log = train_log.head_sessions(train_sessions), test_log.head_sessions(test_sessions)
     split = EncodedSplit.of(train_log, test_log)
     return split.train, split.test, split.item_map, split.popularity
+

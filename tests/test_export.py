@@ -9,9 +9,9 @@ import torch
 
 from models.export import export_gru4rec
 from stream_app.scoring import sha256_of
+from tests.real_slices import yoochoose_slice
 from training.retrain import main as retrain
 from training.trainer import GRU4RecTraining, train_gru4rec
-from tests.real_slices import yoochoose_slice
 
 TOP_K = 20
 
@@ -43,21 +43,44 @@ def test_onnx_step_matches_torch_on_real_sessions(trained, tmp_path):
             np.testing.assert_allclose(top_scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_retrain_writes_a_verifiable_artifact(tmp_path):
+def test_retrain_trains_all_three_models_into_one_verifiable_artifact(tmp_path):
     out = retrain(["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1500", "--max-test-sessions", "200",
-                   "--epochs", "1", "--layers", "16", "--batch-size", "16", "--n-sample", "32", "--top-k", "10",
+                   "--epochs", "1", "--gru4rec-layers", "16", "--gru4rec-batch-size", "16", "--gru4rec-n-sample", "32",
+                   "--narm-hidden-size", "16", "--narm-embedding-dim", "16", "--dien-item-dim", "8",
+                   "--dien-mlp", "16,8", "--dien-n-candidates", "10", "--top-k", "10", "--threads", "1",
                    "--out", str(tmp_path / "artifact"), "--no-progress"])
     manifest = json.loads((out / "manifest.json").read_text())
-    expected_files = {"gru4rec.onnx", "item_ids.json", "popularity.npy", "config.json", "metrics.json",
-                      "training_curve.png"}
+    models = ("gru4rec", "narm", "dien")
+    expected_files = {"item_ids.json", "popularity.npy", "config.json", "metrics.json"}
+    expected_files |= {f"{m}.onnx" for m in models} | {f"{m}_training_curve.png" for m in models}
     assert set(manifest["files"]) == expected_files
     for name, digest in manifest["files"].items():
         assert sha256_of(out / name) == digest
+    assert set(manifest["models"]) == set(models)
+    dien = manifest["models"]["dien"]
+    assert (dien["kind"], dien["retriever"], dien["n_candidates"]) == ("reranker", "gru4rec", 10)
+
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["results"]) == {"gru4rec", "popularity"}
-    assert 0.0 <= metrics["results"]["gru4rec"]["recall@20"] <= 1.0
+    assert set(metrics["results"]) == {"gru4rec", "narm", "gru4rec->dien", "popularity"}
+    predictions = {row["n_predictions"] for row in metrics["results"].values()}
+    assert len(predictions) == 1 and predictions.pop() > 0  # every row ranks the same test clicks
+    assert 0.0 <= metrics["results"]["gru4rec->dien"]["recall@20"] <= 1.0
+    # the re-ranker only reorders the top 10: its Recall@10 is the retriever's, whatever it learned
+    assert metrics["results"]["gru4rec->dien"]["recall@10"] == metrics["results"]["gru4rec"]["recall@10"]
+    assert 0.0 <= metrics["two_stage"]["dien_auc"] <= 1.0
+    assert set(metrics["training"]) >= set(models)
+
     item_ids = json.loads((out / "item_ids.json").read_text())
-    assert len(item_ids) == len(np.load(out / "popularity.npy")) == manifest["models"]["gru4rec"]["n_items"]
-    outputs = ort.InferenceSession(str(out / "gru4rec.onnx")).run(
+    n_items = len(item_ids)
+    assert n_items == len(np.load(out / "popularity.npy")) == manifest["models"]["gru4rec"]["n_items"]
+    top_items, _, _ = ort.InferenceSession(str(out / "gru4rec.onnx")).run(
         None, {"item": np.array([0, 1]), "hidden": np.zeros((1, 2, 16), dtype=np.float32)})
-    assert outputs[0].shape == (2, 10)
+    assert top_items.shape == (2, 10)
+    top_items, _ = ort.InferenceSession(str(out / "narm.onnx")).run(
+        None, {"items": np.array([[0, 1], [2, 0]]), "lengths": np.array([2, 1])})
+    assert top_items.shape == (2, 10)
+    max_len = manifest["models"]["dien"]["max_len"]
+    [scores] = ort.InferenceSession(str(out / "dien.onnx")).run(
+        None, {"items": np.zeros((3, max_len), dtype=np.int64), "lengths": np.ones(3, dtype=np.int64),
+               "candidates": np.arange(30).reshape(3, 10) % n_items})
+    assert scores.shape == (3, 10)

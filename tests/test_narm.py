@@ -7,23 +7,20 @@ import torch
 
 from models.export import export_narm
 from models.narm import NARM, NARMConfig
+from tests.real_slices import yoochoose_slice
 from training.data import Sessions
-from training.evaluate import evaluate_prefix_model, popularity_ranks, prefix_model_ranks
+from training.evaluate import (
+    evaluate_prefix_model,
+    popularity_ranks,
+    prefix_model_ranks,
+)
 from training.narm_trainer import NARMTraining, train_narm
 from training.prefixes import Prefixes
-from tests.real_slices import yoochoose_slice
 
-SMALL = dict(embedding_dim=32, hidden_size=32, batch_size=64, learning_rate=0.01, n_epochs=1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = {"embedding_dim": 32, "hidden_size": 32, "batch_size": 64, "learning_rate": 0.01, "n_epochs": 1}
 TOP_K = 20
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: torch's second thread only waits for the first (20x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

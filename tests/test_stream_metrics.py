@@ -16,6 +16,8 @@ EXPECTED = {
     "nextclick_batch_size": "histogram",
     "nextclick_active_sessions": "gauge",
     "nextclick_model_info": "gauge",  # an Info, as the Prometheus text format writes it
+    "nextclick_model_swaps": "counter",
+    "nextclick_model_created_timestamp_seconds": "gauge",
 }
 
 
@@ -36,3 +38,10 @@ def test_two_workers_do_not_share_counters() -> None:
     first.dead_letters.labels(reason="bad_json").inc()
     assert first.registry.get_sample_value("nextclick_dead_letters_total", {"reason": "bad_json"}) == 1
     assert second.registry.get_sample_value("nextclick_dead_letters_total", {"reason": "bad_json"}) is None
+
+
+def test_both_model_swap_outcomes_are_exported_before_any_swap() -> None:
+    """Alerts on refused swaps need the series to exist (at 0) from the start."""
+    registry = WorkerMetrics().registry
+    for outcome in ("success", "refused"):
+        assert registry.get_sample_value("nextclick_model_swaps_total", {"outcome": outcome}) == 0

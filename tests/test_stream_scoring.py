@@ -152,6 +152,20 @@ def test_state_from_another_artifact_is_rebuilt_by_replaying_the_items(scorer: S
     assert suggestion["items"] == expected_for_prefix(scorer, [a, b, c])
 
 
+def test_stale_sessions_of_one_batch_are_replayed_together_each_as_on_its_own(scorer: Scorer) -> None:
+    """After a swap every session of a batch may need a replay; they share model calls, not results."""
+    histories = {f"s{n}": scorer.item_ids[n : n + length] for n, length in enumerate([1, 4, 2, 7, 3])}
+    table = {
+        session.encode(): SessionState(items=items, last_seen=1000.0, hidden="", artifact_version="older")
+        for session, items in histories.items()
+    }
+    clicked = scorer.item_ids[40]
+    suggestions = serve(recommender(scorer), [sourced(s, clicked) for s in histories], table, now=1001.0)
+    for suggestion, (session, items) in zip(suggestions, histories.items(), strict=True):
+        assert suggestion["items"] == expected_for_prefix(scorer, [*items, clicked]), session
+        assert table[session.encode()].artifact_version == scorer.version
+
+
 def test_history_is_capped(scorer: Scorer) -> None:
     table: dict[bytes, SessionState] = {}
     items = scorer.item_ids[:6]

@@ -244,6 +244,22 @@ class ItemMap:
         return cls(json.loads(Path(path).read_text()))
 
 
+def read_item_categories(path, item_map: ItemMap) -> np.ndarray:
+    """int64 [n_items]: each item's category as an index 1..C, 0 for items the file does not list.
+    The file (CSV/TSV/Parquet, .gz) has an item-id column first and a category column second, with a header
+    (Diginetica's product-categories.csv: `itemId;categoryId`)."""
+    path = Path(path)
+    frame = _read_table(path, None)
+    if frame.shape[1] < 2:
+        raise DataError(f"{path.name}: expected an item column and a category column, got {list(frame.columns)}")
+    items, categories = _ids(frame.iloc[:, 0], path, "item"), _ids(frame.iloc[:, 1], path, "category")
+    known = item_map.encode(items)
+    codes = pd.factorize(categories[known >= 0])[0] + 1
+    item_categories = np.zeros(len(item_map), dtype=np.int64)
+    item_categories[known[known >= 0]] = codes
+    return item_categories
+
+
 @dataclass(frozen=True)
 class Sessions:
     """Item indices of sessions in start-time order: session s is items[offsets[s]:offsets[s+1]]."""
@@ -293,7 +309,7 @@ class EncodedSplit:
     popularity: np.ndarray  # training click counts per item index
 
     @classmethod
-    def of(cls, train_log: ClickLog, test_log: ClickLog) -> "EncodedSplit":
+    def of(cls, train_log: ClickLog, test_log: ClickLog) -> EncodedSplit:
         item_map = ItemMap.fit(train_log.item_ids)
         train = encode_sessions(train_log, item_map)
         return cls(train, encode_sessions(test_log, item_map), item_map, item_popularity(train, len(item_map)))

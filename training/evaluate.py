@@ -11,10 +11,11 @@ hidden state carried from click to click: the predictions are the same ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
 from training.data import Sessions
@@ -34,7 +35,7 @@ class RankingMetrics:
 
     @classmethod
     def from_ranks(cls, name: str, ranks: np.ndarray, n_dropped_clicks: int,
-                   cutoffs: tuple[int, ...] = CUTOFFS) -> "RankingMetrics":
+                   cutoffs: tuple[int, ...] = CUTOFFS) -> RankingMetrics:
         metrics = cls(name=name, n_predictions=len(ranks), n_dropped_clicks=n_dropped_clicks)
         for k in cutoffs:
             hit = ranks <= k
@@ -57,31 +58,140 @@ def conservative_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return (scores >= scores.gather(1, targets.unsqueeze(1))).sum(dim=1)
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Full-catalogue scores for some of the predictions, and where their targets sit in the sessions."""
+
+    positions: np.ndarray  # index of each target in `Sessions.items`: sorting by it gives click order
+    scores: torch.Tensor  # [b, n_items]
+    targets: torch.Tensor  # [b]
+
+
+# A model's predictions for every next click of some sessions, in any order.
+ScoreBatches = Callable[[Sessions], Iterator[ScoredBatch]]
+
+
+def step_model_scores(model: torch.nn.Module, batch_size: int = 512) -> ScoreBatches:
+    """A step model (GRU4Rec, `model(items, hidden)`): session-parallel, hidden state zero per session."""
+
+    def scored(sessions: Sessions) -> Iterator[ScoredBatch]:
+        model.eval()
+        hidden = model.initial_hidden(min(batch_size, sessions.n_sessions))
+        for step in session_parallel_steps(sessions, batch_size):
+            hidden = apply_resets(hidden, step)
+            scores, hidden = model(step.items, hidden)
+            yield ScoredBatch(step.positions, scores, step.targets)
+
+    return scored
+
+
+def prefix_model_scores(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], max_len: int,
+                        batch_size: int = 512) -> ScoreBatches:
+    """A model that reads the whole prefix (NARM): `score_fn(items [B, L] padded after the clicks, lengths [B])`
+    sees each prediction's clicks so far, its last `max_len`."""
+
+    def scored(sessions: Sessions) -> Iterator[ScoredBatch]:
+        if isinstance(score_fn, torch.nn.Module):
+            score_fn.eval()
+        for batch in Prefixes.of(sessions, max_len).batches(batch_size):
+            yield ScoredBatch(batch.positions, score_fn(batch.items, batch.lengths), batch.targets)
+
+    return scored
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Every prediction in click order: the target's conservative rank, and the model's best `n` items."""
+
+    ranks: np.ndarray  # int64 [P]
+    top: np.ndarray  # int32 [P, n], best first ([P, 0] when n = 0); int32 keeps a training set's top-100 small
+    top_scores: np.ndarray  # float32 [P, n]: the model's scores of `top`
+
+    def prior(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The retriever's score of each of `candidates` [b, C] for the predictions `rows` [b]: exact inside
+        the top-n; outside it, the n-th score, an upper bound (every top-n item scored at least that)."""
+        top, scores = self.top[rows], self.top_scores[rows]
+        match = candidates[:, :, None] == top[:, None, :]
+        return np.where(match.any(axis=2), np.take_along_axis(scores, match.argmax(axis=2), axis=1),
+                        scores[:, -1:]).astype(np.float32)
+
+
 @torch.no_grad()
+def retrieve(scores: ScoreBatches, sessions: Sessions, n: int = 0) -> Retrieval:
+    positions, ranks, tops, top_scores = [], [], [], []
+    for batch in scores(sessions):
+        positions.append(batch.positions)
+        ranks.append(conservative_ranks(batch.scores, batch.targets).numpy())
+        best = torch.topk(batch.scores, n, dim=1)
+        tops.append(best.indices.to(torch.int32).numpy())
+        top_scores.append(best.values.numpy())
+    if not positions:
+        return Retrieval(np.zeros(0, dtype=np.int64), np.zeros((0, n), dtype=np.int32), np.zeros((0, n), np.float32))
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    return Retrieval(np.concatenate(ranks)[order], np.concatenate(tops)[order], np.concatenate(top_scores)[order])
+
+
 def model_ranks(model: torch.nn.Module, sessions: Sessions, batch_size: int = 512) -> np.ndarray:
-    """Conservative rank of every next click; `model(items, hidden)` gives full-catalogue scores."""
-    model.eval()
-    hidden = model.initial_hidden(min(batch_size, sessions.n_sessions))
-    ranks = []
-    for step in session_parallel_steps(sessions, batch_size):
-        hidden = apply_resets(hidden, step)
-        scores, hidden = model(step.items, hidden)
-        ranks.append(conservative_ranks(scores, step.targets))
-    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+    """Conservative rank of every next click for a step model, in click order."""
+    return retrieve(step_model_scores(model, batch_size), sessions).ranks
 
 
-@torch.no_grad()
 def prefix_model_ranks(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sessions: Sessions,
                        max_len: int, batch_size: int = 512) -> np.ndarray:
-    """Conservative rank of every next click for models that read the whole prefix (NARM): each click is
-    predicted from the session's clicks before it (its last `max_len`), `score_fn(items [B, L] padded after
-    the clicks, lengths [B])` gives full-catalogue scores. Same predictions, same order as `popularity_ranks`."""
-    if isinstance(score_fn, torch.nn.Module):
-        score_fn.eval()
-    ranks = []
+    """Conservative rank of every next click for a prefix model, in click order."""
+    return retrieve(prefix_model_scores(score_fn, max_len, batch_size), sessions).ranks
+
+
+@torch.no_grad()
+def reranked_ranks(reranker: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], max_len: int,
+                   sessions: Sessions, retrieval: Retrieval, prior_weight: float | None,
+                   batch_size: int = 256) -> np.ndarray:
+    """Ranks of the two-stage list: the retriever's top-N re-ordered by `reranker(items, lengths, candidates)`
+    (plus `prior_weight` x the retriever's own scores, unless None), then every other item in retrieval order. A target
+    inside the top-N gets its conservative rank among the N re-ranked candidates; one outside keeps its
+    retrieval rank (already > N: all N scored at least as high)."""
+    if isinstance(reranker, torch.nn.Module):
+        reranker.eval()
+    prefixes = Prefixes.of(sessions, max_len)
+    if len(prefixes) != len(retrieval.ranks):
+        raise ValueError(f"retrieval has {len(retrieval.ranks)} predictions, the sessions {len(prefixes)}")
+    ranks = retrieval.ranks.copy()
+    for first in range(0, len(prefixes), batch_size):
+        index = np.arange(first, min(first + batch_size, len(prefixes)))
+        batch = prefixes.batch(index)
+        candidates = torch.from_numpy(retrieval.top[index].astype(np.int64))
+        is_target = candidates == batch.targets.unsqueeze(1)
+        found = is_target.any(dim=1)
+        if not found.any():
+            continue
+        scores = reranker(batch.items[found], batch.lengths[found], candidates[found])
+        if prior_weight is not None:
+            scores = scores + prior_weight * torch.from_numpy(retrieval.top_scores[index[found.numpy()]])
+        ranks[index[found.numpy()]] = conservative_ranks(scores, is_target[found].int().argmax(dim=1)).numpy()
+    return ranks
+
+
+@torch.no_grad()
+def pairwise_auc(scorer: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], max_len: int,
+                 sessions: Sessions, popularity: np.ndarray, sample_alpha: float, seed: int = 0,
+                 batch_size: int = 512) -> float:
+    """AUC of `scorer` over every held-out next click (positive) against one item drawn ∝ popularity^alpha
+    (negative; a draw equal to the target is left out): the share of (positive, negative) pairs, over all
+    predictions, ordered right, ties counting half (Mann-Whitney, average ranks)."""
+    if isinstance(scorer, torch.nn.Module):
+        scorer.eval()
+    weights = np.asarray(popularity, dtype=np.float64) ** sample_alpha
+    rng = np.random.default_rng(seed)
+    positives, negatives = [], []
     for batch in Prefixes.of(sessions, max_len).batches(batch_size):
-        ranks.append(conservative_ranks(score_fn(batch.items, batch.lengths), batch.targets))
-    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+        drawn = torch.from_numpy(rng.choice(len(weights), size=len(batch.targets), p=weights / weights.sum()))
+        scores = scorer(batch.items, batch.lengths, torch.stack([batch.targets, drawn], dim=1))
+        valid = drawn != batch.targets
+        positives.append(scores[valid, 0].numpy())
+        negatives.append(scores[valid, 1].numpy())
+    pos, neg = np.concatenate(positives), np.concatenate(negatives)
+    ranks = pd.Series(np.concatenate([pos, neg])).rank(method="average").to_numpy()[: len(pos)]
+    return float((ranks.sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def popularity_ranks(popularity: np.ndarray, sessions: Sessions) -> np.ndarray:

@@ -24,6 +24,7 @@ class PrefixBatch:
     items: torch.Tensor  # int64 [b, L_b]: each prefix's clicks from position 0, then padding (0)
     lengths: torch.Tensor  # int64 [b], 1..L
     targets: torch.Tensor  # int64 [b]: the click that follows
+    positions: np.ndarray  # int64 [b]: index of each target in the sessions' click array
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,12 @@ class Prefixes:
         return len(self.starts)
 
     @property
+    def positions(self) -> np.ndarray:
+        return self.starts + self.lengths
+
+    @property
     def targets(self) -> np.ndarray:
-        return self.clicks[self.starts + self.lengths]
+        return self.clicks[self.positions]
 
     def batch(self, index: np.ndarray) -> PrefixBatch:
         """The samples `index` as a left-aligned padded batch."""
@@ -58,7 +63,7 @@ class Prefixes:
         valid = positions < lengths[:, None]
         clicks = np.where(valid, self.clicks[np.where(valid, starts[:, None] + positions, 0)], 0)
         return PrefixBatch(torch.from_numpy(clicks), torch.from_numpy(lengths),
-                           torch.from_numpy(self.clicks[starts + lengths]))
+                           torch.from_numpy(self.clicks[starts + lengths]), starts + lengths)
 
     def batches(self, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[PrefixBatch]:
         """Mini-batches of every sample, shuffled when an rng is given, in click order otherwise."""

@@ -1,11 +1,14 @@
 """`python -m training.retrain`: click log in, trained and evaluated models out, as one artifact.
 
     python -m training.retrain --dataset yoochoose_rsc15_100k --epochs 3
-    python -m training.retrain --dataset diginetica_srgnn --config configs/gru4rec_diginetica.toml
+    python -m training.retrain --dataset diginetica_srgnn --config configs/diginetica.toml
+    python -m training.retrain --models gru4rec narm --gru4rec-layers 256 --narm-hidden-size 200
     python -m training.retrain --train my_clicks.csv --test my_test.csv --session-key sid --item-key iid
 
-Hyper-parameters come from the defaults (the official GRU4Rec best settings for Diginetica), then a
-TOML config file's [gru4rec] table, then flags.
+Trains GRU4Rec, NARM and DIEN by default (`--models` picks some). DIEN is the second stage: it re-ranks the
+top-N of its retriever (`--dien-retriever`, GRU4Rec by default), which must be trained in the same run.
+Each model's hyper-parameters come from its defaults, then the TOML config file's table of its name
+([gru4rec], [narm], [dien]), then the flags `--<model>-<name>`; `--epochs` sets every model's epochs.
 """
 
 from __future__ import annotations
@@ -14,24 +17,45 @@ import argparse
 import dataclasses
 import sys
 import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import get_origin
+from typing import Any, get_origin
 
+import numpy as np
 import torch
 
-from models.export import export_gru4rec
-from stream_app.settings import get_settings
+from models.export import export_dien, export_gru4rec, export_narm
 from training.artifact import code_version, new_version, write_artifact_metadata
-from training.data import ClickLog, EncodedSplit
+from training.data import ClickLog, EncodedSplit, read_item_categories
 from training.datasets import custom_dataset, dataset_names, load_dataset
-from training.evaluate import CUTOFFS, evaluate, format_table
+from training.dien_trainer import DIENTraining, train_dien
+from training.evaluate import (
+    CUTOFFS,
+    RankingMetrics,
+    ScoreBatches,
+    format_table,
+    pairwise_auc,
+    prefix_model_scores,
+    reranked_ranks,
+    retrieve,
+    step_model_scores,
+    with_popularity_baseline,
+)
+from training.narm_trainer import NARMTraining, train_narm
 from training.plots import plot_training_curve
+from training.progress import TrainingHistory
+from training.publish import add_publish_arguments, publish_trained, staging_dir
+from training.stream_source import add_topic_arguments, topic_click_logs
 from training.trainer import GRU4RecTraining, train_gru4rec
 
 SERVING_TOP_K = 100
 PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
             "start; full-catalogue ranking; rank = #items scoring >= target (conservative ties); clicks on items "
-            "unseen in training dropped and counted")
+            "unseen in training dropped and counted; two-stage: the retriever's top-N re-ranked, every other item "
+            "after it in retrieval order")
+PARAMS = {"gru4rec": GRU4RecTraining, "narm": NARMTraining, "dien": DIENTraining}
+RETRIEVERS = ("gru4rec", "narm")
 
 
 def _flag_type(field: dataclasses.Field):
@@ -56,29 +80,52 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--time-key", default="Time")
     data.add_argument("--max-train-sessions", type=int, help="train on the first N sessions only (smoke runs)")
     data.add_argument("--max-test-sessions", type=int, help="evaluate on the first N test sessions only")
+    add_topic_arguments(parser)
 
-    hyper = parser.add_argument_group("GRU4Rec hyper-parameters (override the config file)")
-    hyper.add_argument("--config", type=Path, help="TOML file with a [gru4rec] table")
-    for field in dataclasses.fields(GRU4RecTraining):
-        hyper.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_flag_type(field),
-                           default=None, help=f"default {field.default}")
-    hyper.add_argument("--epochs", dest="n_epochs", type=int, default=None, help="alias of --n-epochs")
+    models = parser.add_argument_group("models")
+    models.add_argument("--models", nargs="+", choices=list(PARAMS), default=list(PARAMS),
+                        help="which to train (default: all)")
+    models.add_argument("--config", type=Path, help="TOML file with [gru4rec], [narm] and/or [dien] tables")
+    models.add_argument("--epochs", type=int, help="every model's number of epochs")
+    for model, params in PARAMS.items():
+        group = parser.add_argument_group(f"{model} hyper-parameters (override the config file)")
+        for field in dataclasses.fields(params):
+            group.add_argument(f"--{model}-{field.name.replace('_', '-')}", dest=f"{model}.{field.name}",
+                               type=_flag_type(field), default=None, help=f"default {field.default}")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--out", type=Path, help="artifact directory (default: NEXTCLICK_ARTIFACT_DIR/<version>)")
-    out.add_argument("--top-k", type=int, default=SERVING_TOP_K, help="items the serving graph returns")
+    out.add_argument("--out", type=Path, help="write the artifact here and do not push it (default: build it in "
+                     "NEXTCLICK_ARTIFACT_DIR/staging/<version>, then gate, push and promote it)")
+    out.add_argument("--top-k", type=int, default=SERVING_TOP_K, help="items the retrievers' serving graphs return")
     out.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     out.add_argument("--no-progress", action="store_true")
+    add_publish_arguments(parser)
     return parser
 
 
-def training_params(config: Path | None = None, **overrides) -> GRU4RecTraining:
-    """Defaults, then the config file's [gru4rec] table, then the overrides that are not None."""
-    values: dict = tomllib.loads(config.read_text()).get("gru4rec", {}) if config else {}
+def training_params(model: str = "gru4rec", config: Path | None = None, **overrides) -> Any:
+    """`model`'s defaults, then the config file's table of that name, then the overrides that are not None."""
+    values: dict = tomllib.loads(config.read_text()).get(model, {}) if config else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "layers" in values:
-        values["layers"] = tuple(values["layers"])
-    return GRU4RecTraining(**values)
+    for name, value in values.items():
+        if isinstance(value, list):
+            values[name] = tuple(value)
+    return PARAMS[model](**values)
+
+
+def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    chosen = {}
+    for model in args.models:
+        overrides = {f.name: getattr(args, f"{model}.{f.name}") for f in dataclasses.fields(PARAMS[model])}
+        overrides["n_epochs"] = overrides["n_epochs"] if overrides["n_epochs"] is not None else args.epochs
+        chosen[model] = training_params(model, args.config, **overrides)
+    if "dien" in chosen and chosen["dien"].n_candidates > args.top_k:
+        raise SystemExit(f"DIEN re-ranks the retriever's top {chosen['dien'].n_candidates}, but its graph returns "
+                         f"--top-k {args.top_k}")
+    if "dien" in chosen and chosen["dien"].retriever not in chosen:
+        raise SystemExit(f"DIEN re-ranks {chosen['dien'].retriever}'s candidates: add it to --models "
+                         f"(or pick another --dien-retriever from {', '.join(m for m in RETRIEVERS if m in chosen)})")
+    return chosen
 
 
 def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
@@ -89,8 +136,8 @@ def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
                               time_key=args.time_key)
     else:
         spec = args.dataset
-    train, test = load_dataset(spec, validation=args.validation)
-    name = spec if isinstance(spec, str) else spec.name
+    train, test = topic_click_logs(args) if args.from_topic else load_dataset(spec, validation=args.validation)
+    name = f"topic {args.from_topic}" if args.from_topic else spec if isinstance(spec, str) else spec.name
     if args.max_train_sessions:
         train = train.head_sessions(args.max_train_sessions)
     if args.max_test_sessions:
@@ -98,13 +145,65 @@ def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
     return train, test, name
 
 
+@dataclass
+class TrainedModel:
+    name: str
+    model: torch.nn.Module
+    history: TrainingHistory
+    params: Any
+    ranks: np.ndarray  # test predictions, click order
+    manifest_entry: dict
+    export: Callable[[Path], Path]
+
+
+def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int,
+                    progress: bool) -> tuple[TrainedModel, ScoreBatches]:
+    if name == "gru4rec":
+        model, history = train_gru4rec(split.train, split.popularity, params, progress=progress)
+        scores = step_model_scores(model)
+        entry = {"layers": model.n_layers, "hidden_size": model.hidden_size}
+        export = lambda path: export_gru4rec(model, path, top_k=top_k)
+    else:
+        model, history = train_narm(split.train, split.popularity, params, progress=progress)
+        scores = prefix_model_scores(model, params.max_len)
+        entry = {"max_len": params.max_len}
+        export = lambda path: export_narm(model, path, top_k=top_k)
+    ranks = retrieve(scores, split.test).ranks
+    entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": len(split.popularity), "top_k": top_k}
+    return TrainedModel(name, model, history, params, ranks, entry, export), scores
+
+
+def train_reranker(params: DIENTraining, retriever: ScoreBatches, split: EncodedSplit,
+                   progress: bool) -> tuple[TrainedModel, dict]:
+    """DIEN on the retriever's top-N of every training prefix; its two-stage ranks and figures on the test set."""
+    n = params.n_candidates
+    categories = read_item_categories(params.categories, split.item_map) if params.categories else None
+    model, history = train_dien(split.train, split.popularity, params, retrieve(retriever, split.train, n),
+                                categories, progress=progress)
+    test_retrieval = retrieve(retriever, split.test, n)
+    prior_weight = float(model.prior_weight) if params.residual else None
+    ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
+    figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
+               f"retriever_recall@{n}": float((test_retrieval.ranks <= n).mean()) if len(ranks) else 0.0,
+               "dien_auc": pairwise_auc(model, params.max_len, split.test, split.popularity, params.sample_alpha,
+                                        seed=params.seed)}
+    entry = {"file": "dien.onnx", "kind": "reranker", "retriever": params.retriever, "n_candidates": n,
+             "prior_weight": prior_weight, "max_len": params.max_len, "n_items": len(split.popularity)}
+    trained = TrainedModel(f"{params.retriever}->dien", model, history, params, ranks, entry,
+                           lambda path: export_dien(model, path))
+    return trained, figures
+
+
+def epochs_record(history: TrainingHistory) -> list[dict]:
+    return [dataclasses.asdict(e) | {"events_per_second": e.events_per_second} for e in history.epochs]
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     trained_by = code_version()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(GRU4RecTraining)}
-    params = training_params(args.config, **overrides)
+    params = params_from_args(args)
     train_log, test_log, data_name = load_logs(args)
 
     split = EncodedSplit.of(train_log, test_log)
@@ -113,25 +212,45 @@ def main(argv: list[str] | None = None) -> Path:
           f"test {test.n_sessions:,} sessions / {test.n_clicks:,} clicks ({test.n_dropped_clicks:,} clicks on "
           f"unseen items dropped)")
 
-    model, history = train_gru4rec(train, popularity, params, progress=not args.no_progress)
-    gru4rec_metrics, popularity_metrics = evaluate(model, popularity, test, name="gru4rec")
+    trained: dict[str, TrainedModel] = {}
+    retrievers: dict[str, ScoreBatches] = {}
+    for name in (m for m in RETRIEVERS if m in params):
+        print(f"\n{name}")
+        trained[name], retrievers[name] = train_retriever(name, params[name], split, args.top_k,
+                                                          not args.no_progress)
+    two_stage: dict = {}
+    if "dien" in params:
+        print(f"\ndien, re-ranking {params['dien'].retriever}'s top {params['dien'].n_candidates}")
+        trained["dien"], two_stage = train_reranker(params["dien"], retrievers[params["dien"].retriever], split,
+                                                    not args.no_progress)
+    rows: list[RankingMetrics] = []
+    for t in trained.values():
+        model_row, popularity_row = with_popularity_baseline(t.name, t.ranks, popularity, test)
+        rows.append(model_row)
+    rows.append(popularity_row)
     print()
-    print(format_table([gru4rec_metrics, popularity_metrics]))
+    print(format_table(rows))
+    if two_stage:
+        n = two_stage["n_candidates"]
+        print(f"\n{two_stage['retriever']} Recall@{n} (the re-ranker's ceiling): "
+              f"{two_stage[f'retriever_recall@{n}']:.4f}; DIEN AUC (held-out next clicks vs popularity-sampled "
+              f"items): {two_stage['dien_auc']:.4f}")
 
     version = new_version()
-    out = args.out or get_settings().artifact_dir / version
+    out = args.out or staging_dir(version)
     out.mkdir(parents=True, exist_ok=True)
-    export_gru4rec(model, out / "gru4rec.onnx", top_k=args.top_k)
-    plot_training_curve(history, out / "training_curve.png", f"GRU4Rec on {data_name} ({params.loss})")
+    for name, t in trained.items():
+        t.export(out / t.manifest_entry["file"])
+        plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data_name}")
     metrics = {
         "dataset": data_name,
         "split": "validation" if args.validation else "test",
         "protocol": PROTOCOL,
         "cutoffs": list(CUTOFFS),
-        "results": {m.name: m.to_dict() for m in (gru4rec_metrics, popularity_metrics)},
-        "training": {"epochs": [dataclasses.asdict(e) | {"events_per_second": e.events_per_second}
-                                for e in history.epochs],
-                     "threads": torch.get_num_threads()},
+        "results": {m.name: m.to_dict() for m in rows},
+        "two_stage": two_stage,
+        "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.items()}
+                    | {"threads": torch.get_num_threads()},
         "data": {
             "train_source": train_log.source, "test_source": test_log.source,
             "train_sessions": train.n_sessions, "train_clicks": train.n_clicks,
@@ -142,12 +261,12 @@ def main(argv: list[str] | None = None) -> Path:
     }
     write_artifact_metadata(
         out, version=version, trained_by=trained_by, item_ids=item_map.ids, popularity=popularity,
-        config={"gru4rec": params.to_dict(), "top_k": args.top_k},
+        config={name: p.to_dict() for name, p in params.items()} | {"top_k": args.top_k},
         metrics=metrics,
-        models={"gru4rec": {"file": "gru4rec.onnx", "n_items": len(item_map), "layers": model.n_layers,
-                            "hidden_size": model.hidden_size, "top_k": args.top_k}},
+        models={name: t.manifest_entry for name, t in trained.items()},
     )
     print(f"\nartifact {version} written to {out}")
+    publish_trained(out, test_log, args)
     return out
 
 

@@ -23,6 +23,7 @@ class SessionStep:
     targets: torch.Tensor  # [B] the click that follows it
     keep: torch.Tensor | None  # which of the previous step's slots are still in use; None: all of them
     reset: torch.Tensor | None  # [B] bool: slots that start a new session now; None: none do
+    positions: np.ndarray  # [B] index in `sessions.items` of each target: the click-order key of a prediction
 
 
 def session_parallel_steps(sessions: Sessions, batch_size: int) -> Iterator[SessionStep]:
@@ -41,6 +42,7 @@ def session_parallel_steps(sessions: Sessions, batch_size: int) -> Iterator[Sess
                 targets=torch.from_numpy(items[start + i + 1]),
                 keep=torch.from_numpy(kept) if dropped else None,
                 reset=torch.from_numpy(reset) if reset.any() else None,
+                positions=start + i + 1,
             )
             if i == 0:
                 kept, dropped, reset = np.arange(len(start)), False, np.zeros(len(start), dtype=bool)

@@ -1,0 +1,48 @@
+"""Wall time of a full `python -m training.retrain`: seconds per epoch of every model, and the whole run.
+
+    python bench/retrain_time.py                                   # Diginetica (SR-GNN split), all three models
+    python bench/retrain_time.py -- --dataset yoochoose_rsc15_100k --epochs 1     # any retrain flags after --
+
+Run it on an otherwise idle machine: torch's threads stall badly when another process takes a core.
+The artifact goes to a temporary directory and is not pushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from train_speed import REPO, cpu_name  # the sibling bench script
+
+from training.retrain import main as retrain
+
+DEFAULT_FLAGS = ["--dataset", "diginetica_srgnn", "--config", str(REPO / "configs" / "gru4rec_diginetica.toml")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("retrain_flags", nargs="*", help=f"flags for training.retrain (default: {DEFAULT_FLAGS})")
+    flags = parser.parse_args().retrain_flags or DEFAULT_FLAGS
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        out = retrain([*flags, "--out", str(Path(scratch) / "artifact"), "--no-progress"])
+        total = time.perf_counter() - started
+        metrics = json.loads((out / "metrics.json").read_text())
+    print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"command: python -m training.retrain {' '.join(flags)}")
+    for model, record in metrics["training"].items():
+        if model == "threads":
+            continue
+        seconds = [e["seconds"] for e in record["epochs"]]
+        print(f"{model}: {len(seconds)} epochs, {sum(seconds):,.0f} s training, "
+              f"{sum(seconds) / len(seconds):,.1f} s per epoch ({', '.join(f'{s:.0f}' for s in seconds)})")
+    print(f"whole run (loading, training, retrieval, evaluation, export): {total:,.0f} s = {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

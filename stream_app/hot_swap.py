@@ -1,0 +1,198 @@
+"""Which model a worker serves, and how it changes without a restart.
+
+A worker serves either a fixed artifact directory (`serving_artifact_dir`, never swapped) or the
+artifact store's current version, following every promotion and rollback: it checks the pointer
+every `model_poll_interval` seconds and at once when the model-updates topic announces a change.
+A new version is prepared in a background thread (copied from a remote store, every sha256 checked
+by the Scorer, a smoke inference run through the real serving path) while the old one keeps
+serving; the swap itself is one assignment on the event loop, which the batch loop reads once per
+batch, so a swap always falls between two batches: no click is dropped, none is answered twice.
+A version that fails any of this is refused (log line, `nextclick_model_swaps_total{outcome="refused"}`)
+and the old model keeps serving; it is tried again only when the pointer is written again (one
+that could not be fetched from the store, a network or storage failure, is tried at every check).
+
+Session state needs nothing here: each state records the version that computed its hidden state,
+and `SessionRecommender` rebuilds a state from another version by replaying the session's clicks,
+on that session's next click (see `stream_app.sessions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from stream_app import model_updates
+from stream_app.artifact_store import ArtifactStore, Pointer
+from stream_app.events import Click
+from stream_app.metrics import WorkerMetrics
+from stream_app.scoring import MANIFEST, ArtifactError, Scorer
+from stream_app.sessions import SessionRecommender, SessionState, SourcedClick
+from stream_app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SMOKE_SESSION = "nextclick-smoke-check"
+LISTEN_RETRY_SECONDS = 5.0
+
+
+def smoke_check(recommender: SessionRecommender) -> None:
+    """Serve a two-click session in two batches, as the worker would, and check what comes back.
+
+    Catches graphs that load but answer wrongly: too few items (a graph top-K below the served
+    top_k), ids outside the vocabulary, non-finite or unsorted scores, a hidden state that does not
+    fit the next call. Raises ArtifactError.
+    """
+    scorer = recommender.scorer
+    clicked = scorer.item_ids[:2]
+    table: dict[bytes, SessionState] = {}
+    vocabulary = set(scorer.item_ids)
+    for offset, item in enumerate(clicked):
+        click = SourcedClick(Click(SMOKE_SESSION, item, 0.0), partition=0, offset=offset)
+        try:
+            result = recommender.recommend([click], table, now=0.0)
+        except Exception as error:  # e.g. onnxruntime refusing the inputs the manifest describes
+            raise ArtifactError(f"smoke inference failed: {error!r}") from error
+        table.update(result.states)
+        [suggestion] = result.suggestions
+        items, scores = suggestion["items"], suggestion["scores"]
+        seen = offset + 1 if recommender.exclude_seen else 0
+        expected = min(recommender.top_k, len(scorer.item_ids) - seen)
+        problems = [
+            f"{len(items)} items instead of {expected}" if len(items) != expected else "",
+            f"{len(scores)} scores for {len(items)} items" if len(scores) != len(items) else "",
+            "ids outside the vocabulary" if not vocabulary.issuperset(items) else "",
+            "non-finite scores" if not all(math.isfinite(s) for s in scores) else "",
+            "scores not best first" if any(a < b for a, b in itertools.pairwise(scores)) else "",
+            f"source {suggestion['source']!r}" if suggestion["source"] != "model" else "",
+        ]
+        if any(problems):
+            raise ArtifactError("smoke inference: " + "; ".join(p for p in problems if p))
+
+
+def created_timestamp(directory: Path) -> float:
+    """The manifest's `created_at` as Unix seconds (the served-model-age metric)."""
+    created_at = json.loads((directory / MANIFEST).read_text()).get("created_at")
+    try:
+        return datetime.fromisoformat(created_at).timestamp()
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{directory / MANIFEST}: no valid created_at ({created_at!r})") from None
+
+
+class ServedModel:
+    """The recommender a worker serves now, and the loading and swapping that replace it."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics, loaded: asyncio.Event) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.loaded = loaded  # set once a first model serves (readiness)
+        self.recommender: SessionRecommender | None = None
+        self._announced = asyncio.Event()
+
+    def prepare(self, directory: Path) -> tuple[SessionRecommender, float]:
+        """Load and check an artifact (blocking: run it in a thread); raises on any problem."""
+        scorer = Scorer(directory, self.settings.inference_threads)
+        created = created_timestamp(directory)
+        recommender = SessionRecommender.from_settings(scorer, self.settings)
+        smoke_check(recommender)
+        recommender.observe_inference = self.metrics.inference_latency.observe  # served calls only
+        return recommender, created
+
+    async def run(self) -> None:
+        """Serve the fixed artifact, or the store's current version and every later one."""
+        if self.settings.serving_artifact_dir is not None:
+            await self._serve_fixed(self.settings.serving_artifact_dir)
+        else:
+            await self._follow(ArtifactStore.from_settings(self.settings))
+
+    async def _serve_fixed(self, directory: Path) -> None:
+        while not await self._swap(lambda: directory, f"artifact directory {directory}"):
+            await asyncio.sleep(self.settings.model_retry_interval)
+
+    async def _follow(self, store: ArtifactStore) -> None:
+        listener = asyncio.create_task(self._listen()) if self.settings.model_updates_topic else None
+        done: tuple[str, float] | None = None  # the last pointer served or refused: not tried again
+        waiting_logged = False
+        try:
+            while True:
+                self._announced.clear()
+                try:
+                    pointer: Pointer | None = await asyncio.to_thread(store.current)
+                except Exception:
+                    self.metrics.errors.labels(stage="model_watch").inc()
+                    logger.exception("reading the current version of %s failed", store.location)
+                    pointer = None
+                if pointer is not None and (key := (pointer.version, pointer.updated_at)) != done:
+                    serving = self.recommender.scorer.version if self.recommender else None
+                    served = pointer.version == serving or await self._swap(
+                        functools.partial(store.local_copy, pointer.version),
+                        f"version {pointer.version} ({pointer.action}) of {store.location}",
+                    )
+                    if served is not None:  # None: not fetched, so try again at the next check
+                        done = key
+                elif pointer is None and not waiting_logged:
+                    logger.warning("no current version in %s yet; waiting for a promotion", store.location)
+                    waiting_logged = True
+                try:
+                    await asyncio.wait_for(self._announced.wait(), self.settings.model_poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            if listener is not None:
+                listener.cancel()
+
+    async def _listen(self) -> None:
+        """Wake the follower on every announcement; reconnect after errors (polling covers the gap)."""
+        while True:
+            try:
+                await model_updates.listen(self.settings, lambda update: self._announced.set())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.errors.labels(stage="model_updates").inc()
+                logger.exception("reading %s failed; retrying", self.settings.model_updates_topic)
+                await asyncio.sleep(LISTEN_RETRY_SECONDS)
+
+    async def _swap(self, locate: Callable[[], Path], what: str) -> bool | None:
+        """Fetch the artifact (`locate`), prepare it, serve it: True; False when it is refused; None
+        when it could not be fetched (a store or network failure: worth another try)."""
+        started = time.monotonic()
+        try:
+            directory = await asyncio.to_thread(locate)
+        except Exception as error:
+            self.metrics.errors.labels(stage="model_fetch").inc()
+            logger.error("cannot fetch %s: %r; trying again at the next check", what, error)
+            return None
+        try:
+            recommender, created = await asyncio.to_thread(self.prepare, directory)
+        except Exception as error:
+            self.metrics.errors.labels(stage="model_load").inc()
+            self.metrics.model_swaps.labels(outcome="refused").inc()
+            serving = self.recommender.scorer.version if self.recommender else "nothing"
+            logger.error("model swap refused: %s: %r; still serving %s", what, error, serving)
+            return False
+        previous, self.recommender = self.recommender, recommender  # between two batches (see module doc)
+        scorer = recommender.scorer
+        self.metrics.model_swaps.labels(outcome="success").inc()
+        self.metrics.model_created.set(created)
+        self.metrics.model.info(
+            {"name": scorer.name, "artifact_version": scorer.version, "provider": scorer.provider}
+        )
+        self.loaded.set()
+        logger.info(
+            "serving %s artifact %s on %s (was %s): %s, loaded and checked in %.2f s",
+            scorer.name,
+            scorer.version,
+            scorer.provider,
+            previous.scorer.version if previous else "nothing",
+            what,
+            time.monotonic() - started,
+        )
+        return True
