@@ -56,8 +56,9 @@ def publish(
     """
     store = ArtifactStore.from_settings(settings)
     verify_artifact(directory)
-    current_scorer = current_version_scorer(store)
-    decision = quality_gate(Scorer(directory), current_scorer, held_out, settings, source=source, force=force)
+    current_scorer = current_version_scorer(store, settings.serving_model)
+    decision = quality_gate(Scorer(directory, pipeline=settings.serving_model), current_scorer, held_out, settings,
+                            source=source, force=force)
     record_decision(directory, decision)
     version = store.push(directory)
     pointer = None
@@ -67,14 +68,14 @@ def publish(
     return Published(store.location, version, decision, pointer)
 
 
-def current_version_scorer(store: ArtifactStore) -> Scorer | None:
-    """The current version, loaded; None when there is none, or when it no longer loads (then any
+def current_version_scorer(store: ArtifactStore, pipeline: str) -> Scorer | None:
+    """The current version serving `pipeline`, loaded; None when there is none, or when it no longer loads (then any
     valid candidate beats it, and a warning says so)."""
     current = store.current()
     if current is None:
         return None
     try:
-        return Scorer(store.local_copy(current.version))
+        return Scorer(store.local_copy(current.version), pipeline=pipeline)
     except Exception as error:
         logger.warning(
             "the current version %s does not load (%r): the candidate is gated against nothing",

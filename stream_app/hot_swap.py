@@ -98,7 +98,7 @@ class ServedModel:
 
     def prepare(self, directory: Path) -> tuple[SessionRecommender, float]:
         """Load and check an artifact (blocking: run it in a thread); raises on any problem."""
-        scorer = Scorer(directory, self.settings.inference_threads)
+        scorer = Scorer(directory, self.settings.inference_threads, self.settings.serving_model)
         created = created_timestamp(directory)
         recommender = SessionRecommender.from_settings(scorer, self.settings)
         smoke_check(recommender)

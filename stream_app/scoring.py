@@ -1,16 +1,22 @@
-"""Score next items with the exported GRU4Rec through onnxruntime (no torch in the serving path).
+"""Score next items with the exported models through onnxruntime (no torch in the serving path).
 
 An artifact is a directory written by `training.retrain`:
 
     gru4rec.onnx     inputs  item int64[B], hidden float32[layers, B, H]
                      outputs top_items int64[B, K], top_scores float32[B, K], next_hidden like hidden
-    item_ids.json    external item ids; index i of the model is item_ids[i]
+    narm.onnx        inputs  items int64[B, L] (clicks from position 0, then padding), lengths int64[B]
+                     outputs top_items int64[B, K], top_scores float32[B, K]
+    dien.onnx        inputs  items int64[B, max_len], lengths int64[B], candidates int64[B, N]
+                     outputs scores float32[B, N]
+    item_ids.json    external item ids; index i of the models is item_ids[i]
     popularity.npy   int64 click counts per item index: the cold-start ranking
-    manifest.json    {"version", "models": {"gru4rec": {"file", "layers", "hidden_size", "top_k"}},
-                      "files": {name: sha256}}
+    manifest.json    {"version", "models": {name: {"file", ...}}, "files": {name: sha256}}
 
-The graph returns a fixed K (larger than the served top_k) so that items the session already
-clicked can be dropped and enough remain.
+A pipeline (`PIPELINES`, the worker's NEXTCLICK_SERVING_MODEL) is a retriever, GRU4Rec (which carries
+a hidden state per session) or NARM (which reads the session's last L clicks), optionally followed by
+DIEN re-ranking the retriever's top N: two-stage score = prior_weight x retriever score + DIEN's
+(`training.dien_trainer`), the re-ranked N served best first. The retrievers' graphs return a fixed K
+(larger than the served top_k) so that items the session already clicked can be dropped and enough remain.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-MODEL_NAME = "gru4rec"
+MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
+PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
 # The artifact's file names: `training.artifact` writes what this module reads.
 MANIFEST = "manifest.json"
 ITEM_IDS = "item_ids.json"
@@ -39,7 +46,7 @@ class ArtifactError(RuntimeError):
 class StepResult:
     top_items: np.ndarray  # int64 [B, K], best first
     top_scores: np.ndarray  # float32 [B, K]
-    next_hidden: np.ndarray  # float32 [layers, B, H]
+    next_hidden: np.ndarray | None  # float32 [layers, B, H]; None for a retriever without state (NARM)
 
 
 def sha256_of(path: Path) -> str:
@@ -50,8 +57,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_artifact(artifact_dir: Path) -> dict:
-    """Read the manifest and check every listed file against its sha256; return the manifest."""
+def verify_artifact(artifact_dir: Path, models: Sequence[str] = (MODEL_NAME,)) -> dict:
+    """Read the manifest and check every listed file against its sha256, and that it has `models`."""
     manifest_path = artifact_dir / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{artifact_dir} has no manifest.json")
@@ -62,9 +69,21 @@ def verify_artifact(artifact_dir: Path) -> dict:
             raise ArtifactError(f"{path} is listed in the manifest but missing")
         if sha256_of(path) != expected:
             raise ArtifactError(f"{path} does not match its sha256 in the manifest")
-    if MODEL_NAME not in manifest.get("models", {}):
-        raise ArtifactError(f"{manifest_path} has no {MODEL_NAME!r} model")
+    for model in models:
+        if model not in manifest.get("models", {}):
+            raise ArtifactError(f"{manifest_path} has no {model!r} model")
     return manifest
+
+
+def padded(windows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each session's last `width` clicks from position 0, then zeros, [B, width]; and their lengths [B]."""
+    items = np.zeros((len(windows), width), dtype=np.int64)
+    lengths = np.zeros(len(windows), dtype=np.int64)
+    for row, window in enumerate(windows):
+        kept = window[-width:]
+        items[row, : len(kept)] = kept
+        lengths[row] = len(kept)
+    return items, lengths
 
 
 def preferred_providers() -> list[str]:
@@ -74,18 +93,22 @@ def preferred_providers() -> list[str]:
 
 
 class Scorer:
-    """One loaded artifact: the ONNX session plus the item vocabulary and popularity ranking."""
+    """One loaded artifact serving one pipeline: its ONNX sessions, the item vocabulary and popularity."""
 
-    name = MODEL_NAME
-
-    def __init__(self, artifact_dir: Path, intra_op_threads: int = 0) -> None:
+    def __init__(self, artifact_dir: Path, intra_op_threads: int = 0, pipeline: str = MODEL_NAME) -> None:
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         self.artifact_dir = Path(artifact_dir)
-        manifest = verify_artifact(self.artifact_dir)
-        spec = manifest["models"][MODEL_NAME]
+        self.name = pipeline
+        retriever, _, reranker = pipeline.partition("+")
+        manifest = verify_artifact(self.artifact_dir, [m for m in (retriever, reranker) if m])
+        spec = manifest["models"][retriever]
         self.version: str = str(manifest["version"])
-        self.layers: int = int(spec["layers"])
-        self.hidden_size: int = int(spec["hidden_size"])
+        self.stateful = retriever == "gru4rec"  # a hidden state per session, else the session's last clicks
+        self.layers: int = int(spec.get("layers", 0))
+        self.hidden_size: int = int(spec.get("hidden_size", 0))
         self.graph_top_k: int = int(spec["top_k"])
+        self.retriever_len: int = 0 if self.stateful else int(spec["max_len"])
 
         self.item_ids: list[str] = [
             str(item) for item in json.loads((self.artifact_dir / ITEM_IDS).read_text())
@@ -104,6 +127,23 @@ class Scorer:
         self.session = ort.InferenceSession(
             str(self.artifact_dir / spec["file"]), sess_options=options, providers=preferred_providers()
         )
+        self.reranker: ort.InferenceSession | None = None
+        self.reranker_len = 0
+        if reranker:
+            dien = manifest["models"][reranker]
+            if dien["retriever"] != retriever or int(dien["n_candidates"]) > self.graph_top_k:
+                raise ArtifactError(
+                    f"{self.artifact_dir}: dien re-ranks {dien['retriever']}'s top {dien['n_candidates']}, "
+                    f"not {retriever}'s top {self.graph_top_k}"
+                )
+            self.reranker = ort.InferenceSession(
+                str(self.artifact_dir / dien["file"]), sess_options=options, providers=preferred_providers()
+            )
+            self.n_candidates = int(dien["n_candidates"])
+            self.reranker_len = int(dien["max_len"])
+            self.prior_weight: float | None = dien.get("prior_weight")
+        # clicks (model indices) the pipeline reads per session, the current one included; 0: none
+        self.window = max(self.retriever_len, self.reranker_len)
 
     @property
     def provider(self) -> str:
@@ -126,6 +166,34 @@ class Scorer:
             },
         )
         return StepResult(top_items, top_scores, next_hidden)
+
+    def score(self, item_indices: np.ndarray, hidden: np.ndarray | None,
+              windows: Sequence[Sequence[int]]) -> StepResult:
+        """The pipeline's top items for B sessions at one click each: `item_indices` [B] that click,
+        `hidden` [layers, B, H] the states before it (stateful retriever), `windows` each session's
+        last `window` known clicks up to and including it (when `window` > 0)."""
+        if self.stateful:
+            result = self.step(item_indices, hidden)
+        else:
+            items, lengths = padded(windows, max(map(len, windows)))
+            top_items, top_scores = self.session.run(
+                ["top_items", "top_scores"], {"items": items, "lengths": lengths}
+            )
+            result = StepResult(top_items, top_scores, None)
+        return result if self.reranker is None else self._rerank(result, windows)
+
+    def _rerank(self, retrieved: StepResult, windows: Sequence[Sequence[int]]) -> StepResult:
+        candidates = np.ascontiguousarray(retrieved.top_items[:, : self.n_candidates])
+        items, lengths = padded(windows, self.reranker_len)  # the graph's L is fixed: pad to exactly it
+        [scores] = self.reranker.run(["scores"], {"items": items, "lengths": lengths, "candidates": candidates})
+        if self.prior_weight is not None:
+            scores = scores + np.float32(self.prior_weight) * retrieved.top_scores[:, : self.n_candidates]
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return StepResult(
+            np.take_along_axis(candidates, order, axis=1),
+            np.take_along_axis(scores, order, axis=1),
+            retrieved.next_hidden,
+        )
 
     def replay(self, sessions: Sequence[Sequence[int]]) -> np.ndarray:
         """The hidden states [layers, B, H] after each session's clicks, from a zero state; rebuilds

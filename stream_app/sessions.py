@@ -163,6 +163,8 @@ class SessionRecommender:
     def _load(self, state: SessionState | None, now: float) -> _Session:
         if state is None or now - state.last_seen > self.session_ttl:
             return _Session(items=[], offsets=[], hidden=None)
+        if not self.scorer.stateful:  # the pipeline reads the kept clicks themselves: nothing to rebuild
+            return _Session(items=list(state.items), offsets=list(state.offsets), hidden=None)
         if state.artifact_version == self.scorer.version and state.hidden:
             shape = (self.scorer.layers, self.scorer.hidden_size)
             hidden = np.frombuffer(base64.b64decode(state.hidden), dtype=np.float32).reshape(shape).copy()
@@ -208,17 +210,20 @@ class SessionRecommender:
         indices = {p: scorer.index_of(clicks[p].click.item_id) for p in positions}
         stepped = [p for p in positions if indices[p] is not None]
         if stepped:
-            hidden = np.stack(
-                [
-                    h
-                    if (h := sessions[clicks[p].click.session_id].hidden) is not None
-                    else scorer.zero_hidden(1)[:, 0, :]
-                    for p in stepped
-                ],
-                axis=1,
-            )
+            hidden = None
+            if scorer.stateful:
+                hidden = np.stack(
+                    [
+                        h
+                        if (h := sessions[clicks[p].click.session_id].hidden) is not None
+                        else scorer.zero_hidden(1)[:, 0, :]
+                        for p in stepped
+                    ],
+                    axis=1,
+                )
+            windows = [self._window(sessions[clicks[p].click.session_id], indices[p]) for p in stepped]
             started = time.perf_counter()
-            result = scorer.step(np.array([indices[p] for p in stepped], dtype=np.int64), hidden)
+            result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows)
             self.observe_inference(time.perf_counter() - started)
         rows = {p: row for row, p in enumerate(stepped)}
 
@@ -230,7 +235,8 @@ class SessionRecommender:
             exclude = self._seen(session) if self.exclude_seen else set()
             if p in rows:
                 row = rows[p]
-                session.hidden = result.next_hidden[:, row, :].copy()
+                if result.next_hidden is not None:
+                    session.hidden = result.next_hidden[:, row, :].copy()
                 items, scores = scorer.select(
                     result.top_items[row], result.top_scores[row], self.top_k, exclude
                 )
@@ -252,6 +258,15 @@ class SessionRecommender:
                 "model": scorer.name,
                 "artifact_version": scorer.version,
             }
+
+    def _window(self, session: _Session, clicked: int) -> list[int]:
+        """The session's last known clicks up to and including `clicked` (model indices), as many as the
+        pipeline reads (`Scorer.window`; none for GRU4Rec alone). Unknown items are skipped, as the
+        offline evaluation drops them; at most `max_history` clicks are kept to choose from."""
+        if not self.scorer.window:
+            return []
+        known = [index for item in session.items if (index := self.scorer.index_of(item)) is not None]
+        return (known + [clicked])[-self.scorer.window :]
 
     def _seen(self, session: _Session) -> set[int]:
         return {index for item in session.items if (index := self.scorer.index_of(item)) is not None}

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         description="Serve this fixed artifact directory (see `stream_app.scoring`) and never swap; "
         "unset: serve the store's current version and follow its promotions.",
     )
+    serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien"] = Field(
+        default="gru4rec",
+        description="What serves: a retriever (GRU4Rec, NARM) or a retriever whose top N DIEN re-ranks; "
+        "the artifact must hold the models it names.",
+    )
     inference_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."
     )
@@ -136,7 +141,10 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="Seconds between sweeps that evict idle sessions."
     )
     max_history: int = Field(
-        default=50, ge=1, description="Clicked items kept per session (L): for exclusion and replay."
+        default=50,
+        ge=1,
+        description="Clicked items kept per session: for exclusion, replay, and as NARM's and DIEN's "
+        "input (they read the last 19 by default; keep this at least that).",
     )
     max_payload_bytes: int = Field(
         default=16_384, ge=64, description="Larger click messages go to the dead-letter topic."

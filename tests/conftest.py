@@ -83,6 +83,17 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def three_model_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real artifact holding GRU4Rec, NARM and DIEN (re-ranking GRU4Rec's top 50), all tiny; NARM and DIEN
+    read the last 6 clicks (L), so that real sessions outgrow it."""
+    out = tmp_path_factory.mktemp("artifact") / "three"
+    retrain_tiny("--models", "gru4rec", "narm", "dien", "--narm-hidden-size", "16", "--narm-embedding-dim", "16",
+                 "--narm-max-len", "6", "--dien-item-dim", "8", "--dien-mlp", "16,8", "--dien-n-candidates", "50",
+                 "--dien-max-len", "6", "--out", str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_retrain() -> Callable[..., subprocess.CompletedProcess[str]]:
     """`retrain_tiny(*flags, env=...)` for tests that need another real artifact or a real retrain run."""
     return retrain_tiny

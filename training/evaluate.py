@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stream_app.scoring import Scorer
 from training.data import Sessions
 from training.prefixes import Prefixes
 from training.session_batches import apply_resets, session_parallel_steps
@@ -127,6 +128,32 @@ def retrieve(scores: ScoreBatches, sessions: Sessions, n: int = 0) -> Retrieval:
         top_scores.append(best.values.numpy())
     if not positions:
         return Retrieval(np.zeros(0, dtype=np.int64), np.zeros((0, n), dtype=np.int32), np.zeros((0, n), np.float32))
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    return Retrieval(np.concatenate(ranks)[order], np.concatenate(tops)[order], np.concatenate(top_scores)[order])
+
+
+def graph_retrieval(scorer: Scorer, sessions: Sessions, batch_size: int = 512) -> Retrieval:
+    """A published GRU4Rec serving graph's top-K (`scorer.graph_top_k`) for every prediction, in click order.
+    The graph returns only its top K: a target inside gets its conservative rank among them, one outside the
+    worst rank (the catalogue's size), its true rank being only known to exceed K. Figures at cut-offs up to
+    K are exact, beyond K lower bounds."""
+    hidden = scorer.zero_hidden(min(batch_size, sessions.n_sessions))
+    positions, ranks, tops, top_scores = [], [], [], []
+    for step in session_parallel_steps(sessions, batch_size):
+        if step.keep is not None:
+            hidden = hidden[:, step.keep.numpy()]
+        if step.reset is not None:
+            hidden[:, step.reset.numpy()] = 0.0
+        result = scorer.step(step.items.numpy(), hidden)
+        hidden = result.next_hidden
+        targets = step.targets.numpy()[:, None]
+        found = result.top_items == targets
+        target_score = np.where(found, result.top_scores, np.inf).min(axis=1, keepdims=True)
+        ranks.append(np.where(found.any(axis=1), (result.top_scores >= target_score).sum(axis=1),
+                              len(scorer.item_ids)))
+        positions.append(step.positions)
+        tops.append(result.top_items.astype(np.int32))
+        top_scores.append(result.top_scores)
     order = np.argsort(np.concatenate(positions), kind="stable")
     return Retrieval(np.concatenate(ranks)[order], np.concatenate(tops)[order], np.concatenate(top_scores)[order])
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, get_origin
 
@@ -26,15 +28,17 @@ import numpy as np
 import torch
 
 from models.export import export_dien, export_gru4rec, export_narm
+from stream_app.scoring import Scorer, verify_artifact
 from training.artifact import code_version, new_version, write_artifact_metadata
-from training.data import ClickLog, EncodedSplit, read_item_categories
+from training.data import ClickLog, EncodedSplit, Sessions, read_item_categories
 from training.datasets import custom_dataset, dataset_names, load_dataset
 from training.dien_trainer import DIENTraining, train_dien
 from training.evaluate import (
     CUTOFFS,
     RankingMetrics,
-    ScoreBatches,
+    Retrieval,
     format_table,
+    graph_retrieval,
     pairwise_auc,
     prefix_model_scores,
     reranked_ranks,
@@ -87,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which to train (default: all)")
     models.add_argument("--config", type=Path, help="TOML file with [gru4rec], [narm] and/or [dien] tables")
     models.add_argument("--epochs", type=int, help="every model's number of epochs")
+    models.add_argument("--retriever-artifact", type=Path, metavar="DIR",
+                        help="take GRU4Rec from this artifact (its serving graph) instead of training it: "
+                             "retrains DIEN alone on a retriever that stays; the data must be the same")
     for model, params in PARAMS.items():
         group = parser.add_argument_group(f"{model} hyper-parameters (override the config file)")
         for field in dataclasses.fields(params):
@@ -122,7 +129,10 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if "dien" in chosen and chosen["dien"].n_candidates > args.top_k:
         raise SystemExit(f"DIEN re-ranks the retriever's top {chosen['dien'].n_candidates}, but its graph returns "
                          f"--top-k {args.top_k}")
-    if "dien" in chosen and chosen["dien"].retriever not in chosen:
+    if args.retriever_artifact and "gru4rec" in chosen:
+        raise SystemExit("--retriever-artifact supplies GRU4Rec: leave gru4rec out of --models")
+    available = set(chosen) | ({"gru4rec"} if args.retriever_artifact else set())
+    if "dien" in chosen and chosen["dien"].retriever not in available:
         raise SystemExit(f"DIEN re-ranks {chosen['dien'].retriever}'s candidates: add it to --models "
                          f"(or pick another --dien-retriever from {', '.join(m for m in RETRIEVERS if m in chosen)})")
     return chosen
@@ -145,11 +155,14 @@ def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
     return train, test, name
 
 
+# A retriever's top-N (and the targets' ranks) for every prediction of some sessions, in click order.
+RetrievalOf = Callable[[Sessions, int], Retrieval]
+
+
 @dataclass
 class TrainedModel:
     name: str
-    model: torch.nn.Module
-    history: TrainingHistory
+    history: TrainingHistory | None  # None: taken from another artifact, not trained here
     params: Any
     ranks: np.ndarray  # test predictions, click order
     manifest_entry: dict
@@ -157,7 +170,7 @@ class TrainedModel:
 
 
 def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int,
-                    progress: bool) -> tuple[TrainedModel, ScoreBatches]:
+                    progress: bool) -> tuple[TrainedModel, RetrievalOf]:
     if name == "gru4rec":
         model, history = train_gru4rec(split.train, split.popularity, params, progress=progress)
         scores = step_model_scores(model)
@@ -170,18 +183,36 @@ def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int,
         export = lambda path: export_narm(model, path, top_k=top_k)
     ranks = retrieve(scores, split.test).ranks
     entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": len(split.popularity), "top_k": top_k}
-    return TrainedModel(name, model, history, params, ranks, entry, export), scores
+    return TrainedModel(name, history, params, ranks, entry, export), partial(retrieve, scores)
 
 
-def train_reranker(params: DIENTraining, retriever: ScoreBatches, split: EncodedSplit,
+def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedModel, RetrievalOf]:
+    """The GRU4Rec of an existing artifact, through its serving graph: DIEN retrained on a retriever that stays."""
+    scorer = Scorer(artifact, intra_op_threads=torch.get_num_threads())
+    if scorer.item_ids != [str(i) for i in split.item_map.ids]:
+        raise SystemExit(f"{artifact} was trained on other items than this data: its retriever cannot be reused")
+    source = artifact / scorer.name
+
+    def retrieval_of(sessions: Sessions, n: int) -> Retrieval:
+        full = graph_retrieval(scorer, sessions)
+        return Retrieval(full.ranks, full.top[:, :n], full.top_scores[:, :n])
+
+    entry = verify_artifact(artifact)["models"][scorer.name]
+    export = lambda path: Path(shutil.copyfile(source.with_name(entry["file"]), path))
+    trained = TrainedModel(scorer.name, None, {"artifact": str(artifact), "version": scorer.version},
+                           retrieval_of(split.test, 0).ranks, entry, export)
+    return trained, retrieval_of
+
+
+def train_reranker(params: DIENTraining, retrieval_of: RetrievalOf, split: EncodedSplit,
                    progress: bool) -> tuple[TrainedModel, dict]:
     """DIEN on the retriever's top-N of every training prefix; its two-stage ranks and figures on the test set."""
     n = params.n_candidates
     categories = read_item_categories(params.categories, split.item_map) if params.categories else None
-    model, history = train_dien(split.train, split.popularity, params, retrieve(retriever, split.train, n),
+    model, history = train_dien(split.train, split.popularity, params, retrieval_of(split.train, n),
                                 categories, progress=progress)
-    test_retrieval = retrieve(retriever, split.test, n)
-    prior_weight = float(model.prior_weight) if params.residual else None
+    test_retrieval = retrieval_of(split.test, n)
+    prior_weight = model.prior_weight.item() if params.residual else None
     ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
     figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
                f"retriever_recall@{n}": float((test_retrieval.ranks <= n).mean()) if len(ranks) else 0.0,
@@ -189,7 +220,7 @@ def train_reranker(params: DIENTraining, retriever: ScoreBatches, split: Encoded
                                         seed=params.seed)}
     entry = {"file": "dien.onnx", "kind": "reranker", "retriever": params.retriever, "n_candidates": n,
              "prior_weight": prior_weight, "max_len": params.max_len, "n_items": len(split.popularity)}
-    trained = TrainedModel(f"{params.retriever}->dien", model, history, params, ranks, entry,
+    trained = TrainedModel(f"{params.retriever}->dien", history, params, ranks, entry,
                            lambda path: export_dien(model, path))
     return trained, figures
 
@@ -213,7 +244,9 @@ def main(argv: list[str] | None = None) -> Path:
           f"unseen items dropped)")
 
     trained: dict[str, TrainedModel] = {}
-    retrievers: dict[str, ScoreBatches] = {}
+    retrievers: dict[str, RetrievalOf] = {}
+    if args.retriever_artifact:
+        trained["gru4rec"], retrievers["gru4rec"] = published_retriever(args.retriever_artifact, split)
     for name in (m for m in RETRIEVERS if m in params):
         print(f"\n{name}")
         trained[name], retrievers[name] = train_retriever(name, params[name], split, args.top_k,
@@ -241,7 +274,8 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name, t in trained.items():
         t.export(out / t.manifest_entry["file"])
-        plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data_name}")
+        if t.history is not None:
+            plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data_name}")
     metrics = {
         "dataset": data_name,
         "split": "validation" if args.validation else "test",
@@ -249,7 +283,7 @@ def main(argv: list[str] | None = None) -> Path:
         "cutoffs": list(CUTOFFS),
         "results": {m.name: m.to_dict() for m in rows},
         "two_stage": two_stage,
-        "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.items()}
+        "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.items() if t.history}
                     | {"threads": torch.get_num_threads()},
         "data": {
             "train_source": train_log.source, "test_source": test_log.source,
@@ -261,7 +295,8 @@ def main(argv: list[str] | None = None) -> Path:
     }
     write_artifact_metadata(
         out, version=version, trained_by=trained_by, item_ids=item_map.ids, popularity=popularity,
-        config={name: p.to_dict() for name, p in params.items()} | {"top_k": args.top_k},
+        config={name: p.to_dict() for name, p in params.items()} | {"top_k": args.top_k}
+               | ({"gru4rec": trained["gru4rec"].params} if args.retriever_artifact else {}),
         metrics=metrics,
         models={name: t.manifest_entry for name, t in trained.items()},
     )
