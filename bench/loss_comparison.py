@@ -15,15 +15,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from training.data import EncodedSplit  # noqa: E402
-from training.datasets import dataset_names, load_dataset  # noqa: E402
-from training.evaluate import evaluate, format_table  # noqa: E402
-from training.losses import LOSSES  # noqa: E402
-from training.retrain import training_params  # noqa: E402
-from training.trainer import train_gru4rec  # noqa: E402
+from training.data import EncodedSplit
+from training.datasets import dataset_names, load_dataset
+from training.evaluate import evaluate, format_table
+from training.losses import LOSSES
+from training.retrain import training_params
+from training.trainer import train_gru4rec
 
 REPO = Path(__file__).resolve().parent.parent
 

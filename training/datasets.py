@@ -6,10 +6,10 @@ Trainer, evaluator and benchmarks name a data set instead of spelling out file n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from stream_app.settings import get_settings
 from training.data import ClickLog, read_event_log, read_srgnn_test, read_srgnn_train

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import EngFormatter
 
-from training.progress import TrainingHistory  # noqa: E402
+from training.progress import TrainingHistory
 
 
 def plot_training_curve(history: TrainingHistory, path: Path, title: str) -> Path:

@@ -8,8 +8,8 @@ shrinks. There is no backpropagation through time: each step is trained on its o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
