@@ -44,15 +44,18 @@ RUN groupadd --system --gid 10001 nextclick \
         /var/lib/nextclick/tables \
     && chown -R nextclick:nextclick /var/lib/nextclick
 
-# --- serving ------------------------------------------------------------------------------------------
-FROM python-base AS serving-build
-ARG ACCELERATOR
-ARG ONNXRUNTIME_GPU_VERSION=1.31.1
+# --- the package's source, which both build stages install ---------------------------------------------
+FROM python-base AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY stream_app stream_app
 COPY models models
 COPY training training
+
+# --- serving ------------------------------------------------------------------------------------------
+FROM source AS serving-build
+ARG ACCELERATOR
+ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 # onnxruntime and onnxruntime-gpu share one module: the CPU build goes before the GPU build comes in.
 RUN python3 -m venv /opt/venv \
     && pip install "./[rocksdb]" \
@@ -62,14 +65,9 @@ RUN python3 -m venv /opt/venv \
     fi
 
 # --- training -----------------------------------------------------------------------------------------
-FROM python-base AS training-build
+FROM source AS training-build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY stream_app stream_app
-COPY models models
-COPY training training
 # torch first, from the CPU-only index: the default wheel pulls several GB of CUDA libraries.
 RUN python3 -m venv /opt/venv \
     && pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \

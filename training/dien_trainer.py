@@ -117,11 +117,12 @@ class NegativeSampler:
 def fit_prior_weight(retrieved: Retrieval, targets: np.ndarray, most: int = 20_000) -> float:
     """The w that minimises the softmax cross-entropy of w·(retriever scores) over each top-N whose target is in
     it (at most `most` of them): a grid over four decades, fine enough for a starting point."""
-    inside = np.flatnonzero((retrieved.top == targets[:, None]).any(axis=1))[:most]
+    columns = retrieved.target_columns(targets)
+    inside = np.flatnonzero(columns >= 0)[:most]
     if not len(inside):
         return 1.0
     scores = torch.from_numpy(retrieved.top_scores[inside])
-    target_column = torch.from_numpy((retrieved.top[inside] == targets[inside, None]).argmax(axis=1))
+    target_column = torch.from_numpy(columns[inside])
     grid = np.geomspace(0.1, 1000.0, 41)
     losses = [F.cross_entropy(float(w) * scores, target_column).item() for w in grid]
     return float(grid[int(np.argmin(losses))])
@@ -145,12 +146,13 @@ def train_dien(sessions: Sessions, popularity: np.ndarray, params: DIENTraining,
         raise ValueError(f"retrieved has {len(retrieved.ranks)} rows for {len(prefixes)} training prefixes")
     samples = np.arange(len(prefixes))
     if params.residual:
-        samples = samples[(retrieved.top == prefixes.targets[:, None]).any(axis=1)]
+        samples = samples[retrieved.target_columns(prefixes.targets) >= 0]
         with torch.no_grad():
             model.prior_weight.fill_(fit_prior_weight(retrieved, prefixes.targets))
     negatives = NegativeSampler(popularity, params, retrieved)
     # the hard negatives are a uniform sample of k of the top-N's other N − 1 items: each stands for
     # (N − 1) / k of them in the softmax (the sampled-softmax log-Q correction)
+    hard_sample_correction = 0.0
     if retrieved is not None and params.n_hard_negatives:
         hard_sample_correction = float(np.log((retrieved.top.shape[1] - 1) / params.n_hard_negatives))
     history = TrainingHistory()

@@ -116,6 +116,25 @@ class Retrieval:
         return np.where(match.any(axis=2), np.take_along_axis(scores, match.argmax(axis=2), axis=1),
                         scores[:, -1:]).astype(np.float32)
 
+    def target_columns(self, targets: np.ndarray) -> np.ndarray:
+        """Where each prediction's target sits in its top-n, -1 where it is not there."""
+        match = self.top == targets[:, None]
+        return np.where(match.any(axis=1), match.argmax(axis=1), -1)
+
+    def best(self, n: int) -> Retrieval:
+        """The same predictions with only the best `n` items kept."""
+        return Retrieval(self.ranks, self.top[:, :n], self.top_scores[:, :n])
+
+    @classmethod
+    def in_click_order(cls, positions: list[np.ndarray], ranks: list[np.ndarray], tops: list[np.ndarray],
+                       top_scores: list[np.ndarray], n: int) -> Retrieval:
+        """Batches gathered in any order (`positions`: each target's index in the sessions' clicks), sorted."""
+        if not positions:
+            return cls(np.zeros(0, dtype=np.int64), np.zeros((0, n), dtype=np.int32), np.zeros((0, n), np.float32))
+        order = np.argsort(np.concatenate(positions), kind="stable")
+        return cls(np.concatenate(ranks)[order], np.concatenate(tops)[order].astype(np.int32),
+                   np.concatenate(top_scores)[order])
+
 
 @torch.no_grad()
 def retrieve(scores: ScoreBatches, sessions: Sessions, n: int = 0) -> Retrieval:
@@ -126,10 +145,7 @@ def retrieve(scores: ScoreBatches, sessions: Sessions, n: int = 0) -> Retrieval:
         best = torch.topk(batch.scores, n, dim=1)
         tops.append(best.indices.to(torch.int32).numpy())
         top_scores.append(best.values.numpy())
-    if not positions:
-        return Retrieval(np.zeros(0, dtype=np.int64), np.zeros((0, n), dtype=np.int32), np.zeros((0, n), np.float32))
-    order = np.argsort(np.concatenate(positions), kind="stable")
-    return Retrieval(np.concatenate(ranks)[order], np.concatenate(tops)[order], np.concatenate(top_scores)[order])
+    return Retrieval.in_click_order(positions, ranks, tops, top_scores, n)
 
 
 def graph_retrieval(scorer: Scorer, sessions: Sessions, batch_size: int = 512) -> Retrieval:
@@ -154,8 +170,7 @@ def graph_retrieval(scorer: Scorer, sessions: Sessions, batch_size: int = 512) -
         positions.append(step.positions)
         tops.append(result.top_items.astype(np.int32))
         top_scores.append(result.top_scores)
-    order = np.argsort(np.concatenate(positions), kind="stable")
-    return Retrieval(np.concatenate(ranks)[order], np.concatenate(tops)[order], np.concatenate(top_scores)[order])
+    return Retrieval.in_click_order(positions, ranks, tops, top_scores, scorer.graph_top_k)
 
 
 def model_ranks(model: torch.nn.Module, sessions: Sessions, batch_size: int = 512) -> np.ndarray:
@@ -183,18 +198,16 @@ def reranked_ranks(reranker: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     if len(prefixes) != len(retrieval.ranks):
         raise ValueError(f"retrieval has {len(retrieval.ranks)} predictions, the sessions {len(prefixes)}")
     ranks = retrieval.ranks.copy()
-    for first in range(0, len(prefixes), batch_size):
-        index = np.arange(first, min(first + batch_size, len(prefixes)))
+    columns = retrieval.target_columns(prefixes.targets)
+    inside = np.flatnonzero(columns >= 0)  # only these can move
+    for first in range(0, len(inside), batch_size):
+        index = inside[first:first + batch_size]
         batch = prefixes.batch(index)
         candidates = torch.from_numpy(retrieval.top[index].astype(np.int64))
-        is_target = candidates == batch.targets.unsqueeze(1)
-        found = is_target.any(dim=1)
-        if not found.any():
-            continue
-        scores = reranker(batch.items[found], batch.lengths[found], candidates[found])
+        scores = reranker(batch.items, batch.lengths, candidates)
         if prior_weight is not None:
-            scores = scores + prior_weight * torch.from_numpy(retrieval.top_scores[index[found.numpy()]])
-        ranks[index[found.numpy()]] = conservative_ranks(scores, is_target[found].int().argmax(dim=1)).numpy()
+            scores = scores + prior_weight * torch.from_numpy(retrieval.top_scores[index])
+        ranks[index] = conservative_ranks(scores, torch.from_numpy(columns[index])).numpy()
     return ranks
 
 

@@ -170,7 +170,9 @@ class TrainedModel:
 
 
 def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int,
-                    progress: bool) -> tuple[TrainedModel, RetrievalOf]:
+                    progress: bool) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
+    """The trained retriever, how it retrieves for any sessions, and its top-K for the test predictions
+    (scored once: its own row of the table and the re-ranker's test candidates both come from it)."""
     if name == "gru4rec":
         model, history = train_gru4rec(split.train, split.popularity, params, progress=progress)
         scores = step_model_scores(model)
@@ -181,12 +183,12 @@ def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int,
         scores = prefix_model_scores(model, params.max_len)
         entry = {"max_len": params.max_len}
         export = lambda path: export_narm(model, path, top_k=top_k)
-    ranks = retrieve(scores, split.test).ranks
+    test = retrieve(scores, split.test, top_k)
     entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": len(split.popularity), "top_k": top_k}
-    return TrainedModel(name, history, params, ranks, entry, export), partial(retrieve, scores)
+    return TrainedModel(name, history, params, test.ranks, entry, export), partial(retrieve, scores), test
 
 
-def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedModel, RetrievalOf]:
+def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
     """The GRU4Rec of an existing artifact, through its serving graph: DIEN retrained on a retriever that stays."""
     scorer = Scorer(artifact, intra_op_threads=torch.get_num_threads())
     if scorer.item_ids != [str(i) for i in split.item_map.ids]:
@@ -194,24 +196,24 @@ def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedMod
     source = artifact / scorer.name
 
     def retrieval_of(sessions: Sessions, n: int) -> Retrieval:
-        full = graph_retrieval(scorer, sessions)
-        return Retrieval(full.ranks, full.top[:, :n], full.top_scores[:, :n])
+        return graph_retrieval(scorer, sessions).best(n)
 
     entry = verify_artifact(artifact)["models"][scorer.name]
     export = lambda path: Path(shutil.copyfile(source.with_name(entry["file"]), path))
+    test = graph_retrieval(scorer, split.test)
     trained = TrainedModel(scorer.name, None, {"artifact": str(artifact), "version": scorer.version},
-                           retrieval_of(split.test, 0).ranks, entry, export)
-    return trained, retrieval_of
+                           test.ranks, entry, export)
+    return trained, retrieval_of, test
 
 
-def train_reranker(params: DIENTraining, retrieval_of: RetrievalOf, split: EncodedSplit,
-                   progress: bool) -> tuple[TrainedModel, dict]:
+def train_reranker(params: DIENTraining, retrieval_of: RetrievalOf, test_retrieval: Retrieval,
+                   split: EncodedSplit, progress: bool) -> tuple[TrainedModel, dict]:
     """DIEN on the retriever's top-N of every training prefix; its two-stage ranks and figures on the test set."""
     n = params.n_candidates
     categories = read_item_categories(params.categories, split.item_map) if params.categories else None
     model, history = train_dien(split.train, split.popularity, params, retrieval_of(split.train, n),
                                 categories, progress=progress)
-    test_retrieval = retrieval_of(split.test, n)
+    test_retrieval = test_retrieval.best(n)
     prior_weight = model.prior_weight.item() if params.residual else None
     ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
     figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
@@ -244,17 +246,19 @@ def main(argv: list[str] | None = None) -> Path:
           f"unseen items dropped)")
 
     trained: dict[str, TrainedModel] = {}
-    retrievers: dict[str, RetrievalOf] = {}
+    retrievers: dict[str, tuple[RetrievalOf, Retrieval]] = {}
     if args.retriever_artifact:
-        trained["gru4rec"], retrievers["gru4rec"] = published_retriever(args.retriever_artifact, split)
+        trained["gru4rec"], retrieval_of, test_retrieval = published_retriever(args.retriever_artifact, split)
+        retrievers["gru4rec"] = (retrieval_of, test_retrieval)
     for name in (m for m in RETRIEVERS if m in params):
         print(f"\n{name}")
-        trained[name], retrievers[name] = train_retriever(name, params[name], split, args.top_k,
-                                                          not args.no_progress)
+        trained[name], retrieval_of, test_retrieval = train_retriever(name, params[name], split, args.top_k,
+                                                                      not args.no_progress)
+        retrievers[name] = (retrieval_of, test_retrieval)
     two_stage: dict = {}
     if "dien" in params:
         print(f"\ndien, re-ranking {params['dien'].retriever}'s top {params['dien'].n_candidates}")
-        trained["dien"], two_stage = train_reranker(params["dien"], retrievers[params["dien"].retriever], split,
+        trained["dien"], two_stage = train_reranker(params["dien"], *retrievers[params["dien"].retriever], split,
                                                     not args.no_progress)
     rows: list[RankingMetrics] = []
     for t in trained.values():
