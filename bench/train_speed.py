@@ -51,7 +51,7 @@ def main() -> None:
 
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"data: {args.dataset}, {train.n_clicks - train.n_sessions:,} training events per epoch, "
-          f"{len(split.item_map):,} items; settings: {args.config.name}")
+          f"{len(split.item_map):,} items; settings: {args.config.name}, {params.matmul_precision} matmuls")
     for epoch in history.epochs:
         print(f"epoch {epoch.epoch}: {epoch.events_per_second:,.0f} events/s, {epoch.seconds:.1f} s, loss {epoch.loss:.4f}")
     events = sum(e.events for e in history.epochs)

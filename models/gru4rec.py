@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -111,12 +112,27 @@ class GRU4Rec(nn.Module):
         return [torch.zeros(batch_size, size, device=self.output_weights.device) for size in self.config.layers]
 
     # -- one step ---------------------------------------------------------------------------------
+    @staticmethod
+    def gru_step(gru: nn.GRUCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """nn.GRUCell's update, written out so that under autocast its two projections run in bfloat16 while
+        the gates and the state stay float32 (nn.GRUCell itself would run entirely in float32):
+
+            [r_i, z_i, n_i] = W_ih x + b_ih     [r_h, z_h, n_h] = W_hh h + b_hh
+            r = σ(r_i + r_h)    z = σ(z_i + z_h)    n = tanh(n_i + r ∘ n_h)    h' = (1 − z) ∘ n + z ∘ h
+        """
+        r_i, z_i, n_i = F.linear(x, gru.weight_ih, gru.bias_ih).float().chunk(3, dim=1)
+        r_h, z_h, n_h = F.linear(h, gru.weight_hh, gru.bias_hh).float().chunk(3, dim=1)
+        r = torch.sigmoid(r_i + r_h)
+        z = torch.sigmoid(z_i + z_h)
+        n = torch.tanh(n_i + r * n_h)
+        return (1 - z) * n + z * h
+
     def step(self, embedded: torch.Tensor, hidden: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Advance every layer by one click; returns the top layer's output and the new hidden states."""
         x = self.dropout_embed(embedded)
         new_hidden = []
         for gru, h in zip(self.grus, hidden):
-            x = self.dropout_hidden(gru(x, h))
+            x = self.dropout_hidden(self.gru_step(gru, x, h))
             new_hidden.append(x)
         return x, new_hidden
 
@@ -141,11 +157,11 @@ class GRU4Rec(nn.Module):
         position = dict(zip(requests, inverse.split([len(t) for t in requests.values()])))
         input_embedding = None
         if self.input_embedding is not None:
-            input_embedding = self.input_embedding.detach()[ids].requires_grad_()
+            input_embedding = self.input_embedding.detach().index_select(0, ids).requires_grad_()
         return ItemRows(
             ids=ids,
-            output_weights=self.output_weights.detach()[ids].requires_grad_(),
-            output_bias=self.output_bias.detach()[ids].requires_grad_(),
+            output_weights=self.output_weights.detach().index_select(0, ids).requires_grad_(),
+            output_bias=self.output_bias.detach().index_select(0, ids).requires_grad_(),
             input_embedding=input_embedding,
             position=position,
         )
@@ -169,8 +185,8 @@ class GRU4Rec(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Training forward: scores [B, C] of the gathered candidates, and the new hidden states."""
         input_table = rows.output_weights if rows.input_embedding is None else rows.input_embedding
-        output, new_hidden = self.step(input_table[rows.position["items"]], hidden)
+        output, new_hidden = self.step(input_table.index_select(0, rows.position["items"]), hidden)
         # score each distinct item once, then pick the candidates' columns: the GEMM and its gradient
         # scatter then run over the few thousand distinct rows, not over every (repeated) candidate
-        distinct_scores = torch.addmm(rows.output_bias.T, output, rows.output_weights.T)
-        return distinct_scores[:, rows.position["candidates"]], new_hidden
+        distinct_scores = torch.addmm(rows.output_bias.T, output, rows.output_weights.T).float()
+        return distinct_scores.index_select(1, rows.position["candidates"]), new_hidden

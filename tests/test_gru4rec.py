@@ -30,6 +30,32 @@ def test_training_scores_equal_full_catalogue_scores(constrained):
     torch.testing.assert_close(sampled_hidden[0], full_hidden[0])
 
 
+def test_written_out_gru_step_equals_torch_gru_cell():
+    torch.manual_seed(2)
+    cell = torch.nn.GRUCell(6, 5)
+    x, h = torch.randn(4, 6), torch.randn(4, 5)
+    torch.testing.assert_close(GRU4Rec.gru_step(cell, x, h), cell(x, h))
+
+
+def test_bfloat16_matmuls_train_like_float32_and_keep_float32_state():
+    train, test, _, popularity = yoochoose_slice()
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        params = GRU4RecTraining(learning_rate=0.1, matmul_precision=precision, **SMALL)
+        runs[precision] = train_gru4rec(train, popularity, params, progress=False)
+    (fp32_model, fp32_history), (bf16_model, bf16_history) = runs["float32"], runs["bfloat16"]
+    assert all(p.dtype == torch.float32 for p in bf16_model.parameters())
+    assert bf16_history.epochs[0].loss == pytest.approx(fp32_history.epochs[0].loss, rel=0.01)
+    assert not torch.equal(bf16_model.output_weights, fp32_model.output_weights)  # bfloat16 really ran
+    metrics, baseline = evaluate(bf16_model, popularity, test, name="bfloat16")
+    assert metrics.recall[20] > 2 * baseline.recall[20]
+
+
+def test_unknown_matmul_precision_is_refused():
+    with pytest.raises(ValueError, match="matmul_precision"):
+        GRU4RecTraining(matmul_precision="float16")
+
+
 def test_initialisation_follows_the_official_bounds():
     model = GRU4Rec(GRU4RecConfig(n_items=1000, layers=(64,)))
     assert model.output_weights.abs().max() <= math.sqrt(6 / (1000 + 64))
@@ -74,7 +100,10 @@ def test_evaluation_resets_state_per_session():
     batched = model_ranks(model, test, batch_size=64)
     one_by_one = model_ranks(model, test, batch_size=1)
     assert len(batched) == len(one_by_one)
-    assert sorted(batched.tolist()) == sorted(one_by_one.tolist())
+    # click by click; a matrix product's rounding depends on its batch size, so a near-tie may move a
+    # rank by one here and there, where a state leaking from a batch mate would change most of them
+    assert (batched == one_by_one).mean() > 0.99
+    assert np.abs(batched - one_by_one).max() <= 2
 
 
 def test_ranks_are_conservative_on_ties():

@@ -45,13 +45,14 @@ class AdagradMomentum:
 
     @torch.no_grad()
     def step_rows(self, table: nn.Parameter, ids: torch.Tensor, grad: torch.Tensor) -> None:
-        """Update rows `ids` (unique) of `table`, whose gradient rows are `grad`."""
-        acc = self._table_acc[id(table)].index_select(0, ids).addcmul_(grad, grad)
-        self._table_acc[id(table)].index_copy_(0, ids, acc)
-        mom = self._table_mom[id(table)].index_select(0, ids).mul_(self.momentum)
-        mom.addcdiv_(grad, acc.add_(self.eps).sqrt_(), value=-self.lr)
-        self._table_mom[id(table)].index_copy_(0, ids, mom)
-        table.index_add_(0, ids, mom)
+        """Update rows `ids` (unique) of `table`, whose gradient rows are `grad`. Rows are read with
+        index_select and added with index_add_: several times faster on CPU than advanced indexing."""
+        accumulated, momentum = self._table_acc[id(table)], self._table_mom[id(table)]
+        accumulated.index_add_(0, ids, grad * grad)
+        denom = accumulated.index_select(0, ids).add_(self.eps).sqrt_()
+        step = momentum.index_select(0, ids).mul_(self.momentum).addcdiv_(grad, denom, value=-self.lr)
+        momentum.index_copy_(0, ids, step)
+        table.index_add_(0, ids, step)
 
     def zero_grad(self) -> None:
         for p in self.dense:

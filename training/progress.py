@@ -39,7 +39,7 @@ class EpochProgress:
 
     def __init__(self, history: TrainingHistory, epoch: int, n_epochs: int, events_per_epoch: int,
                  batch_size: int, show: bool):
-        self.history, self.epoch, self.events_per_epoch, self.show = history, epoch, events_per_epoch, show
+        self.history, self.epoch, self.events_per_epoch = history, epoch, events_per_epoch
         self.curve_every = max(1, events_per_epoch // batch_size // CURVE_POINTS_PER_EPOCH)
         self.loss = self.window_loss = 0.0
         self.events = self.window_events = self.steps = 0
@@ -70,7 +70,7 @@ class EpochProgress:
         stats = EpochStats(self.epoch, self.loss / max(self.events, 1), time.perf_counter() - self.started,
                            self.events)
         self.history.epochs.append(stats)
-        if self.show:
-            print(f"epoch {stats.epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  "
-                  f"{stats.events_per_second:,.0f} events/s")
+        # one line per epoch even without the bar: what a log of a long unattended run needs
+        print(f"epoch {stats.epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  "
+              f"{stats.events_per_second:,.0f} events/s", flush=True)
         return stats

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "NEXTCLICK_ARTIFACT_DIR/staging/<version>, then gate, push and promote it)")
     out.add_argument("--top-k", type=int, default=SERVING_TOP_K, help="items the retrievers' serving graphs return")
     out.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    out.add_argument("--no-progress", action="store_true")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars (still one line per epoch)")
     add_publish_arguments(parser)
     return parser
 

@@ -48,6 +48,14 @@ class GRU4RecTraining(TrainingParams):
     batch_size: int = 128
     learning_rate: float = 0.05
     momentum: float = 0.15
+    # "bfloat16": the training step's matrix products take bfloat16 inputs (float32 accumulation; weights,
+    # optimiser state, gates, recurrent state and loss stay float32): ~2x faster GEMMs on CPUs with
+    # AVX512-BF16 or AMX, emulated and slower elsewhere. Evaluation and the exported graph are float32.
+    matmul_precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.matmul_precision not in ("float32", "bfloat16"):
+            raise ValueError(f"matmul_precision must be 'float32' or 'bfloat16', got {self.matmul_precision!r}")
 
     def model_config(self, n_items: int) -> GRU4RecConfig:
         return GRU4RecConfig(n_items=n_items, layers=tuple(self.layers), embedding=self.embedding,
@@ -95,7 +103,8 @@ def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTra
                                                                params.sample_alpha)
             rows = model.gather_rows(step.items, candidates)
             optimiser.zero_grad()
-            scores, hidden = model.score_candidates(rows, hidden)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.matmul_precision == "bfloat16"):
+                scores, hidden = model.score_candidates(rows, hidden)
             loss = loss_fn(scores, log_sampling_prob) / params.batch_size
             loss.backward()
             optimiser.step_dense()
