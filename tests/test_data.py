@@ -19,6 +19,7 @@ from stream_app.settings import get_settings
 from training.data import (ClickLog, DataError, ItemMap, encode_sessions, item_popularity, load_pickle_restricted,
                            read_event_log, read_srgnn_test, read_srgnn_train)
 from training.datasets import custom_dataset, dataset_names, load_dataset
+from tests.real_slices import yoochoose_slice
 
 DATA = get_settings().data_dir
 RSC15 = "yoochoose_rsc15_100k/yoochoose-clicks-100k_{}.txt.gz"
@@ -137,6 +138,15 @@ def test_head_sessions():
     assert head.n_sessions == 5 and head.n_clicks == log.session_offsets()[5]
     np.testing.assert_array_equal(head.item_ids, log.item_ids[:head.n_clicks])
 
+
+
+def test_split_at_keeps_session_order_and_every_click():
+    train, _, _, _ = yoochoose_slice(train_sessions=200, test_sessions=1)
+    earlier, later = train.split_at(150)
+    assert (earlier.n_sessions, later.n_sessions) == (150, 50)
+    np.testing.assert_array_equal(np.concatenate([earlier.items, later.items]), train.items)
+    np.testing.assert_array_equal(later.lengths(), train.lengths()[150:])
+    assert later.offsets[0] == 0 and earlier.offsets[-1] == len(earlier.items)
 
 # --- DataError on corrupted copies of real rows ---
 

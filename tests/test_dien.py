@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 from training.dien_trainer import DIENTraining, fit_prior_weight, train_dien
 from training.evaluate import pairwise_auc, reranked_ranks, retrieve, step_model_scores
 from training.prefixes import Prefixes
+from training.retrain import reranker_training_data
 from training.trainer import GRU4RecTraining, train_gru4rec
 
 SMALL = {"item_dim": 16, "category_dim": 8, "mlp": (32, 16), "batch_size": 128, "n_epochs": 1, "n_candidates": 20}
@@ -199,3 +200,30 @@ def test_prior_weight_starts_where_the_retrievers_own_softmax_fits_best(retrieva
     column = torch.from_numpy((train_retrieval.top[inside] == targets[inside, None]).argmax(axis=1))
     loss = {w: torch.nn.functional.cross_entropy(w * scores, column).item() for w in (weight / 2, weight, weight * 2)}
     assert loss[weight] <= min(loss.values())
+
+
+def test_stacked_reranker_trains_on_later_sessions_with_a_retriever_that_never_saw_them():
+    """DIEN's candidates come from a retriever trained on the earlier sessions only: a retriever given the
+    later ones too would change them."""
+    train, test, item_map, popularity = yoochoose_slice()
+    split = EncodedSplit(train, test, item_map, popularity)
+    retriever = GRU4RecTraining(layers=(32,), batch_size=32, n_sample=256, n_epochs=1)
+    params = DIENTraining(**SMALL | {"holdout_fraction": 0.25})
+    unused = lambda sessions, n: pytest.fail("the stacked candidates come from a fold retriever")
+    sessions, retrieved = reranker_training_data(params, retriever, unused, split, progress=False)
+    earlier, later = train.split_at(round(0.75 * train.n_sessions))
+    np.testing.assert_array_equal(sessions.items, later.items)
+    assert len(retrieved.ranks) == len(Prefixes.of(later, params.max_len))
+    fold_model = train_gru4rec(earlier, popularity, retriever, progress=False)[0]
+    np.testing.assert_array_equal(retrieved.top, retrieve(step_model_scores(fold_model), later, 20).top)
+    assert not np.array_equal(retrieved.top, retrieve(step_model_scores(train_gru4rec(train, popularity, retriever,
+                                                                                      progress=False)[0]),
+                                                      later, 20).top)
+
+
+def test_without_holdout_the_reranker_trains_on_every_training_prefix(retrieval):
+    train, test, item_map, popularity = yoochoose_slice()
+    split = EncodedSplit(train, test, item_map, popularity)
+    params = DIENTraining(**SMALL | {"holdout_fraction": 0.0})
+    sessions, retrieved = reranker_training_data(params, None, lambda s, n: retrieval[0], split, progress=False)
+    assert sessions is train and retrieved is retrieval[0]

@@ -279,6 +279,12 @@ class Sessions:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def split_at(self, s: int) -> tuple[Sessions, Sessions]:
+        """Sessions [0, s) and [s, n): in start-time order, the earlier ones and the later ones."""
+        cut = self.offsets[s]
+        return (Sessions(self.offsets[: s + 1], self.items[:cut], self.n_dropped_clicks),
+                Sessions(self.offsets[s:] - cut, self.items[cut:], 0))
+
 
 def encode_sessions(log: ClickLog, item_map: ItemMap) -> Sessions:
     """Map clicks to item indices, dropping (and counting) clicks on unknown items; a session left empty
