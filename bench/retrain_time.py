@@ -21,7 +21,7 @@ from train_speed import REPO, cpu_name  # the sibling bench script
 
 from training.retrain import main as retrain
 
-DEFAULT_FLAGS = ["--dataset", "diginetica_srgnn", "--config", str(REPO / "configs" / "gru4rec_diginetica.toml")]
+DEFAULT_FLAGS = ["--dataset", "diginetica_srgnn", "--config", str(REPO / "configs" / "diginetica.toml")]
 
 
 def main() -> None:
