@@ -53,6 +53,12 @@ def _glorot_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int) -> None:
     nn.init.uniform_(tensor, -bound, bound)
 
 
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 product (autocast) back to float32; no cast at all otherwise, so none enters the
+    exported serving graph."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 @dataclass
 class ItemRows:
     """The rows of the item tables one training step reads, as dense leaves that collect gradients."""
@@ -120,8 +126,8 @@ class GRU4Rec(nn.Module):
             [r_i, z_i, n_i] = W_ih x + b_ih     [r_h, z_h, n_h] = W_hh h + b_hh
             r = σ(r_i + r_h)    z = σ(z_i + z_h)    n = tanh(n_i + r ∘ n_h)    h' = (1 − z) ∘ n + z ∘ h
         """
-        r_i, z_i, n_i = F.linear(x, gru.weight_ih, gru.bias_ih).float().chunk(3, dim=1)
-        r_h, z_h, n_h = F.linear(h, gru.weight_hh, gru.bias_hh).float().chunk(3, dim=1)
+        r_i, z_i, n_i = _float32(F.linear(x, gru.weight_ih, gru.bias_ih)).split(gru.hidden_size, dim=1)
+        r_h, z_h, n_h = _float32(F.linear(h, gru.weight_hh, gru.bias_hh)).split(gru.hidden_size, dim=1)
         r = torch.sigmoid(r_i + r_h)
         z = torch.sigmoid(z_i + z_h)
         n = torch.tanh(n_i + r * n_h)
@@ -188,5 +194,5 @@ class GRU4Rec(nn.Module):
         output, new_hidden = self.step(input_table.index_select(0, rows.position["items"]), hidden)
         # score each distinct item once, then pick the candidates' columns: the GEMM and its gradient
         # scatter then run over the few thousand distinct rows, not over every (repeated) candidate
-        distinct_scores = torch.addmm(rows.output_bias.T, output, rows.output_weights.T).float()
+        distinct_scores = _float32(torch.addmm(rows.output_bias.T, output, rows.output_weights.T))
         return distinct_scores.index_select(1, rows.position["candidates"]), new_hidden

@@ -175,7 +175,8 @@ class Scorer:
         if self.stateful:
             result = self.step(item_indices, hidden)
         else:
-            items, lengths = padded(windows, max(map(len, windows)))
+            # the retriever reads its own last L clicks, however many more the re-ranker reads
+            items, lengths = padded(windows, min(self.retriever_len, max(map(len, windows))))
             top_items, top_scores = self.session.run(
                 ["top_items", "top_scores"], {"items": items, "lengths": lengths}
             )

@@ -76,6 +76,19 @@ def test_served_suggestions_equal_the_graphs_offline(three_model_artifact: Path,
     assert max(len(clicks) for clicks in sessions) > scorer.window  # some sessions outgrow the models' L
 
 
+def test_narm_reads_only_its_last_clicks_of_a_longer_window(three_model_artifact: Path) -> None:
+    """A window longer than NARM's L (as when DIEN reads more clicks) gives what the last L give."""
+    scorer = Scorer(three_model_artifact, pipeline="narm")
+    _, test, item_map, _ = yoochoose_slice()
+    known = [i for item in test.items if (i := scorer.index_of(str(item_map.ids[item]))) is not None]
+    long_window = known[: 3 * scorer.retriever_len]
+    last = long_window[-scorer.retriever_len:]
+    no_state = np.zeros(0, dtype=np.int64)
+    both = scorer.score(no_state, None, [long_window, last])
+    np.testing.assert_array_equal(both.top_items[0], both.top_items[1])
+    np.testing.assert_allclose(both.top_scores[0], both.top_scores[1], rtol=1e-5)
+
+
 def test_a_pipeline_the_artifact_cannot_serve_is_refused(artifact: Path, three_model_artifact: Path) -> None:
     with pytest.raises(ArtifactError, match="'narm'"):
         Scorer(artifact, pipeline="narm")  # a GRU4Rec-only artifact
