@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 @dataclass(frozen=True)
@@ -94,22 +95,42 @@ class NARM(nn.Module):
 
     # -- the session representation ----------------------------------------------------------------
     def attention(self, states: torch.Tensor, last: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """α [B, L]: vᵀσ(A1 h_t + A2 h_j) at real positions, 0 at padding."""
-        energy = torch.sigmoid(self.attention_last(last).unsqueeze(1) + self.attention_each(states))
-        return self.attention_vector(energy).squeeze(2).masked_fill(~mask, 0.0)
+        """α [B, L]: vᵀσ(A1 h_t + A2 h_j) at real positions, 0 at padding. Training computes it at the real
+        positions only (a random mini-batch is mostly padding, and A2 h_j was its largest product); the
+        serving graph over the whole padded matrix, with no data-dependent shapes."""
+        if self.training:
+            rows, columns = mask.nonzero(as_tuple=True)
+            alpha = self._alpha(self.attention_last(last)[rows], states[rows, columns])
+            return states.new_zeros(mask.shape).index_put((rows, columns), alpha)
+        return self._alpha(self.attention_last(last).unsqueeze(1), states).masked_fill(~mask, 0.0)
+
+    def _alpha(self, projected_last: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        return self.attention_vector(torch.sigmoid(projected_last + self.attention_each(states))).squeeze(-1)
 
     def encode(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """c = [c_l ; c_g] [B, 2H] (dropout included) for clicks items [B, L] padded after lengths [B]."""
         positions = torch.arange(items.shape[1], device=items.device)
         mask = positions.unsqueeze(0) < lengths.unsqueeze(1)
         embedded = self.dropout_embed(self.rows(items.masked_fill(~mask, 0)))  # padding: any id
-        # h_0 explicit, shaped from the input: the exported graph keeps its batch size dynamic
-        states, _ = self.gru(embedded, embedded.new_zeros(1, embedded.shape[0], self.config.hidden_size))
+        states = self.states(embedded, lengths)
         last_index = (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, states.shape[2])
         last = states.gather(1, last_index).squeeze(1)  # c_g = h_t
         alpha = self.attention(states, last, mask)
         local = torch.bmm(alpha.unsqueeze(1), states).squeeze(1)  # c_l = Σ_j α_tj h_j
         return self.dropout_context(torch.cat([local, last], dim=1))
+
+    def states(self, embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """h_1..h_t [B, L, H], anything at padding (masked by the callers).
+
+        In training the GRU steps through the real clicks only (a packed sequence): a random mini-batch is
+        padded to its longest prefix, 19 on Diginetica, while the mean prefix is 4 clicks, so stepping
+        through the padding was most of an epoch's work. The states are the same either way (the GRU only
+        looks backwards); the serving graph keeps the plain padded GRU, which ONNX runs as one op."""
+        if self.training:
+            packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=embedded.shape[1])[0]
+        # h_0 explicit, shaped from the input: the exported graph keeps its batch size dynamic
+        return self.gru(embedded, embedded.new_zeros(1, embedded.shape[0], self.config.hidden_size))[0]
 
     def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """B·c [B, D]: the vector every item embedding is scored against."""

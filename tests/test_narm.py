@@ -55,6 +55,24 @@ def test_padding_gets_no_attention_and_changes_no_score():
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_training_packs_the_sessions_and_scores_as_serving_does():
+    """Training steps the GRU over real clicks only; without dropout it must score as the padded serving path."""
+    _, test, _, popularity = yoochoose_slice()
+    torch.manual_seed(0)
+    model = NARM(NARMConfig(n_items=len(popularity), embedding_dim=16, hidden_size=24, dropout_embed=0.0,
+                            dropout_context=0.0))
+    sessions = [_session(test, s)[-model.config.max_len:] for s in range(12)]
+    lengths = torch.tensor([len(s) for s in sessions])
+    padded = torch.zeros(len(sessions), int(lengths.max()), dtype=torch.int64)
+    for row, clicks in zip(padded, sessions):
+        row[:len(clicks)] = torch.from_numpy(clicks)
+    with torch.no_grad():
+        packed = model.train()(padded, lengths)
+        serving = model.eval()(padded, lengths)
+    assert model.train().states(torch.randn(3, 4, 16), torch.tensor([4, 2, 1]))[2, 1:].abs().sum() == 0  # packed
+    torch.testing.assert_close(packed, serving, rtol=1e-5, atol=1e-5)
+
+
 def test_prefixes_are_every_click_after_the_first_with_its_last_clicks():
     sessions = Sessions(offsets=np.array([0, 1, 6, 8]), items=np.array([9, 1, 2, 3, 4, 5, 7, 8]), n_dropped_clicks=0)
     prefixes = Prefixes.of(sessions, max_len=3)
