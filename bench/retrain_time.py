@@ -4,7 +4,7 @@
     python bench/retrain_time.py -- --dataset yoochoose_rsc15_100k --epochs 1     # any retrain flags after --
 
 Run it on an otherwise idle machine: torch's threads stall badly when another process takes a core.
-The artifact goes to a temporary directory and is not pushed.
+The artifact goes to a temporary directory (or `--keep DIR`) and is not pushed.
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ DEFAULT_FLAGS = ["--dataset", "diginetica_srgnn", "--config", str(REPO / "config
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("retrain_flags", nargs="*", help=f"flags for training.retrain (default: {DEFAULT_FLAGS})")
-    flags = parser.parse_args().retrain_flags or DEFAULT_FLAGS
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="write the artifact here and keep it")
+    args = parser.parse_args()
+    flags = args.retrain_flags or DEFAULT_FLAGS
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        out = retrain([*flags, "--out", str(Path(scratch) / "artifact"), "--no-progress"])
+        out = retrain([*flags, "--out", str(args.keep or Path(scratch) / "artifact"), "--no-progress"])
         total = time.perf_counter() - started
         metrics = json.loads((out / "metrics.json").read_text())
     print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"command: python -m training.retrain {' '.join(flags)}")
+    print(f"command: python -m training.retrain {' '.join(flags).replace(f'{REPO}/', '')}")
     for model, record in metrics["training"].items():
         if model == "threads":
             continue
