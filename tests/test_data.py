@@ -17,7 +17,7 @@ import pytest
 
 from stream_app.settings import get_settings
 from training.data import (ClickLog, DataError, ItemMap, encode_sessions, item_popularity, load_pickle_restricted,
-                           read_event_log, read_srgnn_test, read_srgnn_train)
+                           Sessions, read_event_log, read_srgnn_test, read_srgnn_train)
 from training.datasets import custom_dataset, dataset_names, load_dataset
 from tests.real_slices import yoochoose_slice
 
@@ -140,13 +140,16 @@ def test_head_sessions():
 
 
 
-def test_split_at_keeps_session_order_and_every_click():
+def test_split_at_keeps_session_order_and_every_click_and_concat_undoes_it():
     train, _, _, _ = yoochoose_slice(train_sessions=200, test_sessions=1)
     earlier, later = train.split_at(150)
     assert (earlier.n_sessions, later.n_sessions) == (150, 50)
     np.testing.assert_array_equal(np.concatenate([earlier.items, later.items]), train.items)
     np.testing.assert_array_equal(later.lengths(), train.lengths()[150:])
     assert later.offsets[0] == 0 and earlier.offsets[-1] == len(earlier.items)
+    joined = Sessions.concat([earlier, later])
+    np.testing.assert_array_equal(joined.offsets, train.offsets)
+    np.testing.assert_array_equal(joined.items, train.items)
 
 # --- DataError on corrupted copies of real rows ---
 

@@ -10,7 +10,7 @@ from models.dien import DIEN, DIENConfig
 from models.export import export_dien
 from stream_app.settings import get_settings
 from tests.real_slices import yoochoose_slice
-from training.data import EncodedSplit, read_event_log, read_item_categories
+from training.data import EncodedSplit, Sessions, read_event_log, read_item_categories
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 from training.dien_trainer import DIENTraining, fit_prior_weight, train_dien
@@ -219,6 +219,29 @@ def test_stacked_reranker_trains_on_later_sessions_with_a_retriever_that_never_s
     assert not np.array_equal(retrieved.top, retrieve(step_model_scores(train_gru4rec(train, popularity, retriever,
                                                                                       progress=False)[0]),
                                                       later, 20).top)
+
+
+def test_cross_fitted_folds_each_take_candidates_from_a_retriever_trained_on_every_other_session():
+    """holdout_folds = 2 over the latest half: each fold's candidates come from a retriever that saw the earlier
+    sessions and the other fold, and no retriever saw the fold it scores."""
+    train, test, item_map, popularity = yoochoose_slice()
+    split = EncodedSplit(train, test, item_map, popularity)
+    retriever = GRU4RecTraining(layers=(32,), batch_size=32, n_sample=256, n_epochs=1)
+    params = DIENTraining(**SMALL | {"holdout_fraction": 0.5, "holdout_folds": 2})
+    unused = lambda sessions, n: pytest.fail("the cross-fitted candidates come from fold retrievers")
+    sessions, retrieved = reranker_training_data(params, retriever, unused, split, progress=False)
+    half, three_quarters = round(0.5 * train.n_sessions), round(0.75 * train.n_sessions)
+    earlier, latest = train.split_at(half)
+    np.testing.assert_array_equal(sessions.items, latest.items)
+    first_fold, second_fold = latest.split_at(three_quarters - half)
+    tops = []
+    for held, other in ((first_fold, second_fold), (second_fold, first_fold)):
+        seen = Sessions.concat([earlier, other])
+        assert seen.n_sessions == train.n_sessions - held.n_sessions
+        fold_model = train_gru4rec(seen, popularity, retriever, progress=False)[0]
+        tops.append(retrieve(step_model_scores(fold_model), held, 20).top)
+    assert len(retrieved.ranks) == len(Prefixes.of(latest, params.max_len))
+    np.testing.assert_array_equal(retrieved.top, np.concatenate(tops))
 
 
 def test_without_holdout_the_reranker_trains_on_every_training_prefix(retrieval):

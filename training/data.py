@@ -285,6 +285,14 @@ class Sessions:
         return (Sessions(self.offsets[: s + 1], self.items[:cut], self.n_dropped_clicks),
                 Sessions(self.offsets[s:] - cut, self.items[cut:], 0))
 
+    @classmethod
+    def concat(cls, parts: list[Sessions]) -> Sessions:
+        """The sessions of `parts`, one part after another (the inverse of `split_at`)."""
+        shifts = np.cumsum([0] + [part.n_clicks for part in parts[:-1]])
+        offsets = np.concatenate([[0]] + [part.offsets[1:] + shift for part, shift in zip(parts, shifts)])
+        return cls(offsets.astype(np.int64), np.concatenate([part.items for part in parts]),
+                   sum(part.n_dropped_clicks for part in parts))
+
 
 def encode_sessions(log: ClickLog, item_map: ItemMap) -> Sessions:
     """Map clicks to item indices, dropping (and counting) clicks on unknown items; a session left empty

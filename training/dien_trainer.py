@@ -1,8 +1,9 @@
 """Training DIEN as the re-ranker of a retriever's top-N: positives against easy and hard negatives.
 
 Every prefix of every session given (its last L clicks, as for NARM) is a sample whose positive is
-the click that followed; `training.retrain` gives the latest training sessions and the top-N of a retriever
-trained on the earlier ones (`holdout_fraction`), not the prefixes the serving retriever was trained on. Its negatives are of two kinds, drawn afresh each epoch:
+the click that followed; `training.retrain` gives the latest training sessions and, for each, the top-N of a
+retriever that never saw that session (`holdout_fraction`, `holdout_folds`), not the prefixes the serving
+retriever was trained on. Its negatives are of two kinds, drawn afresh each epoch:
 - `n_popular_negatives` items drawn ∝ popularity^sample_alpha: the easy ones, which teach the catalogue;
 - `n_hard_negatives` items from the retriever's own top-N for that prefix (its best `n_candidates`,
   the target left out): what the first stage scores high but the user did not click, which is exactly
@@ -60,10 +61,12 @@ class DIENTraining:
     n_candidates: int = 100  # N: the retriever's top-N, re-ranked at serving time
     residual: bool = True  # two-stage score = retriever score + DIEN logit
     categories: str = ""  # item → category file (`data.read_item_categories`); "": items by id alone
-    # stacking (`training.retrain`): DIEN trains on the latest `holdout_fraction` of the training sessions,
-    # re-ranking a retriever trained (its settings, at most `holdout_retriever_epochs`) on the earlier ones;
-    # 0: on every training prefix, re-ranking the retriever that saw them all
+    # stacking (`training.retrain.reranker_training_data`): DIEN trains on the latest `holdout_fraction` of the
+    # training sessions, cut into `holdout_folds` folds, each re-ranking a retriever trained (its settings, at
+    # most `holdout_retriever_epochs`) on every other training session; 0: on every training prefix,
+    # re-ranking the retriever that saw them all
     holdout_fraction: float = 0.2
+    holdout_folds: int = 1
     holdout_retriever_epochs: int = 4
     seed: int = 42
 
@@ -72,8 +75,10 @@ class DIENTraining:
             raise ValueError(f"loss must be 'softmax' or 'logloss', got {self.loss!r}")
         if self.n_popular_negatives + self.n_hard_negatives < 1:
             raise ValueError("DIEN needs at least one negative per positive")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if not 0.0 <= self.holdout_fraction <= 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1], got {self.holdout_fraction}")
+        if self.holdout_folds < 1 or (self.holdout_fraction == 1.0 and self.holdout_folds == 1):
+            raise ValueError(f"holdout_folds must be at least 1 (2 when holdout_fraction is 1), got {self.holdout_folds}")
 
     def model_config(self, n_items: int, n_categories: int = 0) -> DIENConfig:
         return DIENConfig(n_items=n_items, n_categories=n_categories, item_dim=self.item_dim,

@@ -126,6 +126,12 @@ class Retrieval:
         return Retrieval(self.ranks, self.top[:, :n], self.top_scores[:, :n])
 
     @classmethod
+    def concat(cls, parts: list[Retrieval]) -> Retrieval:
+        """The predictions of `parts`, one part after another (of sessions joined by `Sessions.concat`)."""
+        return cls(np.concatenate([p.ranks for p in parts]), np.concatenate([p.top for p in parts]),
+                   np.concatenate([p.top_scores for p in parts]))
+
+    @classmethod
     def in_click_order(cls, positions: list[np.ndarray], ranks: list[np.ndarray], tops: list[np.ndarray],
                        top_scores: list[np.ndarray], n: int) -> Retrieval:
         """Batches gathered in any order (`positions`: each target's index in the sessions' clicks), sorted."""

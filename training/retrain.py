@@ -223,19 +223,29 @@ def reranker_training_data(params: DIENTraining, retriever_params: Any, retrieva
     A retriever scoring the prefixes it was trained on is far more confident than on new sessions (GRU4Rec
     on Diginetica: the next click in its top 100 for 95 % of its training prefixes, 82 % of the test's), and
     DIEN trained there learns to correct the wrong retriever. So (stacking, `holdout_fraction` f > 0) DIEN
-    trains on the latest f of the training sessions, with the candidates of a retriever trained on the
-    earlier ones with the same settings (at most `holdout_retriever_epochs`): clicks that retriever never saw,
-    as at serving time. The retriever that serves is the one trained on everything."""
+    trains on the latest f of the training sessions, cut into `holdout_folds` k consecutive folds; each
+    fold's candidates come from a retriever trained with the same settings (at most
+    `holdout_retriever_epochs`) on every other training session: clicks that retriever never saw, as at
+    serving time (k = 1: one retriever on the earlier sessions; k > 1: cross-fitting, k retrievers, each
+    trained on all but f/k of the sessions). The retriever that serves is the one trained on everything."""
     n = params.n_candidates
     if not params.holdout_fraction:
         return split.train, retrieval_of(split.train, n)
-    earlier, latest = split.train.split_at(round((1 - params.holdout_fraction) * split.train.n_sessions))
+    train = split.train
+    first_held = round((1 - params.holdout_fraction) * train.n_sessions)
+    bounds = np.linspace(first_held, train.n_sessions, params.holdout_folds + 1).round().astype(int)
     fold_params = dataclasses.replace(retriever_params,
                                       n_epochs=min(params.holdout_retriever_epochs, retriever_params.n_epochs))
-    print(f"{params.retriever} on the first {earlier.n_sessions:,} training sessions ({fold_params.n_epochs} epochs): "
-          f"DIEN's candidates for the last {latest.n_sessions:,}")
-    _, _, scores = fit_retriever(params.retriever, fold_params, earlier, split.popularity, progress)
-    return latest, retrieve(scores, latest, n)
+    retrievals = []
+    for fold, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:]), 1):
+        before, rest = train.split_at(start)
+        held, after = rest.split_at(stop - start)
+        seen = Sessions.concat([before, after])
+        print(f"fold {fold}/{params.holdout_folds}: {params.retriever} on {seen.n_sessions:,} training sessions "
+              f"({fold_params.n_epochs} epochs), DIEN's candidates for sessions {start:,}..{stop - 1:,}")
+        _, _, scores = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress)
+        retrievals.append(retrieve(scores, held, n))
+    return train.split_at(first_held)[1], Retrieval.concat(retrievals)
 
 
 def train_reranker(params: DIENTraining, retriever_params: Any, retrieval_of: RetrievalOf,
