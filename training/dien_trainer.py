@@ -78,7 +78,8 @@ class DIENTraining:
         if not 0.0 <= self.holdout_fraction <= 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1], got {self.holdout_fraction}")
         if self.holdout_folds < 1 or (self.holdout_fraction == 1.0 and self.holdout_folds == 1):
-            raise ValueError(f"holdout_folds must be at least 1 (2 when holdout_fraction is 1), got {self.holdout_folds}")
+            raise ValueError(f"holdout_folds must be at least 1 (2 when holdout_fraction is 1), "
+                             f"got {self.holdout_folds}")
 
     def model_config(self, n_items: int, n_categories: int = 0) -> DIENConfig:
         return DIENConfig(n_items=n_items, n_categories=n_categories, item_dim=self.item_dim,
