@@ -31,7 +31,8 @@ Where this departs from the paper or its official code (mouna99/dien), and why:
   extractor's width is D, the embedding's, as in the paper's experiments;
 - no user-profile or context features: sessions are anonymous; the MLP input is the official one without
   the user embedding;
-- the rest (GRU/AUGRU equations, attention form, [e_a, Σe, e_a∘Σe, h'_T] input, Dice) is the paper's.
+- the rest (GRU/AUGRU equations, attention form, [e_a, Σe, e_a∘Σe, h'_T] input, Dice) is the paper's;
+- `DIENEnsemble` (optional, not in the paper) averages the logits of DIENs trained from different seeds.
 """
 
 from __future__ import annotations
@@ -194,3 +195,24 @@ class DIEN(nn.Module):
         negative = (states[:, :-1] * self.embed(negatives[:, 1:])).sum(-1)
         loss = F.softplus(-positive) + F.softplus(negative)  # −log σ(pos) − log(1 − σ(neg))
         return (loss * follows).sum()
+
+
+class DIENEnsemble(nn.Module):
+    """DIENs trained alike from different seeds, their logits averaged: one graph with the members' forward
+    signature, n times a member's cost. Averaging independently trained re-rankers evens out what each one
+    learnt from its own draw of negatives and batches; in the residual two-stage score the averaged
+    mean_m(w_m·s + s_m) is mean(w)·s + mean(s_m), so the ensemble's prior weight is the members' mean."""
+
+    def __init__(self, members: list[DIEN]):
+        super().__init__()
+        if not members or len({m.config for m in members}) != 1:
+            raise ValueError("an ensemble needs one or more DIENs of one config")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    @property
+    def prior_weight(self) -> torch.Tensor:
+        return torch.stack([m.prior_weight for m in self.members]).mean()
+
+    def forward(self, history: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(history, lengths, candidates) for m in self.members]).mean(dim=0)

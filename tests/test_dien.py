@@ -1,12 +1,14 @@
 """DIEN's model, training, two-stage evaluation and serving graph on slices of the real click logs."""
 
+from dataclasses import replace
+
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
 
-from models.dien import DIEN, DIENConfig
+from models.dien import DIEN, DIENConfig, DIENEnsemble
 from models.export import export_dien
 from stream_app.settings import get_settings
 from tests.real_slices import yoochoose_slice
@@ -22,9 +24,9 @@ from training.trainer import GRU4RecTraining, train_gru4rec
 SMALL = {"item_dim": 16, "category_dim": 8, "mlp": (32, 16), "batch_size": 128, "n_epochs": 1, "n_candidates": 20}
 
 
-def _scoring_model(n_items: int, **config) -> DIEN:
+def _scoring_model(n_items: int, seed: int = 0, **config) -> DIEN:
     """An untrained DIEN whose output is not the zero it starts at (its last layer starts at zero)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = DIEN(DIENConfig(n_items=n_items, item_dim=8, mlp=(16, 8), **config))
     torch.nn.init.normal_(model.output[-1].weight)
     return model.eval()
@@ -138,6 +140,29 @@ def test_training_learns_to_tell_the_next_click_from_sampled_items(retrieval):
     assert ranks.shape == test_retrieval.ranks.shape
 
 
+def test_ensemble_members_are_the_dien_each_seed_trains_alone_and_their_logits_are_averaged(retrieval):
+    train, test, _, popularity = yoochoose_slice()
+    train_retrieval, test_retrieval = retrieval
+    params = DIENTraining(**SMALL)
+    ensemble, history = train_dien(train, popularity, replace(params, n_members=2), train_retrieval, progress=False)
+    assert isinstance(ensemble, DIENEnsemble) and len(history.epochs) == 2
+    for member, seed in zip(ensemble.members, (params.seed, params.seed + 1)):
+        alone, _ = train_dien(train, popularity, replace(params, seed=seed), train_retrieval, progress=False)
+        for (name, mine), theirs in zip(member.state_dict().items(), alone.state_dict().values()):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=0, msg=name)
+    first, second = ensemble.members
+    assert not torch.equal(first.item_embedding.weight, second.item_embedding.weight)
+    batch = Prefixes.of(test, params.max_len).batch(np.arange(32))
+    candidates = torch.from_numpy(test_retrieval.top[:32].astype(np.int64))
+    with torch.no_grad():
+        torch.testing.assert_close(ensemble(batch.items, batch.lengths, candidates),
+                                   (first(batch.items, batch.lengths, candidates)
+                                    + second(batch.items, batch.lengths, candidates)) / 2)
+    torch.testing.assert_close(ensemble.prior_weight, (first.prior_weight + second.prior_weight) / 2)
+    with pytest.raises(ValueError):
+        DIENTraining(n_members=0)
+
+
 def test_categories_join_the_item_embedding():
     """e = [E_item[i] ; E_category[cat(i)]]: items of one category share the category half."""
     item_categories = torch.tensor([0, 1, 1, 2])
@@ -151,10 +176,12 @@ def test_categories_join_the_item_embedding():
         DIEN(DIENConfig(n_items=4, n_categories=3), None)
 
 
-def test_onnx_graph_matches_torch_on_real_sessions(tmp_path, retrieval):
+@pytest.mark.parametrize("members", [1, 2])
+def test_onnx_graph_matches_torch_on_real_sessions(tmp_path, retrieval, members):
     _, test, _, popularity = yoochoose_slice()
     _, test_retrieval = retrieval
-    model = _scoring_model(len(popularity))
+    model = _scoring_model(len(popularity)) if members == 1 else DIENEnsemble(
+        [_scoring_model(len(popularity), seed=seed) for seed in range(members)])
     path = export_dien(model, tmp_path / "dien.onnx")
     session = ort.InferenceSession(str(path))
     for first, count in ((0, 64), (64, 3)):  # two batch sizes, one graph
