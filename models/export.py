@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.dien import DIEN
+from models.dien import DIEN, DIENEnsemble
 from models.gru4rec import GRU4Rec
 from models.narm import NARM
 
@@ -94,7 +94,7 @@ def export_narm(model: NARM, path: Path, top_k: int = 100) -> Path:
                     "top_scores": {0: "batch"}})
 
 
-def export_dien(model: DIEN, path: Path) -> Path:
+def export_dien(model: DIEN | DIENEnsemble, path: Path) -> Path:
     model.eval()
     example = (torch.zeros(2, model.config.max_len, dtype=torch.int64), torch.ones(2, dtype=torch.int64),
                torch.zeros(2, 3, dtype=torch.int64))
