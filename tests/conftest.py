@@ -272,6 +272,21 @@ def worker_fields() -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def start_worker(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """`with start_worker(name, require_model=..., **fields) as worker:` a worker on the test broker with its
+    own app id, topics and folder (`name`), for module-scoped fixtures."""
+
+    @contextmanager
+    def start(name: str, require_model: bool = False, **overrides: Any) -> Iterator[Worker]:
+        tmp = tmp_path_factory.mktemp(name)
+        fields = unique_worker_settings(broker.bootstrap_servers, tmp, **overrides)
+        with running_worker(fields, tmp / "worker.log", require_model=require_model) as running:
+            yield running
+
+    return start
+
+
+@pytest.fixture(scope="session")
 def kafka_client() -> type[KafkaClient]:
     """`KafkaClient(settings)` for tests that talk to a broker without a worker."""
     return KafkaClient

@@ -56,16 +56,8 @@ def sample_values(worker: Any, name: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def worker(
-    broker: EmbeddedBroker,
-    artifact: Path,
-    launch_worker: Callable[..., Any],
-    worker_fields: Callable[..., dict[str, Any]],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("observed-worker")
-    fields = worker_fields(broker.bootstrap_servers, tmp, serving_artifact_dir=artifact)
-    with launch_worker(fields, tmp / "worker.log", require_model=True) as running:
+def worker(artifact: Path, start_worker: Callable[..., Any]) -> Iterator[Any]:
+    with start_worker("observed-worker", require_model=True, serving_artifact_dir=artifact) as running:
         yield running
 
 

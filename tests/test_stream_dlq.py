@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from stream_app.dead_letters import HEADER_PREFIX
-from stream_app.embedded_broker import EmbeddedBroker
 from stream_app.partitioning import partition_for_key
 
 pytestmark = pytest.mark.broker
@@ -46,17 +45,8 @@ MALFORMED: list[tuple[str, str, bytes | None, bytes | None]] = [
 
 
 @pytest.fixture(scope="module")
-def worker(
-    broker: EmbeddedBroker,
-    launch_worker: Callable[..., Any],
-    worker_fields: Callable[..., dict[str, Any]],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("dlq-worker")
-    fields = worker_fields(
-        broker.bootstrap_servers, tmp, max_payload_bytes=MAX_PAYLOAD, partitions=PARTITIONS
-    )
-    with launch_worker(fields, tmp / "worker.log") as running:
+def worker(start_worker: Callable[..., Any]) -> Iterator[Any]:
+    with start_worker("dlq-worker", max_payload_bytes=MAX_PAYLOAD, partitions=PARTITIONS) as running:
         yield running
 
 

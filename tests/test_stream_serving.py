@@ -42,16 +42,9 @@ def click_message(session_id: str, item_id: str) -> tuple[bytes, bytes]:
 
 
 @pytest.fixture(scope="module")
-def worker(
-    broker: EmbeddedBroker,
-    artifact: Path,
-    launch_worker: Callable[..., Any],
-    worker_fields: Callable[..., dict[str, Any]],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("serving-worker")
-    fields = worker_fields(broker.bootstrap_servers, tmp, serving_artifact_dir=artifact, batch_window=0.05)
-    with launch_worker(fields, tmp / "worker.log", require_model=True) as running:
+def worker(artifact: Path, start_worker: Callable[..., Any]) -> Iterator[Any]:
+    fields = {"serving_artifact_dir": artifact, "batch_window": 0.05}
+    with start_worker("serving-worker", require_model=True, **fields) as running:
         yield running
 
 
