@@ -43,6 +43,7 @@ def main() -> None:
         seconds = [e["seconds"] for e in record["epochs"]]
         print(f"{model}: {len(seconds)} epochs, {sum(seconds):,.0f} s training, "
               f"{sum(seconds) / len(seconds):,.1f} s per epoch ({', '.join(f'{s:.0f}' for s in seconds)})")
+    print("stages: " + ", ".join(f"{s['name']} {s['seconds']:,.0f} s" for s in metrics["stages"]))
     print(f"whole run (loading, training, retrieval, evaluation, export): {total:,.0f} s = {total / 60:.1f} min")
 
 

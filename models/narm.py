@@ -111,24 +111,26 @@ class NARM(nn.Module):
         """c = [c_l ; c_g] [B, 2H] (dropout included) for clicks items [B, L] padded after lengths [B]."""
         positions = torch.arange(items.shape[1], device=items.device)
         mask = positions.unsqueeze(0) < lengths.unsqueeze(1)
-        embedded = self.dropout_embed(self.rows(items.masked_fill(~mask, 0)))  # padding: any id
-        states = self.states(embedded, lengths)
+        states = self.states(items.masked_fill(~mask, 0), lengths)  # padding: any id
         last_index = (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, states.shape[2])
         last = states.gather(1, last_index).squeeze(1)  # c_g = h_t
         alpha = self.attention(states, last, mask)
         local = torch.bmm(alpha.unsqueeze(1), states).squeeze(1)  # c_l = Σ_j α_tj h_j
         return self.dropout_context(torch.cat([local, last], dim=1))
 
-    def states(self, embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """h_1..h_t [B, L, H], anything at padding (masked by the callers).
+    def states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """h_1..h_t [B, L, H] for clicks items [B, L], anything at padding (masked by the callers).
 
-        In training the GRU steps through the real clicks only (a packed sequence): a random mini-batch is
-        padded to its longest prefix, 19 on Diginetica, while the mean prefix is 4 clicks, so stepping
-        through the padding was most of an epoch's work. The states are the same either way (the GRU only
-        looks backwards); the serving graph keeps the plain padded GRU, which ONNX runs as one op."""
+        In training the clicks are packed before their lookup and the GRU steps through the real clicks only:
+        a random mini-batch is padded to its longest prefix, 19 on Diginetica, while the mean prefix is 4
+        clicks, so looking up, dropping out and stepping through the padding was most of an epoch's work.
+        The states are the same either way (the GRU only looks backwards); the serving graph keeps the plain
+        padded GRU, which ONNX runs as one op."""
         if self.training:
-            packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
-            return pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=embedded.shape[1])[0]
+            clicks = pack_padded_sequence(items, lengths, batch_first=True, enforce_sorted=False)
+            embedded = clicks._replace(data=self.dropout_embed(self.rows(clicks.data)))
+            return pad_packed_sequence(self.gru(embedded)[0], batch_first=True, total_length=items.shape[1])[0]
+        embedded = self.dropout_embed(self.rows(items))
         # h_0 explicit, shaped from the input: the exported graph keeps its batch size dynamic
         return self.gru(embedded, embedded.new_zeros(1, embedded.shape[0], self.config.hidden_size))[0]
 

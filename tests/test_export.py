@@ -69,6 +69,10 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(tmp_path):
     assert metrics["results"]["gru4rec->dien"]["recall@10"] == metrics["results"]["gru4rec"]["recall@10"]
     assert 0.0 <= metrics["two_stage"]["dien_auc"] <= 1.0
     assert set(metrics["training"]) >= set(models)
+    stages = [stage["name"] for stage in metrics["stages"]]  # where a retrain's time went, in run order
+    assert stages[0] == "loading" and stages[-1] == "ONNX exports and training curves"
+    assert stages.index("gru4rec training") < stages.index("narm training") < stages.index("dien training")
+    assert all(stage["seconds"] >= 0 for stage in metrics["stages"])
 
     item_ids = json.loads((out / "item_ids.json").read_text())
     n_items = len(item_ids)

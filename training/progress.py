@@ -1,8 +1,11 @@
-"""What every trainer records per epoch: a progress bar, the loss curve, and a stop on divergence."""
+"""What a long run reports: per epoch a progress bar, the loss curve and a stop on divergence; per stage its
+wall time."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,3 +77,18 @@ class EpochProgress:
         print(f"epoch {stats.epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  "
               f"{stats.events_per_second:,.0f} events/s", flush=True)
         return stats
+
+
+class StageClock:
+    """Wall seconds of each stage of a run (loading, training, retrieval, evaluation, export), printed as it
+    ends and kept for the run's metrics: where the hour of a full retrain goes, epochs aside."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict] = []  # {"name", "seconds"} in the order the stages ran
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.stages.append({"name": name, "seconds": time.perf_counter() - started})
+        print(f"[{name}: {self.stages[-1]['seconds']:,.1f} s]", flush=True)

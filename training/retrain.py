@@ -49,7 +49,7 @@ from training.evaluate import (
 )
 from training.narm_trainer import NARMTraining, train_narm
 from training.plots import plot_training_curve
-from training.progress import TrainingHistory
+from training.progress import StageClock, TrainingHistory
 from training.publish import add_publish_arguments, publish_trained, staging_dir
 from training.stream_source import add_topic_arguments, topic_click_logs
 from training.trainer import GRU4RecTraining, train_gru4rec
@@ -182,18 +182,20 @@ def fit_retriever(name: str, params: Any, sessions: Sessions, popularity: np.nda
     return model, history, prefix_model_scores(model, params.max_len)
 
 
-def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int,
-                    progress: bool) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
+def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int, progress: bool,
+                    clock: StageClock) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
     """The trained retriever, how it retrieves for any sessions, and its top-K for the test predictions
     (scored once: its own row of the table and the re-ranker's test candidates both come from it)."""
-    model, history, scores = fit_retriever(name, params, split.train, split.popularity, progress)
+    with clock.stage(f"{name} training"):
+        model, history, scores = fit_retriever(name, params, split.train, split.popularity, progress)
     if name == "gru4rec":
         entry = {"layers": model.n_layers, "hidden_size": model.hidden_size}
         export = lambda path: export_gru4rec(model, path, top_k=top_k)
     else:
         entry = {"max_len": params.max_len}
         export = lambda path: export_narm(model, path, top_k=top_k)
-    test = retrieve(scores, split.test, top_k)
+    with clock.stage(f"{name} test top-{top_k}"):
+        test = retrieve(scores, split.test, top_k)
     entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": len(split.popularity), "top_k": top_k}
     return TrainedModel(name, history, params, test.ranks, entry, export), partial(retrieve, scores), test
 
@@ -249,20 +251,25 @@ def reranker_training_data(params: DIENTraining, retriever_params: Any, retrieva
 
 
 def train_reranker(params: DIENTraining, retriever_params: Any, retrieval_of: RetrievalOf,
-                   test_retrieval: Retrieval, split: EncodedSplit, progress: bool) -> tuple[TrainedModel, dict]:
+                   test_retrieval: Retrieval, split: EncodedSplit, progress: bool,
+                   clock: StageClock) -> tuple[TrainedModel, dict]:
     """DIEN on a retriever's top-N (`reranker_training_data`); its two-stage ranks and figures on the test set."""
     n = params.n_candidates
     categories = read_item_categories(params.categories, split.item_map) if params.categories else None
-    sessions, retrieved = reranker_training_data(params, retriever_params, retrieval_of, split, progress)
-    model, history = train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress)
+    with clock.stage(f"dien's training candidates (fold {params.retriever} training included)"):
+        sessions, retrieved = reranker_training_data(params, retriever_params, retrieval_of, split, progress)
+    with clock.stage("dien training"):
+        model, history = train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress)
     test_retrieval = test_retrieval.best(n)
     prior_weight = model.prior_weight.item() if params.residual else None
-    ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
+    with clock.stage(f"dien test re-ranking of the top-{n}"):
+        ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
+    with clock.stage("dien AUC"):
+        auc = pairwise_auc(model, params.max_len, split.test, split.popularity, params.sample_alpha, seed=params.seed)
     figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
                "dien_training_sessions": sessions.n_sessions, "holdout_fraction": params.holdout_fraction,
                f"retriever_recall@{n}": float((test_retrieval.ranks <= n).mean()) if len(ranks) else 0.0,
-               "dien_auc": pairwise_auc(model, params.max_len, split.test, split.popularity, params.sample_alpha,
-                                        seed=params.seed)}
+               "dien_auc": auc}
     entry = {"file": "dien.onnx", "kind": "reranker", "retriever": params.retriever, "n_candidates": n,
              "prior_weight": prior_weight, "max_len": params.max_len, "n_items": len(split.popularity)}
     trained = TrainedModel(f"{params.retriever}->dien", history, params, ranks, entry,
@@ -280,9 +287,10 @@ def main(argv: list[str] | None = None) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     params = params_from_args(args)
-    train_log, test_log, data_name = load_logs(args)
-
-    split = EncodedSplit.of(train_log, test_log)
+    clock = StageClock()
+    with clock.stage("loading"):
+        train_log, test_log, data_name = load_logs(args)
+        split = EncodedSplit.of(train_log, test_log)
     train, test, item_map, popularity = split.train, split.test, split.item_map, split.popularity
     print(f"{data_name}: train {train.n_sessions:,} sessions / {train.n_clicks:,} clicks / {len(item_map):,} items; "
           f"test {test.n_sessions:,} sessions / {test.n_clicks:,} clicks ({test.n_dropped_clicks:,} clicks on "
@@ -296,7 +304,7 @@ def main(argv: list[str] | None = None) -> Path:
     for name in (m for m in RETRIEVERS if m in params):
         print(f"\n{name}")
         trained[name], retrieval_of, test_retrieval = train_retriever(name, params[name], split, args.top_k,
-                                                                      not args.no_progress)
+                                                                      not args.no_progress, clock)
         retrievers[name] = (retrieval_of, test_retrieval)
     two_stage: dict = {}
     if "dien" in params:
@@ -305,12 +313,13 @@ def main(argv: list[str] | None = None) -> Path:
         # a published retriever's fold copy is trained with this run's [gru4rec] settings
         retriever_params = params[retriever] if retriever in params else model_params(args, retriever)
         trained["dien"], two_stage = train_reranker(params["dien"], retriever_params, *retrievers[retriever], split,
-                                                    not args.no_progress)
+                                                    not args.no_progress, clock)
     rows: list[RankingMetrics] = []
-    for t in trained.values():
-        model_row, popularity_row = with_popularity_baseline(t.name, t.ranks, popularity, test)
-        rows.append(model_row)
-    rows.append(popularity_row)
+    with clock.stage("evaluation"):
+        for t in trained.values():
+            model_row, popularity_row = with_popularity_baseline(t.name, t.ranks, popularity, test)
+            rows.append(model_row)
+        rows.append(popularity_row)
     print()
     print(format_table(rows))
     if two_stage:
@@ -322,10 +331,11 @@ def main(argv: list[str] | None = None) -> Path:
     version = new_version()
     out = args.out or staging_dir(version)
     out.mkdir(parents=True, exist_ok=True)
-    for name, t in trained.items():
-        t.export(out / t.manifest_entry["file"])
-        if t.history is not None:
-            plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data_name}")
+    with clock.stage("ONNX exports and training curves"):
+        for name, t in trained.items():
+            t.export(out / t.manifest_entry["file"])
+            if t.history is not None:
+                plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data_name}")
     metrics = {
         "dataset": data_name,
         "split": "validation" if args.validation else "test",
@@ -333,6 +343,7 @@ def main(argv: list[str] | None = None) -> Path:
         "cutoffs": list(CUTOFFS),
         "results": {m.name: m.to_dict() for m in rows},
         "two_stage": two_stage,
+        "stages": clock.stages,
         "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.items() if t.history}
                     | {"threads": torch.get_num_threads()},
         "data": {
