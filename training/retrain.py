@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> Path:
     trained: dict[str, TrainedModel] = {}
     retrievers: dict[str, tuple[RetrievalOf, Retrieval]] = {}
     if args.retriever_artifact:
-        trained["gru4rec"], retrieval_of, test_retrieval = published_retriever(args.retriever_artifact, split)
+        with clock.stage(f"gru4rec of {args.retriever_artifact}: its test top-{args.top_k}"):
+            trained["gru4rec"], retrieval_of, test_retrieval = published_retriever(args.retriever_artifact, split)
         retrievers["gru4rec"] = (retrieval_of, test_retrieval)
     for name in (m for m in RETRIEVERS if m in params):
         print(f"\n{name}")
