@@ -110,10 +110,12 @@ def test_two_stage_ranks_reorder_only_the_top_n(retrieval):
 
     def oracle(items, lengths, candidates):
         """Knows each row's target: the score of the candidate equal to it is 1, every other 0."""
-        rows = torch.from_numpy(np.flatnonzero(in_top))
-        return (candidates == torch.from_numpy(prefixes.targets)[rows[: len(candidates)]].unsqueeze(1)).float()
+        rows = np.flatnonzero(in_top)
+        rows = torch.from_numpy(rows[np.argsort(prefixes.lengths[rows], kind="stable")])[: len(candidates)]
+        assert torch.equal(lengths, torch.from_numpy(prefixes.lengths)[rows])
+        return (candidates == torch.from_numpy(prefixes.targets)[rows].unsqueeze(1)).float()
 
-    # the oracle is called with only the rows whose target is in the top-N, batch by batch
+    # the oracle is called with only the rows whose target is in the top-N, shortest history first
     ranks = reranked_ranks(oracle, 19, test, test_retrieval, prior_weight=None, batch_size=len(prefixes))
     assert np.all(ranks[in_top] == 1)
     np.testing.assert_array_equal(ranks[~in_top], test_retrieval.ranks[~in_top])
@@ -123,6 +125,17 @@ def test_two_stage_ranks_reorder_only_the_top_n(retrieval):
     np.testing.assert_array_equal(reranked_ranks(zero, 19, test, test_retrieval, prior_weight=3.0),
                                   test_retrieval.ranks)  # a zero correction keeps the retriever's order
     assert np.all(reranked_ranks(zero, 19, test, test_retrieval, prior_weight=None)[in_top] == 20)  # all tied: last
+
+
+def test_reranked_ranks_do_not_depend_on_how_predictions_are_batched(retrieval):
+    """Batches are formed shortest history first (less padding): each prediction must rank as if scored alone."""
+    _, test, _, popularity = yoochoose_slice()
+    test_retrieval = retrieval[1]
+    model = _scoring_model(len(popularity))
+    batched = reranked_ranks(model, 19, test, test_retrieval, prior_weight=0.5)
+    alone = reranked_ranks(model, 19, test, test_retrieval, prior_weight=0.5, batch_size=1)
+    np.testing.assert_array_equal(batched, alone)
+    assert np.any(batched != test_retrieval.ranks)  # the re-ranker did move targets
 
 
 def test_training_learns_to_tell_the_next_click_from_sampled_items(retrieval):

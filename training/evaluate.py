@@ -197,7 +197,8 @@ def reranked_ranks(reranker: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     """Ranks of the two-stage list: the retriever's top-N re-ordered by `reranker(items, lengths, candidates)`
     (plus `prior_weight` x the retriever's own scores, unless None), then every other item in retrieval order. A target
     inside the top-N gets its conservative rank among the N re-ranked candidates; one outside keeps its
-    retrieval rank (already > N: all N scored at least as high)."""
+    retrieval rank (already > N: all N scored at least as high). `reranker` sees those predictions only,
+    shortest history first."""
     if isinstance(reranker, torch.nn.Module):
         reranker.eval()
     prefixes = Prefixes.of(sessions, max_len)
@@ -206,6 +207,8 @@ def reranked_ranks(reranker: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     ranks = retrieval.ranks.copy()
     columns = retrieval.target_columns(prefixes.targets)
     inside = np.flatnonzero(columns >= 0)  # only these can move
+    # shortest histories first: a batch is padded to its longest, and click order pads most to max_len
+    inside = inside[np.argsort(prefixes.lengths[inside], kind="stable")]
     for first in range(0, len(inside), batch_size):
         index = inside[first:first + batch_size]
         batch = prefixes.batch(index)
