@@ -73,6 +73,17 @@ def test_training_packs_the_sessions_and_scores_as_serving_does():
     torch.testing.assert_close(packed, serving, rtol=1e-5, atol=1e-5)
 
 
+def test_training_touches_the_item_rows_of_real_clicks_and_candidates_only():
+    """Padding looks up no item: lazy Adam must not step the row of whatever id the padding holds."""
+    torch.manual_seed(0)
+    model = NARM(NARMConfig(n_items=50, embedding_dim=8, hidden_size=8, sparse_item_gradients=True)).train()
+    items = torch.tensor([[5, 6, 7], [8, 0, 0], [9, 10, 0]])  # padded with 0 after each session's clicks
+    candidates = torch.tensor([11, 12, 13])
+    model.score_candidates(items, torch.tensor([3, 1, 2]), candidates).sum().backward()
+    touched = set(model.item_embedding.grad.coalesce().indices()[0].tolist())
+    assert touched == {5, 6, 7, 8, 9, 10, 11, 12, 13}
+
+
 def test_prefixes_are_every_click_after_the_first_with_its_last_clicks():
     sessions = Sessions(offsets=np.array([0, 1, 6, 8]), items=np.array([9, 1, 2, 3, 4, 5, 7, 8]), n_dropped_clicks=0)
     prefixes = Prefixes.of(sessions, max_len=3)
