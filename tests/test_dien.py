@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 from training.dien_trainer import DIENTraining, fit_prior_weight, train_dien
 from training.evaluate import pairwise_auc, reranked_ranks, retrieve, step_model_scores
 from training.prefixes import Prefixes
-from training.retrain import reranker_training_data
+from training.progress import StageClock
+from training.retrain import stacked_training_data, train_reranker
 from training.trainer import GRU4RecTraining, train_gru4rec
 
 SMALL = {"item_dim": 16, "category_dim": 8, "mlp": (32, 16), "batch_size": 128, "n_epochs": 1, "n_candidates": 20}
@@ -249,8 +250,8 @@ def test_stacked_reranker_trains_on_later_sessions_with_a_retriever_that_never_s
     split = EncodedSplit(train, test, item_map, popularity)
     retriever = GRU4RecTraining(layers=(32,), batch_size=32, n_sample=256, n_epochs=1)
     params = DIENTraining(**SMALL | {"holdout_fraction": 0.25})
-    unused = lambda sessions, n: pytest.fail("the stacked candidates come from a fold retriever")
-    sessions, retrieved = reranker_training_data(params, retriever, unused, split, progress=False)
+    stacked = stacked_training_data(params, retriever, split, progress=False)
+    sessions, retrieved = stacked.sessions, stacked.retrieved
     earlier, later = train.split_at(round(0.75 * train.n_sessions))
     np.testing.assert_array_equal(sessions.items, later.items)
     assert len(retrieved.ranks) == len(Prefixes.of(later, params.max_len))
@@ -268,8 +269,8 @@ def test_cross_fitted_folds_each_take_candidates_from_a_retriever_trained_on_eve
     split = EncodedSplit(train, test, item_map, popularity)
     retriever = GRU4RecTraining(layers=(32,), batch_size=32, n_sample=256, n_epochs=1)
     params = DIENTraining(**SMALL | {"holdout_fraction": 0.5, "holdout_folds": 2})
-    unused = lambda sessions, n: pytest.fail("the cross-fitted candidates come from fold retrievers")
-    sessions, retrieved = reranker_training_data(params, retriever, unused, split, progress=False)
+    stacked = stacked_training_data(params, retriever, split, progress=False)
+    sessions, retrieved = stacked.sessions, stacked.retrieved
     half, three_quarters = round(0.5 * train.n_sessions), round(0.75 * train.n_sessions)
     earlier, latest = train.split_at(half)
     np.testing.assert_array_equal(sessions.items, latest.items)
@@ -284,9 +285,19 @@ def test_cross_fitted_folds_each_take_candidates_from_a_retriever_trained_on_eve
     np.testing.assert_array_equal(retrieved.top, np.concatenate(tops))
 
 
+def test_warm_start_needs_the_one_gru4rec_fold_retriever():
+    DIENTraining(holdout_fraction=0.2, retriever_warm_start_epochs=2)
+    for wrong in ({"holdout_fraction": 0.0}, {"holdout_folds": 2}, {"retriever": "narm"}):
+        with pytest.raises(ValueError, match="retriever_warm_start_epochs"):
+            DIENTraining(**{"holdout_fraction": 0.2, "retriever_warm_start_epochs": 2} | wrong)
+
+
 def test_without_holdout_the_reranker_trains_on_every_training_prefix(retrieval):
     train, test, item_map, popularity = yoochoose_slice()
     split = EncodedSplit(train, test, item_map, popularity)
     params = DIENTraining(**SMALL | {"holdout_fraction": 0.0})
-    sessions, retrieved = reranker_training_data(params, None, lambda s, n: retrieval[0], split, progress=False)
-    assert sessions is train and retrieved is retrieval[0]
+    asked = []
+    retrieval_of = lambda sessions, n: asked.append((sessions, n)) or retrieval[0]
+    _, figures = train_reranker(params, None, retrieval_of, retrieval[1], split, progress=False, clock=StageClock())
+    assert len(asked) == 1 and asked[0][0] is train and asked[0][1] == params.n_candidates
+    assert figures["dien_training_sessions"] == train.n_sessions

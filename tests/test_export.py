@@ -43,12 +43,14 @@ def test_onnx_step_matches_torch_on_real_sessions(trained, tmp_path):
             np.testing.assert_allclose(top_scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
 
 
+SMALL_RETRAIN = ["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1500", "--max-test-sessions", "200",
+                 "--epochs", "1", "--gru4rec-layers", "16", "--gru4rec-batch-size", "16", "--gru4rec-n-sample", "32",
+                 "--narm-hidden-size", "16", "--narm-embedding-dim", "16", "--dien-item-dim", "8",
+                 "--dien-mlp", "16,8", "--dien-n-candidates", "10", "--top-k", "10", "--threads", "1", "--no-progress"]
+
+
 def test_retrain_trains_all_three_models_into_one_verifiable_artifact(tmp_path):
-    out = retrain(["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1500", "--max-test-sessions", "200",
-                   "--epochs", "1", "--gru4rec-layers", "16", "--gru4rec-batch-size", "16", "--gru4rec-n-sample", "32",
-                   "--narm-hidden-size", "16", "--narm-embedding-dim", "16", "--dien-item-dim", "8",
-                   "--dien-mlp", "16,8", "--dien-n-candidates", "10", "--top-k", "10", "--threads", "1",
-                   "--out", str(tmp_path / "artifact"), "--no-progress"])
+    out = retrain([*SMALL_RETRAIN, "--out", str(tmp_path / "artifact")])
     manifest = json.loads((out / "manifest.json").read_text())
     models = ("gru4rec", "narm", "dien")
     expected_files = {"item_ids.json", "popularity.npy", "config.json", "metrics.json"}
@@ -72,6 +74,7 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(tmp_path):
     stages = [stage["name"] for stage in metrics["stages"]]  # where a retrain's time went, in run order
     assert stages[0] == "loading" and stages[-1] == "ONNX exports and training curves"
     assert stages.index("gru4rec training") < stages.index("narm training") < stages.index("dien training")
+    assert stages.index("dien's training candidates (fold gru4rec training included)") < stages.index("dien training")
     assert all(stage["seconds"] >= 0 for stage in metrics["stages"])
 
     item_ids = json.loads((out / "item_ids.json").read_text())
@@ -88,3 +91,18 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(tmp_path):
         None, {"items": np.zeros((3, max_len), dtype=np.int64), "lengths": np.ones(3, dtype=np.int64),
                "candidates": np.arange(30).reshape(3, 10) % n_items})
     assert scores.shape == (3, 10)
+
+
+def test_warm_started_retriever_continues_diens_fold_retriever_on_every_session(tmp_path):
+    """The served GRU4Rec is the fold retriever (its epoch on the earlier 80 % of sessions) trained one more
+    epoch on all of them, not a second model trained from scratch."""
+    out = retrain([*SMALL_RETRAIN, "--models", "gru4rec", "dien", "--dien-retriever-warm-start-epochs", "1",
+                   "--out", str(tmp_path / "artifact")])
+    metrics = json.loads((out / "metrics.json").read_text())
+    epochs = metrics["training"]["gru4rec"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[0]["events"] < 0.85 * epochs[1]["events"]  # the fold saw the earlier sessions, the next epoch all
+    stages = [stage["name"] for stage in metrics["stages"]]
+    assert stages.index("dien's training candidates (fold gru4rec training included)") \
+        < stages.index("gru4rec training (continuing dien's fold retriever)") < stages.index("dien training")
+    assert metrics["results"]["gru4rec->dien"]["n_predictions"] > 0

@@ -10,7 +10,7 @@ from models.gru4rec import GRU4Rec, GRU4RecConfig
 from training.data import Sessions
 from training.evaluate import evaluate, model_ranks, popularity_ranks
 from training.optim import AdagradMomentum
-from training.trainer import GRU4RecTraining, train_gru4rec
+from training.trainer import GRU4RecTrainer, GRU4RecTraining, train_gru4rec
 from tests.real_slices import yoochoose_slice
 
 SMALL = dict(layers=(32,), batch_size=32, n_sample=64, n_epochs=1, dropout_embed=0.0, dropout_hidden=0.0)
@@ -91,6 +91,23 @@ def test_every_loss_learns_far_beyond_popularity(loss):
     assert np.isfinite(history.epochs[0].loss)
     assert metrics.n_predictions == baseline.n_predictions == test.n_clicks - test.n_sessions
     assert metrics.recall[20] > 2 * baseline.recall[20]
+
+
+def test_continued_training_is_training_longer():
+    """Fitting one epoch, then one more, gives the weights of fitting two at once: the optimiser's
+    accumulators, the sample stream and the dropout RNG carry on (what the warm-started retriever relies on)."""
+    train, _, _, popularity = yoochoose_slice()
+    params = GRU4RecTraining(**SMALL | {"dropout_embed": 0.2, "dropout_hidden": 0.2})
+    at_once, in_two = GRU4RecTrainer(popularity, params), GRU4RecTrainer(popularity, params)
+    at_once.fit(train, 2, progress=False)
+    in_two.fit(train, 1, progress=False)
+    in_two.fit(train, 1, progress=False)
+    for a, b in zip(at_once.model.parameters(), in_two.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [e.epoch for e in in_two.history.epochs] == [1, 2]
+    assert in_two.history.curve_events == at_once.history.curve_events
+    fresh = GRU4RecTrainer(popularity, params).fit(train, 1, progress=False)
+    assert not torch.equal(fresh.output_weights, in_two.model.output_weights)
 
 
 def test_evaluation_resets_state_per_session():

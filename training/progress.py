@@ -46,6 +46,7 @@ class EpochProgress:
         self.curve_every = max(1, events_per_epoch // batch_size // CURVE_POINTS_PER_EPOCH)
         self.loss = self.window_loss = 0.0
         self.events = self.window_events = self.steps = 0
+        self.events_before = sum(e.events for e in history.epochs)  # a continued training's earlier epochs
         self.started = time.perf_counter()
         self.bar = tqdm(total=events_per_epoch, desc=f"epoch {epoch}/{n_epochs}", unit="ev", disable=not show,
                         smoothing=0.05)
@@ -62,7 +63,7 @@ class EpochProgress:
         self.window_loss += summed_loss
         self.window_events += events
         if self.steps % self.curve_every == 0:
-            self.history.curve_events.append((self.epoch - 1) * self.events_per_epoch + self.events)
+            self.history.curve_events.append(self.events_before + self.events)
             self.history.curve_loss.append(self.window_loss / self.window_events)
             self.window_loss, self.window_events = 0.0, 0
             self.bar.set_postfix(loss=f"{self.loss / self.events:.4f}")

@@ -52,7 +52,7 @@ from training.plots import plot_training_curve
 from training.progress import StageClock, TrainingHistory
 from training.publish import add_publish_arguments, publish_trained, staging_dir
 from training.stream_source import add_topic_arguments, topic_click_logs
-from training.trainer import GRU4RecTraining, train_gru4rec
+from training.trainer import GRU4RecTrainer, GRU4RecTraining
 
 SERVING_TOP_K = 100
 PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
@@ -134,6 +134,9 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
                          f"--top-k {args.top_k}")
     if args.retriever_artifact and "gru4rec" in chosen:
         raise SystemExit("--retriever-artifact supplies GRU4Rec: leave gru4rec out of --models")
+    if args.retriever_artifact and "dien" in chosen and chosen["dien"].retriever_warm_start_epochs:
+        raise SystemExit("--retriever-artifact supplies GRU4Rec: DIEN's retriever_warm_start_epochs has no "
+                         "retriever of this run to continue (set it to 0)")
     available = set(chosen) | ({"gru4rec"} if args.retriever_artifact else set())
     if "dien" in chosen and chosen["dien"].retriever not in available:
         raise SystemExit(f"DIEN re-ranks {chosen['dien'].retriever}'s candidates: add it to --models "
@@ -172,22 +175,26 @@ class TrainedModel:
     export: Callable[[Path], Path]
 
 
-def fit_retriever(name: str, params: Any, sessions: Sessions, popularity: np.ndarray,
-                  progress: bool) -> tuple[torch.nn.Module, TrainingHistory, ScoreBatches]:
-    """A retriever trained on `sessions`, its history, and how it scores any sessions."""
+def fit_retriever(name: str, params: Any, sessions: Sessions, popularity: np.ndarray, progress: bool,
+                  continued: GRU4RecTrainer | None = None,
+                  ) -> tuple[torch.nn.Module, TrainingHistory, ScoreBatches, GRU4RecTrainer | None]:
+    """A retriever trained on `sessions` (`continued`: that GRU4Rec trained `params.n_epochs` more), its history,
+    how it scores any sessions, and (GRU4Rec) its trainer, to continue it."""
     if name == "gru4rec":
-        model, history = train_gru4rec(sessions, popularity, params, progress=progress)
-        return model, history, step_model_scores(model)
+        trainer = continued or GRU4RecTrainer(popularity, params)
+        model = trainer.fit(sessions, params.n_epochs, progress)
+        return model, trainer.history, step_model_scores(model), trainer
     model, history = train_narm(sessions, popularity, params, progress=progress)
-    return model, history, prefix_model_scores(model, params.max_len)
+    return model, history, prefix_model_scores(model, params.max_len), None
 
 
-def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int, progress: bool,
-                    clock: StageClock) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
+def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int, progress: bool, clock: StageClock,
+                    continued: GRU4RecTrainer | None = None) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
     """The trained retriever, how it retrieves for any sessions, and its top-K for the test predictions
     (scored once: its own row of the table and the re-ranker's test candidates both come from it)."""
-    with clock.stage(f"{name} training"):
-        model, history, scores = fit_retriever(name, params, split.train, split.popularity, progress)
+    stage = f"{name} training" + (" (continuing dien's fold retriever)" if continued else "")
+    with clock.stage(stage):
+        model, history, scores, _ = fit_retriever(name, params, split.train, split.popularity, progress, continued)
     if name == "gru4rec":
         entry = {"layers": model.n_layers, "hidden_size": model.hidden_size}
         export = lambda path: export_gru4rec(model, path, top_k=top_k)
@@ -218,8 +225,17 @@ def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedMod
     return trained, retrieval_of, test
 
 
-def reranker_training_data(params: DIENTraining, retriever_params: Any, retrieval_of: RetrievalOf,
-                           split: EncodedSplit, progress: bool) -> tuple[Sessions, Retrieval]:
+@dataclass
+class StackedData:
+    """What DIEN trains on under stacking: sessions, their retriever's top-N, and the last fold's retriever."""
+
+    sessions: Sessions
+    retrieved: Retrieval
+    fold_trainer: GRU4RecTrainer | None  # GRU4Rec: the serving retriever may continue it
+
+
+def stacked_training_data(params: DIENTraining, retriever_params: Any, split: EncodedSplit,
+                          progress: bool) -> StackedData:
     """The sessions DIEN trains on and the retriever's top-N for each of their prefixes.
 
     A retriever scoring the prefixes it was trained on is far more confident than on new sessions (GRU4Rec
@@ -229,10 +245,9 @@ def reranker_training_data(params: DIENTraining, retriever_params: Any, retrieva
     fold's candidates come from a retriever trained with the same settings (at most
     `holdout_retriever_epochs`) on every other training session: clicks that retriever never saw, as at
     serving time (k = 1: one retriever on the earlier sessions; k > 1: cross-fitting, k retrievers, each
-    trained on all but f/k of the sessions). The retriever that serves is the one trained on everything."""
+    trained on all but f/k of the sessions). The retriever that serves is trained on everything: from scratch,
+    or (`retriever_warm_start_epochs`) by continuing the one fold retriever."""
     n = params.n_candidates
-    if not params.holdout_fraction:
-        return split.train, retrieval_of(split.train, n)
     train = split.train
     first_held = round((1 - params.holdout_fraction) * train.n_sessions)
     bounds = np.linspace(first_held, train.n_sessions, params.holdout_folds + 1).round().astype(int)
@@ -245,19 +260,23 @@ def reranker_training_data(params: DIENTraining, retriever_params: Any, retrieva
         seen = Sessions.concat([before, after])
         print(f"fold {fold}/{params.holdout_folds}: {params.retriever} on {seen.n_sessions:,} training sessions "
               f"({fold_params.n_epochs} epochs), DIEN's candidates for sessions {start:,}..{stop - 1:,}")
-        _, _, scores = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress)
+        _, _, scores, trainer = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress)
         retrievals.append(retrieve(scores, held, n))
-    return train.split_at(first_held)[1], Retrieval.concat(retrievals)
+    return StackedData(train.split_at(first_held)[1], Retrieval.concat(retrievals), trainer)
 
 
-def train_reranker(params: DIENTraining, retriever_params: Any, retrieval_of: RetrievalOf,
+def train_reranker(params: DIENTraining, stacked: StackedData | None, retrieval_of: RetrievalOf,
                    test_retrieval: Retrieval, split: EncodedSplit, progress: bool,
                    clock: StageClock) -> tuple[TrainedModel, dict]:
-    """DIEN on a retriever's top-N (`reranker_training_data`); its two-stage ranks and figures on the test set."""
+    """DIEN on a retriever's top-N (`stacked`, or without stacking every training prefix's top-N of the serving
+    retriever); its two-stage ranks and figures on the test set."""
     n = params.n_candidates
     categories = read_item_categories(params.categories, split.item_map) if params.categories else None
-    with clock.stage(f"dien's training candidates (fold {params.retriever} training included)"):
-        sessions, retrieved = reranker_training_data(params, retriever_params, retrieval_of, split, progress)
+    if stacked:
+        sessions, retrieved = stacked.sessions, stacked.retrieved
+    else:
+        with clock.stage(f"dien's training candidates ({params.retriever} on every training prefix)"):
+            sessions, retrieved = split.train, retrieval_of(split.train, n)
     with clock.stage("dien training"):
         model, history = train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress)
     test_retrieval = test_retrieval.best(n)
@@ -302,18 +321,29 @@ def main(argv: list[str] | None = None) -> Path:
         with clock.stage(f"gru4rec of {args.retriever_artifact}: its test top-{args.top_k}"):
             trained["gru4rec"], retrieval_of, test_retrieval = published_retriever(args.retriever_artifact, split)
         retrievers["gru4rec"] = (retrieval_of, test_retrieval)
+    dien = params.get("dien")
+    stacked = None  # first: with `retriever_warm_start_epochs` the serving retriever continues the fold one
+    if dien and dien.holdout_fraction:
+        print(f"\ndien's training candidates: {dien.retriever}'s top {dien.n_candidates} under stacking")
+        # a published retriever's fold copy is trained with this run's settings of that retriever
+        retriever_params = params.get(dien.retriever) or model_params(args, dien.retriever)
+        with clock.stage(f"dien's training candidates (fold {dien.retriever} training included)"):
+            stacked = stacked_training_data(dien, retriever_params, split, not args.no_progress)
     for name in (m for m in RETRIEVERS if m in params):
-        print(f"\n{name}")
-        trained[name], retrieval_of, test_retrieval = train_retriever(name, params[name], split, args.top_k,
-                                                                      not args.no_progress, clock)
+        continued = None
+        retriever_params = params[name]
+        if stacked and dien.retriever_warm_start_epochs and name == dien.retriever:
+            continued = stacked.fold_trainer
+            retriever_params = dataclasses.replace(retriever_params, n_epochs=dien.retriever_warm_start_epochs)
+        print(f"\n{name}" + (f": dien's fold retriever, {dien.retriever_warm_start_epochs} more epochs on every "
+                             "training session" if continued else ""))
+        trained[name], retrieval_of, test_retrieval = train_retriever(name, retriever_params, split, args.top_k,
+                                                                      not args.no_progress, clock, continued)
         retrievers[name] = (retrieval_of, test_retrieval)
     two_stage: dict = {}
-    if "dien" in params:
-        retriever = params["dien"].retriever
-        print(f"\ndien, re-ranking {retriever}'s top {params['dien'].n_candidates}")
-        # a published retriever's fold copy is trained with this run's [gru4rec] settings
-        retriever_params = params[retriever] if retriever in params else model_params(args, retriever)
-        trained["dien"], two_stage = train_reranker(params["dien"], retriever_params, *retrievers[retriever], split,
+    if dien:
+        print(f"\ndien, re-ranking {dien.retriever}'s top {dien.n_candidates}")
+        trained["dien"], two_stage = train_reranker(dien, stacked, *retrievers[dien.retriever], split,
                                                     not args.no_progress, clock)
     rows: list[RankingMetrics] = []
     with clock.stage("evaluation"):

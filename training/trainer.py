@@ -74,44 +74,64 @@ def sampled_candidates(targets: torch.Tensor, sampler: PopularitySampler | None,
     return candidates, torch.cat([log_popularity[targets], sample_alpha * log_popularity[negatives]])
 
 
+class GRU4RecTrainer:
+    """A GRU4Rec with the state of its training (optimiser accumulators, sample stream, dropout RNG), so that
+    `fit` can go on training it: a model trained on some sessions continues on more, as the retrain's
+    serving retriever continues the fold retriever of DIEN's stacking (`DIENTraining.retriever_warm_start_epochs`)."""
+
+    def __init__(self, popularity: np.ndarray, params: GRU4RecTraining):
+        torch.manual_seed(params.seed)
+        self.params = params
+        self.model = GRU4Rec(params.model_config(len(popularity)))
+        model = self.model
+        tables = [model.output_weights, model.output_bias]
+        if model.input_embedding is not None:
+            tables.append(model.input_embedding)
+        dense = [p for p in model.parameters() if all(p is not t for t in tables)]
+        self.optimiser = AdagradMomentum(dense, tables, lr=params.learning_rate, momentum=params.momentum)
+        self.loss_fn = make_loss(params.loss_config())
+        self.sampler = None
+        if params.n_sample > 0:
+            self.sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed)
+        self.log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0))
+        self.history = TrainingHistory()
+        self.rng_state = torch.get_rng_state()  # dropout's stream, this training's own across `fit` calls
+
+    def fit(self, sessions: Sessions, n_epochs: int, progress: bool = True) -> GRU4Rec:
+        """Train `n_epochs` more epochs on `sessions`; the model comes back in eval mode."""
+        params, model, optimiser, sampler = self.params, self.model, self.optimiser, self.sampler
+        torch.set_rng_state(self.rng_state)
+        model.train()
+        n_events = int(sessions.n_clicks - sessions.n_sessions)
+        first = len(self.history.epochs) + 1
+        for epoch in range(first, first + n_epochs):
+            hidden = model.initial_hidden(params.batch_size)
+            meter = EpochProgress(self.history, epoch, first + n_epochs - 1, n_events, params.batch_size,
+                                  show=progress)
+            for step in session_parallel_steps(sessions, params.batch_size):
+                hidden = apply_resets(hidden, step)
+                if sampler is None and len(step.items) < 2:
+                    break  # in-batch negatives only: a single session has nothing to rank against
+                candidates, log_sampling_prob = sampled_candidates(step.targets, sampler, self.log_popularity,
+                                                                   params.logq, params.sample_alpha)
+                rows = model.gather_rows(step.items, candidates)
+                optimiser.zero_grad()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.matmul_precision == "bfloat16"):
+                    scores, hidden = model.score_candidates(rows, hidden)
+                loss = self.loss_fn(scores, log_sampling_prob) / params.batch_size
+                loss.backward()
+                optimiser.step_dense()
+                for table, ids, grad in model.row_updates(rows):
+                    optimiser.step_rows(table, ids, grad)
+                hidden = [h.detach() for h in hidden]
+                meter.step(loss.item() * params.batch_size, len(step.items))
+            meter.finish()
+        self.rng_state = torch.get_rng_state()
+        model.eval()
+        return model
+
+
 def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTraining,
                   progress: bool = True) -> tuple[GRU4Rec, TrainingHistory]:
-    torch.manual_seed(params.seed)
-    model = GRU4Rec(params.model_config(len(popularity)))
-    model.train()
-    tables = [model.output_weights, model.output_bias]
-    if model.input_embedding is not None:
-        tables.append(model.input_embedding)
-    dense = [p for p in model.parameters() if all(p is not t for t in tables)]
-    optimiser = AdagradMomentum(dense, tables, lr=params.learning_rate, momentum=params.momentum)
-    loss_fn = make_loss(params.loss_config())
-    sampler = None
-    if params.n_sample > 0:
-        sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed)
-    log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0))
-
-    history = TrainingHistory()
-    n_events = int(sessions.n_clicks - sessions.n_sessions)
-    for epoch in range(1, params.n_epochs + 1):
-        hidden = model.initial_hidden(params.batch_size)
-        meter = EpochProgress(history, epoch, params.n_epochs, n_events, params.batch_size, show=progress)
-        for step in session_parallel_steps(sessions, params.batch_size):
-            hidden = apply_resets(hidden, step)
-            if sampler is None and len(step.items) < 2:
-                break  # in-batch negatives only: a single session has nothing to rank against
-            candidates, log_sampling_prob = sampled_candidates(step.targets, sampler, log_popularity, params.logq,
-                                                               params.sample_alpha)
-            rows = model.gather_rows(step.items, candidates)
-            optimiser.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.matmul_precision == "bfloat16"):
-                scores, hidden = model.score_candidates(rows, hidden)
-            loss = loss_fn(scores, log_sampling_prob) / params.batch_size
-            loss.backward()
-            optimiser.step_dense()
-            for table, ids, grad in model.row_updates(rows):
-                optimiser.step_rows(table, ids, grad)
-            hidden = [h.detach() for h in hidden]
-            meter.step(loss.item() * params.batch_size, len(step.items))
-        meter.finish()
-    model.eval()
-    return model, history
+    trainer = GRU4RecTrainer(popularity, params)
+    return trainer.fit(sessions, params.n_epochs, progress), trainer.history
