@@ -65,7 +65,7 @@ class DIENTraining:
     n_candidates: int = 100  # N: the retriever's top-N, re-ranked at serving time
     residual: bool = True  # two-stage score = retriever score + DIEN logit
     categories: str = ""  # item → category file (`data.read_item_categories`); "": items by id alone
-    # stacking (`training.retrain.reranker_training_data`): DIEN trains on the latest `holdout_fraction` of the
+    # stacking (`training.retrain.stacked_training_data`): DIEN trains on the latest `holdout_fraction` of the
     # training sessions, cut into `holdout_folds` folds, each re-ranking a retriever trained (its settings, at
     # most `holdout_retriever_epochs`) on every other training session; 0: on every training prefix,
     # re-ranking the retriever that saw them all
