@@ -73,7 +73,8 @@ class DIENTraining:
     holdout_folds: int = 1
     holdout_retriever_epochs: int = 4
     # > 0 (one fold, GRU4Rec): the serving retriever is that fold retriever trained this many more epochs on every
-    # training session, instead of a new one trained from scratch: cheaper, and its errors are the ones DIEN learnt
+    # training session, instead of a new one trained from scratch: a quarter of the Diginetica retrain saved, for a
+    # weaker retriever and pipeline there (BENCHMARKS.md)
     retriever_warm_start_epochs: int = 0
     n_members: int = 1  # DIENs averaged (`DIENEnsemble`), each trained from its own seed: seed, seed + 1, ...
     seed: int = 42
@@ -90,7 +91,6 @@ class DIENTraining:
         if self.holdout_folds < 1 or (self.holdout_fraction == 1.0 and self.holdout_folds == 1):
             raise ValueError(f"holdout_folds must be at least 1 (2 when holdout_fraction is 1), "
                              f"got {self.holdout_folds}")
-
         if self.retriever_warm_start_epochs and not (self.holdout_fraction and self.holdout_folds == 1
                                                      and self.retriever == "gru4rec"):
             raise ValueError("retriever_warm_start_epochs continues the one fold retriever of stacking: it needs "
