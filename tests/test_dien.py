@@ -252,6 +252,7 @@ def test_stacked_reranker_trains_on_later_sessions_with_a_retriever_that_never_s
     params = DIENTraining(**SMALL | {"holdout_fraction": 0.25})
     stacked = stacked_training_data(params, retriever, split, progress=False)
     sessions, retrieved = stacked.sessions, stacked.retrieved
+    assert stacked.fold_trainer is None  # no warm start asked: the fold retriever is not kept
     earlier, later = train.split_at(round(0.75 * train.n_sessions))
     np.testing.assert_array_equal(sessions.items, later.items)
     assert len(retrieved.ranks) == len(Prefixes.of(later, params.max_len))

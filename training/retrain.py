@@ -231,7 +231,7 @@ class StackedData:
 
     sessions: Sessions
     retrieved: Retrieval
-    fold_trainer: GRU4RecTrainer | None  # GRU4Rec: the serving retriever may continue it
+    fold_trainer: GRU4RecTrainer | None  # with `retriever_warm_start_epochs`: the one the serving GRU4Rec continues
 
 
 def stacked_training_data(params: DIENTraining, retriever_params: Any, split: EncodedSplit,
@@ -262,7 +262,9 @@ def stacked_training_data(params: DIENTraining, retriever_params: Any, split: En
               f"({fold_params.n_epochs} epochs), DIEN's candidates for sessions {start:,}..{stop - 1:,}")
         _, _, scores, trainer = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress)
         retrievals.append(retrieve(scores, held, n))
-    return StackedData(train.split_at(first_held)[1], Retrieval.concat(retrievals), trainer)
+    # the fold retriever (model, Adagrad state: hundreds of MB on Diginetica) is kept only to be continued
+    kept = trainer if params.retriever_warm_start_epochs else None
+    return StackedData(train.split_at(first_held)[1], Retrieval.concat(retrievals), kept)
 
 
 def train_reranker(params: DIENTraining, stacked: StackedData | None, retrieval_of: RetrievalOf,
