@@ -19,7 +19,7 @@ from training.dien_trainer import DIENTraining, fit_prior_weight, train_dien
 from training.evaluate import pairwise_auc, reranked_ranks, retrieve, step_model_scores
 from training.prefixes import Prefixes
 from training.progress import StageClock
-from training.retrain import stacked_training_data, train_reranker
+from training.retrain import reranker_inputs, stacked_training_data
 from training.trainer import GRU4RecTraining, train_gru4rec
 
 SMALL = {"item_dim": 16, "category_dim": 8, "mlp": (32, 16), "batch_size": 128, "n_epochs": 1, "n_candidates": 20}
@@ -299,6 +299,6 @@ def test_without_holdout_the_reranker_trains_on_every_training_prefix(retrieval)
     params = DIENTraining(**SMALL | {"holdout_fraction": 0.0})
     asked = []
     retrieval_of = lambda sessions, n: asked.append((sessions, n)) or retrieval[0]
-    _, figures = train_reranker(params, None, retrieval_of, retrieval[1], split, progress=False, clock=StageClock())
+    sessions, retrieved = reranker_inputs(params, None, retrieval_of, split, StageClock())
     assert len(asked) == 1 and asked[0][0] is train and asked[0][1] == params.n_candidates
-    assert figures["dien_training_sessions"] == train.n_sessions
+    assert sessions is train and retrieved is retrieval[0]

@@ -49,8 +49,13 @@ SMALL_RETRAIN = ["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1
                  "--dien-mlp", "16,8", "--dien-n-candidates", "10", "--top-k", "10", "--threads", "1", "--no-progress"]
 
 
-def test_retrain_trains_all_three_models_into_one_verifiable_artifact(tmp_path):
-    out = retrain([*SMALL_RETRAIN, "--out", str(tmp_path / "artifact")])
+@pytest.fixture(scope="module")
+def small_retrain(tmp_path_factory):
+    return retrain([*SMALL_RETRAIN, "--out", str(tmp_path_factory.mktemp("retrain") / "artifact")])
+
+
+def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retrain):
+    out = small_retrain
     manifest = json.loads((out / "manifest.json").read_text())
     models = ("gru4rec", "narm", "dien")
     expected_files = {"item_ids.json", "popularity.npy", "config.json", "metrics.json"}
@@ -91,6 +96,27 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(tmp_path):
         None, {"items": np.zeros((3, max_len), dtype=np.int64), "lengths": np.ones(3, dtype=np.int64),
                "candidates": np.arange(30).reshape(3, 10) % n_items})
     assert scores.shape == (3, 10)
+
+
+def test_lanes_train_the_same_models_side_by_side(small_retrain, tmp_path):
+    """Two lanes (worker processes) of one thread each train what a one-thread run trains one after another: the
+    same figures and epoch losses to the last digit, and an artifact as complete."""
+    out = retrain([*SMALL_RETRAIN, "--lanes", "2", "--out", str(tmp_path / "artifact")])
+    one_lane, two_lanes = (json.loads((o / "metrics.json").read_text()) for o in (small_retrain, out))
+    assert two_lanes["training"]["lanes"] == 2 and one_lane["training"]["lanes"] == 1
+    assert two_lanes["results"] == one_lane["results"]
+    assert two_lanes["two_stage"] == one_lane["two_stage"]
+    for model in ("gru4rec", "narm", "dien"):
+        losses = [[e["loss"] for e in run["training"][model]["epochs"]] for run in (one_lane, two_lanes)]
+        assert losses[0] == losses[1]
+    assert {s["name"] for s in two_lanes["stages"]} == {s["name"] for s in one_lane["stages"]}
+    assert set(json.loads((out / "manifest.json").read_text())["files"]) == \
+        set(json.loads((small_retrain / "manifest.json").read_text())["files"])
+
+
+def test_warm_start_needs_one_lane():
+    with pytest.raises(SystemExit, match="--lanes 1"):
+        retrain([*SMALL_RETRAIN, "--lanes", "2", "--dien-retriever-warm-start-epochs", "1"])
 
 
 def test_warm_started_retriever_continues_diens_fold_retriever_on_every_session(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 CURVE_POINTS_PER_EPOCH = 50
+LINE_LABEL = ""  # put before each epoch and stage line: which model, where training lanes interleave their output
 
 
 @dataclass
@@ -75,7 +76,7 @@ class EpochProgress:
                            self.events)
         self.history.epochs.append(stats)
         # one line per epoch even without the bar: what a log of a long unattended run needs
-        print(f"epoch {stats.epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  "
+        print(f"{LINE_LABEL}epoch {stats.epoch}: loss {stats.loss:.4f}  {stats.seconds:.1f} s  "
               f"{stats.events_per_second:,.0f} events/s", flush=True)
         return stats
 
@@ -85,11 +86,11 @@ class StageClock:
     ends and kept for the run's metrics: where the hour of a full retrain goes, epochs aside."""
 
     def __init__(self) -> None:
-        self.stages: list[dict] = []  # {"name", "seconds"} in the order the stages ran
+        self.stages: list[dict] = []  # {"name", "seconds"} in the order the stages ended
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         yield
         self.stages.append({"name": name, "seconds": time.perf_counter() - started})
-        print(f"[{name}: {self.stages[-1]['seconds']:,.1f} s]", flush=True)
+        print(f"{LINE_LABEL}[{name}: {self.stages[-1]['seconds']:,.1f} s]", flush=True)

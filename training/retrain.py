@@ -19,6 +19,7 @@ import shutil
 import sys
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,7 @@ from training.evaluate import (
     step_model_scores,
     with_popularity_baseline,
 )
+from training.lanes import lane_executor, staged
 from training.narm_trainer import NARMTraining, train_narm
 from training.plots import plot_training_curve
 from training.progress import StageClock, TrainingHistory
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "NEXTCLICK_ARTIFACT_DIR/staging/<version>, then gate, push and promote it)")
     out.add_argument("--top-k", type=int, default=SERVING_TOP_K, help="items the retrievers' serving graphs return")
     out.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    out.add_argument("--lanes", type=int, default=1,
+                     help="train the independent models side by side in this many processes, sharing the threads "
+                          "(training.lanes; default: %(default)s, one after another)")
     out.add_argument("--no-progress", action="store_true", help="no progress bars (still one line per epoch)")
     add_publish_arguments(parser)
     return parser
@@ -137,6 +142,11 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.retriever_artifact and "dien" in chosen and chosen["dien"].retriever_warm_start_epochs:
         raise SystemExit("--retriever-artifact supplies GRU4Rec: DIEN's retriever_warm_start_epochs has no "
                          "retriever of this run to continue (set it to 0)")
+    if args.lanes > 1 and "dien" in chosen and chosen["dien"].retriever_warm_start_epochs:
+        raise SystemExit("DIEN's retriever_warm_start_epochs continues the fold retriever in this process: "
+                         "it needs --lanes 1")
+    if args.lanes < 1:
+        raise SystemExit("--lanes must be at least 1")
     available = set(chosen) | ({"gru4rec"} if args.retriever_artifact else set())
     if "dien" in chosen and chosen["dien"].retriever not in available:
         raise SystemExit(f"DIEN re-ranks {chosen['dien'].retriever}'s candidates: add it to --models "
@@ -177,34 +187,46 @@ class TrainedModel:
 
 def fit_retriever(name: str, params: Any, sessions: Sessions, popularity: np.ndarray, progress: bool,
                   continued: GRU4RecTrainer | None = None,
-                  ) -> tuple[torch.nn.Module, TrainingHistory, ScoreBatches, GRU4RecTrainer | None]:
-    """A retriever trained on `sessions` (`continued`: that GRU4Rec trained `params.n_epochs` more), its history,
-    how it scores any sessions, and (GRU4Rec) its trainer, to continue it."""
+                  ) -> tuple[torch.nn.Module, TrainingHistory, GRU4RecTrainer | None]:
+    """A retriever trained on `sessions` (`continued`: that GRU4Rec trained `params.n_epochs` more), its history
+    and (GRU4Rec) its trainer, to continue it."""
     if name == "gru4rec":
         trainer = continued or GRU4RecTrainer(popularity, params)
-        model = trainer.fit(sessions, params.n_epochs, progress)
-        return model, trainer.history, step_model_scores(model), trainer
+        return trainer.fit(sessions, params.n_epochs, progress), trainer.history, trainer
     model, history = train_narm(sessions, popularity, params, progress=progress)
-    return model, history, prefix_model_scores(model, params.max_len), None
+    return model, history, None
 
 
-def train_retriever(name: str, params: Any, split: EncodedSplit, top_k: int, progress: bool, clock: StageClock,
-                    continued: GRU4RecTrainer | None = None) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
-    """The trained retriever, how it retrieves for any sessions, and its top-K for the test predictions
-    (scored once: its own row of the table and the re-ranker's test candidates both come from it)."""
+def retriever_scores(model: torch.nn.Module, params: Any) -> ScoreBatches:
+    """How a retriever scores the predictions of any sessions: step by step (GRU4Rec) or prefix by prefix (NARM)."""
+    if isinstance(params, GRU4RecTraining):
+        return step_model_scores(model)
+    return prefix_model_scores(model, params.max_len)
+
+
+def retriever_job(clock: StageClock, name: str, params: Any, split: EncodedSplit, top_k: int, progress: bool,
+                  continued: GRU4RecTrainer | None = None) -> tuple[torch.nn.Module, TrainingHistory, Retrieval]:
+    """A lane's work for a retriever: trained on every training session, then its top-K for the test
+    predictions (scored once: its own row of the table and the re-ranker's test candidates both come from it)."""
     stage = f"{name} training" + (" (continuing dien's fold retriever)" if continued else "")
     with clock.stage(stage):
-        model, history, scores, _ = fit_retriever(name, params, split.train, split.popularity, progress, continued)
+        model, history, _ = fit_retriever(name, params, split.train, split.popularity, progress, continued)
+    with clock.stage(f"{name} test top-{top_k}"):
+        test = retrieve(retriever_scores(model, params), split.test, top_k)
+    return model, history, test
+
+
+def served_retriever(name: str, params: Any, model: torch.nn.Module, history: TrainingHistory, test: Retrieval,
+                     top_k: int, n_items: int) -> tuple[TrainedModel, RetrievalOf]:
+    """A trained retriever as the artifact holds it, and how it retrieves for any sessions."""
     if name == "gru4rec":
         entry = {"layers": model.n_layers, "hidden_size": model.hidden_size}
         export = lambda path: export_gru4rec(model, path, top_k=top_k)
     else:
         entry = {"max_len": params.max_len}
         export = lambda path: export_narm(model, path, top_k=top_k)
-    with clock.stage(f"{name} test top-{top_k}"):
-        test = retrieve(scores, split.test, top_k)
-    entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": len(split.popularity), "top_k": top_k}
-    return TrainedModel(name, history, params, test.ranks, entry, export), partial(retrieve, scores), test
+    entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": n_items, "top_k": top_k}
+    return TrainedModel(name, history, params, test.ranks, entry, export), partial(retrieve, retriever_scores(model, params))
 
 
 def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
@@ -260,27 +282,41 @@ def stacked_training_data(params: DIENTraining, retriever_params: Any, split: En
         seen = Sessions.concat([before, after])
         print(f"fold {fold}/{params.holdout_folds}: {params.retriever} on {seen.n_sessions:,} training sessions "
               f"({fold_params.n_epochs} epochs), DIEN's candidates for sessions {start:,}..{stop - 1:,}")
-        _, _, scores, trainer = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress)
-        retrievals.append(retrieve(scores, held, n))
+        model, _, trainer = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress)
+        retrievals.append(retrieve(retriever_scores(model, fold_params), held, n))
     # the fold retriever (model, Adagrad state: hundreds of MB on Diginetica) is kept only to be continued
     kept = trainer if params.retriever_warm_start_epochs else None
     return StackedData(train.split_at(first_held)[1], Retrieval.concat(retrievals), kept)
 
 
-def train_reranker(params: DIENTraining, stacked: StackedData | None, retrieval_of: RetrievalOf,
-                   test_retrieval: Retrieval, split: EncodedSplit, progress: bool,
-                   clock: StageClock) -> tuple[TrainedModel, dict]:
-    """DIEN on a retriever's top-N (`stacked`, or without stacking every training prefix's top-N of the serving
-    retriever); its two-stage ranks and figures on the test set."""
-    n = params.n_candidates
-    categories = read_item_categories(params.categories, split.item_map) if params.categories else None
+def stacking_job(clock: StageClock, params: DIENTraining, retriever_params: Any, split: EncodedSplit,
+                 progress: bool) -> StackedData:
+    with clock.stage(f"dien's training candidates (fold {params.retriever} training included)"):
+        return stacked_training_data(params, retriever_params, split, progress)
+
+
+def reranker_inputs(params: DIENTraining, stacked: StackedData | None, retrieval_of: RetrievalOf | None,
+                    split: EncodedSplit, clock: StageClock) -> tuple[Sessions, Retrieval]:
+    """The sessions DIEN trains on and their retriever's top-N: stacked, or without stacking every training
+    prefix's top-N of the serving retriever."""
     if stacked:
-        sessions, retrieved = stacked.sessions, stacked.retrieved
-    else:
-        with clock.stage(f"dien's training candidates ({params.retriever} on every training prefix)"):
-            sessions, retrieved = split.train, retrieval_of(split.train, n)
+        return stacked.sessions, stacked.retrieved
+    with clock.stage(f"dien's training candidates ({params.retriever} on every training prefix)"):
+        return split.train, retrieval_of(split.train, params.n_candidates)
+
+
+def reranker_job(clock: StageClock, params: DIENTraining, sessions: Sessions, retrieved: Retrieval,
+                 split: EncodedSplit, progress: bool) -> tuple[torch.nn.Module, TrainingHistory]:
+    categories = read_item_categories(params.categories, split.item_map) if params.categories else None
     with clock.stage("dien training"):
-        model, history = train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress)
+        return train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress)
+
+
+def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: TrainingHistory,
+                       training_sessions: Sessions, test_retrieval: Retrieval, split: EncodedSplit,
+                       clock: StageClock) -> tuple[TrainedModel, dict]:
+    """DIEN's two-stage ranks and figures on the test set."""
+    n = params.n_candidates
     test_retrieval = test_retrieval.best(n)
     prior_weight = model.prior_weight.item() if params.residual else None
     with clock.stage(f"dien test re-ranking of the top-{n}"):
@@ -288,7 +324,7 @@ def train_reranker(params: DIENTraining, stacked: StackedData | None, retrieval_
     with clock.stage("dien AUC"):
         auc = pairwise_auc(model, params.max_len, split.test, split.popularity, params.sample_alpha, seed=params.seed)
     figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
-               "dien_training_sessions": sessions.n_sessions, "holdout_fraction": params.holdout_fraction,
+               "dien_training_sessions": training_sessions.n_sessions, "holdout_fraction": params.holdout_fraction,
                f"retriever_recall@{n}": float((test_retrieval.ranks <= n).mean()) if len(ranks) else 0.0,
                "dien_auc": auc}
     entry = {"file": "dien.onnx", "kind": "reranker", "retriever": params.retriever, "n_candidates": n,
@@ -324,29 +360,62 @@ def main(argv: list[str] | None = None) -> Path:
             trained["gru4rec"], retrieval_of, test_retrieval = published_retriever(args.retriever_artifact, split)
         retrievers["gru4rec"] = (retrieval_of, test_retrieval)
     dien = params.get("dien")
-    stacked = None  # first: with `retriever_warm_start_epochs` the serving retriever continues the fold one
-    if dien and dien.holdout_fraction:
-        print(f"\ndien's training candidates: {dien.retriever}'s top {dien.n_candidates} under stacking")
-        # a published retriever's fold copy is trained with this run's settings of that retriever
-        retriever_params = params.get(dien.retriever) or model_params(args, dien.retriever)
-        with clock.stage(f"dien's training candidates (fold {dien.retriever} training included)"):
-            stacked = stacked_training_data(dien, retriever_params, split, not args.no_progress)
-    for name in (m for m in RETRIEVERS if m in params):
-        continued = None
-        retriever_params = params[name]
-        if stacked and dien.retriever_warm_start_epochs and name == dien.retriever:
-            continued = stacked.fold_trainer
-            retriever_params = dataclasses.replace(retriever_params, n_epochs=dien.retriever_warm_start_epochs)
-        print(f"\n{name}" + (f": dien's fold retriever, {dien.retriever_warm_start_epochs} more epochs on every "
-                             "training session" if continued else ""))
-        trained[name], retrieval_of, test_retrieval = train_retriever(name, retriever_params, split, args.top_k,
-                                                                      not args.no_progress, clock, continued)
-        retrievers[name] = (retrieval_of, test_retrieval)
-    two_stage: dict = {}
-    if dien:
-        print(f"\ndien, re-ranking {dien.retriever}'s top {dien.n_candidates}")
-        trained["dien"], two_stage = train_reranker(dien, stacked, *retrievers[dien.retriever], split,
-                                                    not args.no_progress, clock)
+    progress = not args.no_progress and args.lanes == 1  # lanes: one line per epoch, no bars over each other
+
+    results: dict[Future, Any] = {}
+
+    def result(future: Future) -> Any:
+        """A job's result, its stages added to the run's clock (once)."""
+        if future not in results:
+            results[future], stages = future.result()
+            clock.stages.extend(stages)
+        return results[future]
+
+    def submit(label: str, job: Callable, *job_args: Any) -> Future:
+        future = lanes.submit(staged, f"{label}: " if args.lanes > 1 else "", job, *job_args)
+        if future.done():  # one lane: done as submitted, its stages go on the clock in the order they ran
+            result(future)
+        return future
+
+    with lane_executor(args.lanes, torch.get_num_threads()) as lanes:
+        stacking = None  # first: with `retriever_warm_start_epochs` the serving retriever continues the fold one
+        if dien and dien.holdout_fraction:
+            print(f"\ndien's training candidates: {dien.retriever}'s top {dien.n_candidates} under stacking")
+            # a published retriever's fold copy is trained with this run's settings of that retriever
+            retriever_params = params.get(dien.retriever) or model_params(args, dien.retriever)
+            stacking = submit(f"{dien.retriever} (dien's fold)", stacking_job, dien, retriever_params, split, progress)
+        training = {}
+        for name in (m for m in RETRIEVERS if m in params):
+            continued = None
+            retriever_params = params[name]
+            if stacking and dien.retriever_warm_start_epochs and name == dien.retriever:
+                continued = result(stacking).fold_trainer  # one lane only (validated): done by now
+                retriever_params = dataclasses.replace(retriever_params, n_epochs=dien.retriever_warm_start_epochs)
+            print(f"\n{name}" + (f": dien's fold retriever, {dien.retriever_warm_start_epochs} more epochs on every "
+                                 "training session" if continued else ""))
+            training[name] = submit(name, retriever_job, name, retriever_params, split, args.top_k, progress, continued)
+
+        def collect(name: str) -> None:
+            model, history, test_retrieval = result(training.pop(name))
+            trained[name], retrieval_of = served_retriever(name, params[name], model, history, test_retrieval,
+                                                           args.top_k, len(popularity))
+            retrievers[name] = (retrieval_of, test_retrieval)
+
+        if dien:
+            print(f"\ndien, re-ranking {dien.retriever}'s top {dien.n_candidates}")
+            stacked = result(stacking) if stacking else None
+            if not stacked and dien.retriever in training:
+                collect(dien.retriever)  # its top-N of every training prefix is DIEN's training data
+            retrieval_of = retrievers[dien.retriever][0] if dien.retriever in retrievers else None
+            dien_sessions, retrieved = reranker_inputs(dien, stacked, retrieval_of, split, clock)
+            reranking = submit("dien", reranker_job, dien, dien_sessions, retrieved, split, progress)
+        for name in list(training):
+            collect(name)
+        two_stage: dict = {}
+        if dien:
+            model, history = result(reranking)
+            trained["dien"], two_stage = evaluated_reranker(dien, model, history, dien_sessions,
+                                                            retrievers[dien.retriever][1], split, clock)
     rows: list[RankingMetrics] = []
     with clock.stage("evaluation"):
         for t in trained.values():
@@ -378,7 +447,7 @@ def main(argv: list[str] | None = None) -> Path:
         "two_stage": two_stage,
         "stages": clock.stages,
         "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.items() if t.history}
-                    | {"threads": torch.get_num_threads()},
+                    | {"threads": torch.get_num_threads(), "lanes": args.lanes},
         "data": {
             "train_source": train_log.source, "test_source": test_log.source,
             "train_sessions": train.n_sessions, "train_clicks": train.n_clicks,
