@@ -35,10 +35,11 @@ def main() -> None:
         out = retrain([*flags, "--out", str(args.keep or Path(scratch) / "artifact"), "--no-progress"])
         total = time.perf_counter() - started
         metrics = json.loads((out / "metrics.json").read_text())
-    print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"{metrics['training']['lanes']} lane(s)")
     print(f"command: python -m training.retrain {' '.join(flags).replace(f'{REPO}/', '')}")
     for model, record in metrics["training"].items():
-        if model == "threads":
+        if not isinstance(record, dict):  # the run's threads and lanes
             continue
         seconds = [e["seconds"] for e in record["epochs"]]
         print(f"{model}: {len(seconds)} epochs, {sum(seconds):,.0f} s training, "
