@@ -2,10 +2,10 @@
 
 On this project's 2-core CPU a GRU4Rec epoch takes 13.1 s with 2 torch threads and 19.4 s with 1, and two
 1-thread processes run side by side at 19.5 s each: two lanes of one thread do x1.34 the work of one lane of
-two (a whole Diginetica retrain: 53.9 min against 66.5, BENCHMARKS.md). The retrain's trainings are mostly independent (DIEN's fold retriever, the serving
-retrievers; DIEN once its fold retriever is done), so `lanes` worker processes, each with
-threads // lanes torch threads, take them in the order they are submitted. One lane runs every job here, in
-submission order, as the retrain always did.
+two (a whole Diginetica retrain: 53.9 min against 66.5, BENCHMARKS.md). The retrain's trainings are mostly
+independent (DIEN's fold retriever, the serving retrievers; DIEN once its fold retriever is done), so `lanes`
+worker processes, each with threads // lanes torch threads, take them in the order they are submitted. One
+lane runs every job here, in submission order, as the retrain always did.
 
 A model trained in a 1-thread lane is not bit-equal to one trained on 2 threads (other summation orders),
 but it is the same as a 1-thread retrain's: the arithmetic depends on the threads per job, not on the lanes.
@@ -40,9 +40,7 @@ def _start_lane(threads: int) -> None:
 
 
 def lane_executor(lanes: int, threads: int) -> Executor:
-    """`lanes` worker processes of max(1, threads // lanes) torch threads each; in-process for one lane."""
-    if lanes < 1:
-        raise ValueError("lanes must be at least 1")
+    """`lanes` (>= 1) worker processes of max(1, threads // lanes) torch threads each; in-process for one lane."""
     if lanes == 1:
         return InlineExecutor()
     # spawn: a forked child would inherit the parent's OpenMP thread pool in an undefined state

@@ -226,7 +226,8 @@ def served_retriever(name: str, params: Any, model: torch.nn.Module, history: Tr
         entry = {"max_len": params.max_len}
         export = lambda path: export_narm(model, path, top_k=top_k)
     entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": n_items, "top_k": top_k}
-    return TrainedModel(name, history, params, test.ranks, entry, export), partial(retrieve, retriever_scores(model, params))
+    retrieval_of = partial(retrieve, retriever_scores(model, params))
+    return TrainedModel(name, history, params, test.ranks, entry, export), retrieval_of
 
 
 def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
