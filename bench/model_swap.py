@@ -30,9 +30,9 @@ from stream_throughput import create_topics, endless_sessions, take
 
 from stream_app.artifact_store import ArtifactStore
 from stream_app.artifacts import promote_and_announce
-from stream_app.demo import QUICK_EPOCHS, demo_artifact, train_quick_artifact
-from stream_app.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
-from stream_app.replay import (
+from devtools.demo import QUICK_EPOCHS, demo_artifact, train_quick_artifact
+from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.click_replay import (
     LoggedClick,
     OnlineStats,
     WorkerProcess,
@@ -44,7 +44,8 @@ from stream_app.replay import (
     send_clicks,
     suggestion_consumer,
 )
-from stream_app.scoring import ArtifactError, Scorer, verify_artifact
+from stream_app.artifact_format import ArtifactError, verify_artifact
+from stream_app.scoring import Scorer
 from stream_app.settings import Settings, get_settings
 
 SECOND_SEED = "2"  # the new model: the demo's recipe with another seed

@@ -26,10 +26,10 @@ from pathlib import Path
 import onnxruntime
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream_app.demo import QUICK_EPOCHS, demo_artifact
-from stream_app.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.demo import QUICK_EPOCHS, demo_artifact
+from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from stream_app.kafka_security import aiokafka_client_kwargs
-from stream_app.replay import (
+from devtools.click_replay import (
     LoggedClick,
     OnlineStats,
     WorkerProcess,

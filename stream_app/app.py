@@ -8,10 +8,7 @@ worker carry on. Suggestions go to the recommendations topic keyed by session id
 go unchanged to the dead-letter topic (format: `stream_app.dead_letters`). Delivery is
 at-least-once: a crash can repeat suggestions, never lose clicks.
 
-A suggestion is a JSON object:
-    {"session_id", "click": {"item_id", "timestamp", "partition", "offset"},
-     "items": [item id, ...], "scores": [float, ...], "source": "model" | "popularity",
-     "model", "artifact_version", "produced_at": Unix seconds}
+A suggestion is a JSON object (`stream_app.suggestion.Suggestion`).
 """
 
 from __future__ import annotations
@@ -30,8 +27,9 @@ from stream_app.hot_swap import ServedModel
 from stream_app.kafka_security import faust_credentials
 from stream_app.metrics import WorkerMetrics, add_web_endpoints
 from stream_app.partitioning import partition_for_key
-from stream_app.sessions import SessionState, SourcedClick
+from stream_app.sessions import SessionState
 from stream_app.settings import get_settings
+from stream_app.suggestion import SourcedClick, Suggestion
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +133,12 @@ def validated(message: faust.types.Message) -> SourcedClick:
     return SourcedClick(click, message.partition, message.offset)
 
 
-async def publish(sourced: SourcedClick, suggestion: dict) -> None:
+async def send_suggestion(suggestion: Suggestion) -> None:
     produced_at = time.time()
+    sourced = suggestion.answers
     try:
         await recommendations_topic.send(
-            key=sourced.click.session_id.encode("utf-8"), value=suggestion | {"produced_at": produced_at}
+            key=sourced.click.session_id.encode("utf-8"), value=suggestion.as_json(produced_at)
         )
     except Exception:
         metrics.errors.labels(stage="publish").inc()
@@ -181,8 +180,8 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
     for session_key, state in result.states.items():
         with event_context(last_event_of[session_key]):  # same partition as the key: check_partition
             sessions[session_key] = state
-    for (sourced, _), suggestion in zip(clicks, result.suggestions, strict=True):
-        await publish(sourced, suggestion)
+    for suggestion in result.suggestions:
+        await send_suggestion(suggestion)
 
 
 @app.agent(clicks_topic)

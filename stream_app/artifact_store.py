@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from stream_app.scoring import MANIFEST, ArtifactError, verify_artifact
+from stream_app.artifact_format import MANIFEST, ArtifactError, verify_artifact
 from stream_app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class ArtifactStore:
         return version
 
     def promote(self, version: str) -> Pointer:
-        """Make `version` current (no quality gate here: see `stream_app.artifacts.publish`)."""
+        """Make `version` current (no quality gate here: see `stream_app.artifacts.gate_and_push`)."""
         if not self.holds(version):
             raise StoreError(f"no version {version!r} in the store {self.location}")
         pointer = self.current()

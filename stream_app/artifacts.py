@@ -25,7 +25,8 @@ from pathlib import Path
 from stream_app.artifact_store import ArtifactStore, Pointer, StoreError
 from stream_app.model_updates import announce
 from stream_app.quality_gate import GateDecision, quality_gate, record_decision
-from stream_app.scoring import ArtifactError, Scorer, verify_artifact
+from stream_app.artifact_format import ArtifactError, verify_artifact
+from stream_app.scoring import Scorer
 from stream_app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Published:
     pointer: Pointer | None  # the new pointer when promoted, else None
 
 
-def publish(
+def gate_and_push(
     directory: Path,
     held_out: Sequence[Sequence[str]],
     settings: Settings,

@@ -33,9 +33,11 @@ from stream_app import model_updates
 from stream_app.artifact_store import ArtifactStore, Pointer
 from stream_app.events import Click
 from stream_app.metrics import WorkerMetrics
-from stream_app.scoring import MANIFEST, ArtifactError, Scorer
-from stream_app.sessions import SessionRecommender, SessionState, SourcedClick
+from stream_app.artifact_format import MANIFEST, ArtifactError
+from stream_app.scoring import Scorer
+from stream_app.sessions import SessionRecommender, SessionState
 from stream_app.settings import Settings
+from stream_app.suggestion import SourcedClick
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def smoke_check(recommender: SessionRecommender) -> None:
             raise ArtifactError(f"smoke inference failed: {error!r}") from error
         table.update(result.states)
         [suggestion] = result.suggestions
-        items, scores = suggestion["items"], suggestion["scores"]
+        items, scores = suggestion.items, suggestion.scores
         seen = offset + 1 if recommender.exclude_seen else 0
         expected = min(recommender.top_k, len(scorer.item_ids) - seen)
         problems = [
@@ -71,7 +73,7 @@ def smoke_check(recommender: SessionRecommender) -> None:
             "ids outside the vocabulary" if not vocabulary.issuperset(items) else "",
             "non-finite scores" if not all(math.isfinite(s) for s in scores) else "",
             "scores not best first" if any(a < b for a, b in itertools.pairwise(scores)) else "",
-            f"source {suggestion['source']!r}" if suggestion["source"] != "model" else "",
+            f"source {suggestion.source!r}" if suggestion.source != "model" else "",
         ]
         if any(problems):
             raise ArtifactError("smoke inference: " + "; ".join(p for p in problems if p))

@@ -1,7 +1,8 @@
 """Which partition a session's clicks and state live on: Kafka's default key partitioner.
 
-The worker writes each session's table entry to `partition_for_key(session_id)` (faust
-`use_partitioner=True`), so a click must arrive on that same partition to meet its state.
+The worker writes each session's table entry to `partition_for_key(session_id)`
+(`stream_app.faust_app.KeyPartitionedTable`), so a click must arrive on that same partition to
+meet its state.
 Java clients, aiokafka and kafka-python partition keyed messages this way; librdkafka-based
 clients (confluent-kafka) need `partitioner=murmur2_random`.
 """

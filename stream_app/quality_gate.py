@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stream_app.events import Click
-from stream_app.scoring import MANIFEST, Scorer
-from stream_app.sessions import SessionRecommender, SourcedClick
+from stream_app.artifact_format import MANIFEST
+from stream_app.scoring import Scorer
+from stream_app.sessions import SessionRecommender
 from stream_app.settings import Settings
+from stream_app.suggestion import SourcedClick
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +77,9 @@ def served_top_k_metrics(
                 session[1:], suggestions[position : position + len(session) - 1], strict=True
             ):
                 predictions += 1
-                if str(target) in suggestion["items"]:
+                if str(target) in suggestion.items:
                     hits += 1
-                    reciprocal_ranks += 1.0 / (suggestion["items"].index(str(target)) + 1)
+                    reciprocal_ranks += 1.0 / (suggestion.items.index(str(target)) + 1)
             position += len(session)
     return ServedMetrics(
         scorer.version,

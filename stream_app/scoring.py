@@ -1,16 +1,6 @@
 """Score next items with the exported models through onnxruntime (no torch in the serving path).
 
-An artifact is a directory written by `training.retrain`:
-
-    gru4rec.onnx     inputs  item int64[B], hidden float32[layers, B, H]
-                     outputs top_items int64[B, K], top_scores float32[B, K], next_hidden like hidden
-    narm.onnx        inputs  items int64[B, L] (clicks from position 0, then padding), lengths int64[B]
-                     outputs top_items int64[B, K], top_scores float32[B, K]
-    dien.onnx        inputs  items int64[B, max_len], lengths int64[B], candidates int64[B, N]
-                     outputs scores float32[B, N]
-    item_ids.json    external item ids; index i of the models is item_ids[i]
-    popularity.npy   int64 click counts per item index: the cold-start ranking
-    manifest.json    {"version", "models": {name: {"file", ...}}, "files": {name: sha256}}
+The artifact's files and their graphs' inputs and outputs: `stream_app.artifact_format`.
 
 A pipeline (`PIPELINES`, the worker's NEXTCLICK_SERVING_MODEL) is a retriever, GRU4Rec (which carries
 a hidden state per session) or NARM (which reads the session's last L clicks), optionally followed by
@@ -21,7 +11,6 @@ DIEN re-ranking the retriever's top N: two-stage score = prior_weight x retrieve
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -30,16 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from stream_app.artifact_format import ITEM_IDS, POPULARITY, ArtifactError, verify_artifact
+
 MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
 PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
-# The artifact's file names: `training.artifact` writes what this module reads.
-MANIFEST = "manifest.json"
-ITEM_IDS = "item_ids.json"
-POPULARITY = "popularity.npy"
-
-
-class ArtifactError(RuntimeError):
-    """The artifact directory is incomplete, corrupt or does not match the contract."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,32 +30,6 @@ class StepResult:
     top_items: np.ndarray  # int64 [B, K], best first
     top_scores: np.ndarray  # float32 [B, K]
     next_hidden: np.ndarray | None  # float32 [layers, B, H]; None for a retriever without state (NARM)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_artifact(artifact_dir: Path, models: Sequence[str] = (MODEL_NAME,)) -> dict:
-    """Read the manifest and check every listed file against its sha256, and that it has `models`."""
-    manifest_path = artifact_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{artifact_dir} has no manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    for name, expected in manifest.get("files", {}).items():
-        path = artifact_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"{path} is listed in the manifest but missing")
-        if sha256_of(path) != expected:
-            raise ArtifactError(f"{path} does not match its sha256 in the manifest")
-    for model in models:
-        if model not in manifest.get("models", {}):
-            raise ArtifactError(f"{manifest_path} has no {model!r} model")
-    return manifest
 
 
 def padded(windows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +110,10 @@ class Scorer:
         """The model's index of an external item id; None for items the model never saw."""
         return self._index_of.get(item_id)
 
+    def known_indices(self, item_ids: Sequence[str]) -> list[int]:
+        """The model's indices of `item_ids`, in order, leaving out the items it never saw."""
+        return [index for item in item_ids if (index := self._index_of.get(item)) is not None]
+
     def zero_hidden(self, batch: int) -> np.ndarray:
         return np.zeros((self.layers, batch, self.hidden_size), dtype=np.float32)
 
@@ -196,7 +157,7 @@ class Scorer:
             retrieved.next_hidden,
         )
 
-    def replay(self, sessions: Sequence[Sequence[int]]) -> np.ndarray:
+    def rebuild_hidden(self, sessions: Sequence[Sequence[int]]) -> np.ndarray:
         """The hidden states [layers, B, H] after each session's clicks, from a zero state; rebuilds
         state for a new model. The sessions step together: one model call per click position."""
         hidden = self.zero_hidden(len(sessions))

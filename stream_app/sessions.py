@@ -37,9 +37,9 @@ from typing import Any
 import faust
 import numpy as np
 
-from stream_app.events import Click
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings
+from stream_app.suggestion import SourcedClick, Suggestion
 
 
 class SessionState(faust.Record, serializer="json"):
@@ -57,17 +57,8 @@ class SessionState(faust.Record, serializer="json"):
 
 
 @dataclass(frozen=True, slots=True)
-class SourcedClick:
-    """A valid click and where it was read, which the suggestion cites."""
-
-    click: Click
-    partition: int
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
 class BatchResult:
-    suggestions: list[dict[str, Any]]  # one per click, in click order
+    suggestions: list[Suggestion]  # one per click, in click order
     states: dict[bytes, SessionState]  # every session of the batch after it, keyed like the table
 
 
@@ -76,7 +67,7 @@ class _Session:
     items: list[str]
     offsets: list[int]
     hidden: np.ndarray | None  # [layers, hidden_size]
-    stale: bool = False  # `hidden` is still to be rebuilt from `items` (`_replay`)
+    stale: bool = False  # `hidden` is still to be rebuilt from `items` (`_rebuild_stale`)
 
 
 def _encode_hidden(hidden: np.ndarray | None) -> str:
@@ -124,8 +115,8 @@ class SessionRecommender:
         """
         session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
         sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
-        self._replay([session for session in sessions.values() if session.stale])
-        suggestions: list[dict[str, Any]] = [{} for _ in clicks]
+        self._rebuild_stale([session for session in sessions.values() if session.stale])
+        suggestions: list[Suggestion | None] = [None] * len(clicks)
         fresh = []
         for position, sourced in enumerate(clicks):
             session = sessions[sourced.click.session_id]
@@ -145,7 +136,7 @@ class SessionRecommender:
             )
             for session_id, session in sessions.items()
         }
-        return BatchResult(suggestions, states)
+        return BatchResult(suggestions, states)  # type: ignore[arg-type]: every position is answered
 
     @staticmethod
     def _rounds(clicks: Sequence[SourcedClick], positions: list[int]) -> list[list[int]]:
@@ -171,19 +162,16 @@ class SessionRecommender:
             return _Session(items=list(state.items), offsets=list(state.offsets), hidden=hidden)
         return _Session(items=list(state.items), offsets=list(state.offsets), hidden=None, stale=True)
 
-    def _replay(self, stale: list[_Session]) -> None:
+    def _rebuild_stale(self, stale: list[_Session]) -> None:
         """Rebuild the hidden states of `stale` sessions from their known items, all in one replay:
         right after a swap, most sessions of a batch need it."""
-        known = [
-            [index for item in session.items if (index := self.scorer.index_of(item)) is not None]
-            for session in stale
-        ]
-        hidden = self.scorer.replay(known)
+        known = [self.scorer.known_indices(session.items) for session in stale]
+        hidden = self.scorer.rebuild_hidden(known)
         for row, session in enumerate(stale):
             session.hidden = hidden[:, row, :].copy() if known[row] else None
             session.stale = False
 
-    def _answer_repeat(self, sourced: SourcedClick, session: _Session) -> dict[str, Any]:
+    def _answer_repeat(self, sourced: SourcedClick, session: _Session) -> Suggestion:
         """The suggestion for a click the state already holds, from the session's prefix up to it.
 
         A repeat older than the kept history (`max_history` clicks) is answered from its own click.
@@ -194,17 +182,17 @@ class SessionRecommender:
         else:
             kept = 0
         replayed = _Session(items=session.items[:kept], offsets=[], hidden=None, stale=True)
-        self._replay([replayed])
-        suggestions: list[dict[str, Any]] = [{}]
+        self._rebuild_stale([replayed])
+        suggestions: list[Suggestion | None] = [None]
         self._step_round([sourced], [0], {sourced.click.session_id: replayed}, suggestions)
-        return suggestions[0]
+        return suggestions[0]  # type: ignore[return-value]: answered above
 
     def _step_round(
         self,
         clicks: Sequence[SourcedClick],
         positions: list[int],
         sessions: dict[str, _Session],
-        suggestions: list[dict[str, Any]],
+        suggestions: list[Suggestion | None],
     ) -> None:
         scorer = self.scorer
         indices = {p: scorer.index_of(clicks[p].click.item_id) for p in positions}
@@ -244,20 +232,9 @@ class SessionRecommender:
             else:
                 items, scores = scorer.popular(self.top_k, exclude)
                 source = "popularity"
-            suggestions[p] = {
-                "session_id": sourced.click.session_id,
-                "click": {
-                    "item_id": sourced.click.item_id,
-                    "timestamp": sourced.click.timestamp,
-                    "partition": sourced.partition,
-                    "offset": sourced.offset,
-                },
-                "items": [scorer.item_ids[i] for i in items],
-                "scores": scores,
-                "source": source,
-                "model": scorer.name,
-                "artifact_version": scorer.version,
-            }
+            suggestions[p] = Suggestion(
+                sourced, [scorer.item_ids[i] for i in items], scores, source, scorer.name, scorer.version
+            )
 
     def _window(self, session: _Session, clicked: int) -> list[int]:
         """The session's last known clicks up to and including `clicked` (model indices), as many as the
@@ -265,8 +242,7 @@ class SessionRecommender:
         offline evaluation drops them; at most `max_history` clicks are kept to choose from."""
         if not self.scorer.window:
             return []
-        known = [index for item in session.items if (index := self.scorer.index_of(item)) is not None]
-        return (known + [clicked])[-self.scorer.window :]
+        return (self.scorer.known_indices(session.items) + [clicked])[-self.scorer.window :]
 
     def _seen(self, session: _Session) -> set[int]:
-        return {index for item in session.items if (index := self.scorer.index_of(item)) is not None}
+        return set(self.scorer.known_indices(session.items))

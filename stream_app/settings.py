@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     # --- Streaming worker: Kafka connection -------------------------------------------------
     # Defaults suit a real Kafka cluster. The embedded test/demo broker (Tansu) wants shorter
-    # group timings and fetch waits: `stream_app.embedded_broker.TANSU_WORKER_TUNING` lists them
+    # group timings and fetch waits: `devtools.embedded_broker.TANSU_WORKER_TUNING` lists them
     # and `EmbeddedBroker.worker_env()` turns them into NEXTCLICK_* variables.
     bootstrap_servers: str = Field(
         default="localhost:9092", description="Comma-separated Kafka bootstrap host:port list."

@@ -10,7 +10,8 @@ import pytest
 
 from stream_app import artifact_store
 from stream_app.artifact_store import ArtifactStore, StoreError
-from stream_app.scoring import ArtifactError, Scorer
+from stream_app.artifact_format import ArtifactError
+from stream_app.scoring import Scorer
 from tests.artifact_versions import renamed
 
 

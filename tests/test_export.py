@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.export import export_gru4rec
-from stream_app.scoring import sha256_of
+from stream_app.artifact_format import sha256_of
 from tests.real_slices import yoochoose_slice
 from training.retrain import main as retrain
 from training.trainer import GRU4RecTraining, train_gru4rec

@@ -21,8 +21,8 @@ import pytest
 
 from stream_app.artifact_store import ArtifactStore
 from stream_app.artifacts import promote_and_announce, rollback_and_announce
-from stream_app.embedded_broker import EmbeddedBroker
-from stream_app.replay import held_out_clicks
+from devtools.embedded_broker import EmbeddedBroker
+from devtools.click_replay import held_out_clicks
 from stream_app.scoring import Scorer
 from stream_app.settings import get_settings
 from tests.artifact_versions import rehash, renamed

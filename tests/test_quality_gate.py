@@ -84,7 +84,7 @@ def test_publishing_gates_records_and_promotes_only_what_passes(
     store = ArtifactStore.from_settings(store_settings)
 
     def publish(folder: Path, **options: bool) -> artifacts.Published:
-        return artifacts.publish(folder, held_out, store_settings, source="test day", **options)
+        return artifacts.gate_and_push(folder, held_out, store_settings, source="test day", **options)
 
     first = publish(renamed(artifact, tmp_path / "v1", "v1"))
     assert first.pointer.version == "v1" and first.decision.passed and first.decision.current is None

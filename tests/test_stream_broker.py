@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from stream_app.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker
+from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker
 from stream_app.settings import Settings
 
 pytestmark = pytest.mark.broker

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from stream_app.embedded_broker import EmbeddedBroker
-from stream_app.replay import (
+from devtools.embedded_broker import EmbeddedBroker
+from devtools.click_replay import (
     LoggedClick,
     held_out_clicks,
     kafka_producer,

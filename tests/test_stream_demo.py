@@ -26,7 +26,7 @@ def demo_env(artifact: Path, tmp_path: Path) -> dict[str, str]:
 
 
 def demo_command(tmp_path: Path, *options: str) -> list[str]:
-    return ["nice", "-n", "15", sys.executable, "-m", "stream_app.demo", "--log-dir", str(tmp_path), *options]
+    return ["nice", "-n", "15", sys.executable, "-m", "devtools.demo", "--log-dir", str(tmp_path), *options]
 
 
 def check_summary(output: str, clicks: int | None = None) -> None:

@@ -11,8 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from stream_app.embedded_broker import EmbeddedBroker
-from stream_app.scoring import ArtifactError, Scorer
+from devtools.embedded_broker import EmbeddedBroker
+from stream_app.artifact_format import ArtifactError
+from stream_app.scoring import Scorer
 from stream_app.sessions import SessionRecommender, SessionState
 from tests.real_slices import yoochoose_slice
 from tests.test_stream_scoring import serve, sourced
@@ -64,13 +65,13 @@ def test_served_suggestions_equal_the_graphs_offline(three_model_artifact: Path,
         suggestions = serve(engine, [sourced(f"s{s}", item) for s, item in batch], table, 0.0)
         for (s, item), suggestion in zip(batch, suggestions, strict=True):
             if scorer.index_of(item) is None:
-                assert suggestion["source"] == "popularity"
+                assert suggestion.source == "popularity"
                 continue
             known = [i for c in sessions[s][: position + 1] if (i := scorer.index_of(c)) is not None]
             expected_items, expected_scores = graph_suggestion(three_model_artifact, pipeline, known)
-            assert suggestion["items"] == [scorer.item_ids[i] for i in expected_items]
-            np.testing.assert_allclose(suggestion["scores"], expected_scores, rtol=1e-4, atol=1e-4)
-            assert suggestion["model"] == pipeline and suggestion["source"] == "model"
+            assert suggestion.items == [scorer.item_ids[i] for i in expected_items]
+            np.testing.assert_allclose(suggestion.scores, expected_scores, rtol=1e-4, atol=1e-4)
+            assert suggestion.model == pipeline and suggestion.source == "model"
             checked += 1
     assert checked >= 100  # most clicks of 40 real sessions
     assert max(len(clicks) for clicks in sessions) > scorer.window  # some sessions outgrow the models' L

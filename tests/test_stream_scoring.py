@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from stream_app.events import Click
-from stream_app.scoring import ArtifactError, Scorer
-from stream_app.sessions import SessionRecommender, SessionState, SourcedClick
+from stream_app.artifact_format import ArtifactError
+from stream_app.scoring import Scorer
+from stream_app.sessions import SessionRecommender, SessionState
+from stream_app.suggestion import SourcedClick
 
 TOP_K = 20
 
@@ -102,13 +104,13 @@ def test_clicks_of_one_session_in_one_batch_are_stepped_in_order(scorer: Scorer)
     table: dict[bytes, SessionState] = {}
     batch = [sourced("s1", a, 0), sourced("s2", c, 1), sourced("s1", b, 2), sourced("s1", c, 3)]
     suggestions = serve(recommender(scorer), batch, table, now=1000.0)
-    assert [s["items"] for s in suggestions] == [
+    assert [s.items for s in suggestions] == [
         expected_for_prefix(scorer, [a]),
         expected_for_prefix(scorer, [c]),
         expected_for_prefix(scorer, [a, b]),
         expected_for_prefix(scorer, [a, b, c]),
     ]
-    assert [s["click"]["offset"] for s in suggestions] == [0, 1, 2, 3]
+    assert [s.answers.offset for s in suggestions] == [0, 1, 2, 3]
     assert table[b"s1"].items == [a, b, c] and table[b"s1"].artifact_version == scorer.version
 
 
@@ -118,8 +120,8 @@ def test_state_carries_over_between_batches(scorer: Scorer) -> None:
     engine = recommender(scorer)
     serve(engine, [sourced("s1", a)], table, now=1000.0)
     [suggestion] = serve(engine, [sourced("s1", b)], table, now=1001.0)
-    assert suggestion["items"] == expected_for_prefix(scorer, [a, b])
-    assert suggestion["source"] == "model" and len(suggestion["scores"]) == TOP_K
+    assert suggestion.items == expected_for_prefix(scorer, [a, b])
+    assert suggestion.source == "model" and len(suggestion.scores) == TOP_K
 
 
 def test_an_unknown_item_gets_popular_items_and_keeps_the_state(scorer: Scorer) -> None:
@@ -127,11 +129,11 @@ def test_an_unknown_item_gets_popular_items_and_keeps_the_state(scorer: Scorer) 
     table: dict[bytes, SessionState] = {}
     engine = recommender(scorer)
     [first, unknown] = serve(engine, [sourced("s1", a), sourced("s1", "no-such-item")], table, now=1000.0)
-    assert unknown["source"] == "popularity"
+    assert unknown.source == "popularity"
     popular, _ = scorer.popular(TOP_K, {scorer.index_of(a)})
-    assert unknown["items"] == [scorer.item_ids[i] for i in popular]
+    assert unknown.items == [scorer.item_ids[i] for i in popular]
     [after] = serve(engine, [sourced("s1", b)], table, now=1001.0)
-    assert after["items"] == expected_for_prefix(scorer, [a, b])
+    assert after.items == expected_for_prefix(scorer, [a, b])
 
 
 def test_an_idle_session_starts_over(scorer: Scorer) -> None:
@@ -140,7 +142,7 @@ def test_an_idle_session_starts_over(scorer: Scorer) -> None:
     engine = recommender(scorer, session_ttl=60.0)
     serve(engine, [sourced("s1", a)], table, now=1000.0)
     [suggestion] = serve(engine, [sourced("s1", b)], table, now=1061.0)
-    assert suggestion["items"] == expected_for_prefix(scorer, [b])
+    assert suggestion.items == expected_for_prefix(scorer, [b])
     assert table[b"s1"].items == [b]
 
 
@@ -149,7 +151,7 @@ def test_state_from_another_artifact_is_rebuilt_by_replaying_the_items(scorer: S
     stale = SessionState(items=[a, "gone-item", b], last_seen=1000.0, hidden="AAAA", artifact_version="older")
     table = {b"s1": stale}
     [suggestion] = serve(recommender(scorer), [sourced("s1", c)], table, now=1001.0)
-    assert suggestion["items"] == expected_for_prefix(scorer, [a, b, c])
+    assert suggestion.items == expected_for_prefix(scorer, [a, b, c])
 
 
 def test_stale_sessions_of_one_batch_are_replayed_together_each_as_on_its_own(scorer: Scorer) -> None:
@@ -162,7 +164,7 @@ def test_stale_sessions_of_one_batch_are_replayed_together_each_as_on_its_own(sc
     clicked = scorer.item_ids[40]
     suggestions = serve(recommender(scorer), [sourced(s, clicked) for s in histories], table, now=1001.0)
     for suggestion, (session, items) in zip(suggestions, histories.items(), strict=True):
-        assert suggestion["items"] == expected_for_prefix(scorer, [*items, clicked]), session
+        assert suggestion.items == expected_for_prefix(scorer, [*items, clicked]), session
         assert table[session.encode()].artifact_version == scorer.version
 
 
@@ -184,6 +186,6 @@ def test_a_repeated_click_gets_its_first_answer_and_leaves_the_state_alone(score
     again = serve(
         engine, [sourced("s1", b, 11), sourced("s1", c, 12), sourced("s1", d, 13)], table, now=1001.0
     )
-    assert [s["items"] for s in again[:2]] == [s["items"] for s in first[1:]]
-    assert again[2]["items"] == expected_for_prefix(scorer, [a, b, c, d])
+    assert [s.items for s in again[:2]] == [s.items for s in first[1:]]
+    assert again[2].items == expected_for_prefix(scorer, [a, b, c, d])
     assert table[b"s1"].items == [a, b, c, d] and table[b"s1"].offsets == [10, 11, 12, 13]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from stream_app.embedded_broker import EmbeddedBroker
+from devtools.embedded_broker import EmbeddedBroker
 from stream_app.scoring import Scorer
 from stream_app.settings import get_settings
 

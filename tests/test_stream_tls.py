@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from tls_proxy import TlsProxy, make_self_signed_cert
 
-from stream_app.embedded_broker import EmbeddedBroker, free_port
+from devtools.embedded_broker import EmbeddedBroker, free_port
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.settings import Settings
 

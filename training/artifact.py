@@ -1,24 +1,20 @@
-"""A model artifact: one directory holding everything a worker needs to serve, plus its provenance.
+"""Building an artifact after training: its version, provenance, data files and manifest.
 
-Files: gru4rec.onnx (the serving graph), item_ids.json (index → external id), popularity.npy (click
-counts per index, for cold start), config.json, metrics.json, and manifest.json, written last, with
-the sha256 of every other file so a worker can refuse a corrupt or partial copy.
+The files and their format are `stream_app.artifact_format`'s (shared with serving); the model graphs
+(`models.export`) and training curves are saved into the directory before `write_artifact_metadata`
+seals it with the manifest.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
-from stream_app.scoring import ITEM_IDS, MANIFEST, POPULARITY, sha256_of
+from stream_app.artifact_format import CONFIG, ITEM_IDS, METRICS, POPULARITY, write_json, write_manifest
 from stream_app.settings import REPO_ROOT
-
-CONFIG = "config.json"
-METRICS = "metrics.json"
 
 
 def code_version() -> str:
@@ -37,10 +33,6 @@ def new_version() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
 def write_artifact_metadata(directory: Path, *, version: str, trained_by: str, item_ids: np.ndarray,
                             popularity: np.ndarray, config: dict, metrics: dict, models: dict[str, dict]) -> Path:
     """Write the data files and the manifest around model files already saved in `directory`.
@@ -49,12 +41,4 @@ def write_artifact_metadata(directory: Path, *, version: str, trained_by: str, i
     np.save(directory / POPULARITY, np.asarray(popularity, dtype=np.int64))
     write_json(directory / CONFIG, config)
     write_json(directory / METRICS, metrics)
-    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
-    write_json(directory / MANIFEST, {
-        "version": version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "code_version": trained_by,
-        "models": models,
-        "files": {name: sha256_of(directory / name) for name in files},
-    })
-    return directory / MANIFEST
+    return write_manifest(directory, version=version, code_version=trained_by, models=models)

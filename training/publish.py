@@ -15,7 +15,7 @@ import itertools
 import shutil
 from pathlib import Path
 
-from stream_app.artifacts import publish
+from stream_app.artifacts import gate_and_push
 from stream_app.settings import get_settings
 from training.data import ClickLog
 
@@ -46,7 +46,7 @@ def publish_trained(out: Path, test_log: ClickLog, args: argparse.Namespace) -> 
     """Gate, push and promote the artifact retrain wrote to `out`, as the flags say."""
     if args.out is not None and not args.push:
         return
-    result = publish(out, held_out_sessions(test_log), get_settings(), source=test_log.source,
+    result = gate_and_push(out, held_out_sessions(test_log), get_settings(), source=test_log.source,
                      force=args.force_promote, promote=not args.no_promote)
     print(result.decision.summary())
     state = "promoted: the current version" if result.pointer else "stored, not promoted"

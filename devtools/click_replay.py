@@ -1,6 +1,6 @@
 """Replay real clicks through a broker and a worker, and watch the suggestions come back.
 
-Shared by the live demo (`stream_app.demo`) and the stream benchmark (`bench/stream_throughput.py`):
+Shared by the live demo (`devtools.demo`) and the stream benchmark (`bench/stream_throughput.py`):
 starting a worker as a child process, reading the data set's test clicks in time order, sending
 them on a schedule, and scoring the suggestions online (hit rate, click→suggestion latency).
 Each click sent is stamped with the send time as its `timestamp` (the logged time travels along as

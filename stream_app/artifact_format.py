@@ -1,0 +1,82 @@
+"""The artifact format: what a model artifact directory holds, and how it is written and verified.
+
+The one home of the format, imported by training (which writes artifacts) and serving (which reads
+them); no torch. An artifact is a directory:
+
+    gru4rec.onnx     inputs  item int64[B], hidden float32[layers, B, H]
+                     outputs top_items int64[B, K], top_scores float32[B, K], next_hidden like hidden
+    narm.onnx        inputs  items int64[B, L] (clicks from position 0, then padding), lengths int64[B]
+                     outputs top_items int64[B, K], top_scores float32[B, K]
+    dien.onnx        inputs  items int64[B, max_len], lengths int64[B], candidates int64[B, N]
+                     outputs scores float32[B, N]
+    item_ids.json    external item ids; index i of the models is item_ids[i]
+    popularity.npy   int64 click counts per item index: the cold-start ranking
+    config.json      the hyper-parameters every model was trained with
+    metrics.json     the offline evaluation (`training.retrain`)
+    {name}_training_curve.png   each trained model's loss per epoch
+    manifest.json    {"version", "created_at", "code_version", "models": {name: {"file", ...}},
+                      "files": {file name: sha256}}, written last
+
+The manifest's sha256 of every other file lets a worker refuse a corrupt or partial copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+ITEM_IDS = "item_ids.json"
+POPULARITY = "popularity.npy"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+
+
+class ArtifactError(RuntimeError):
+    """The artifact directory is incomplete, corrupt or does not match the contract."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_manifest(directory: Path, *, version: str, code_version: str, models: dict[str, dict]) -> Path:
+    """Seal `directory`: a manifest naming its models and the sha256 of every other file in it."""
+    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    write_json(directory / MANIFEST, {
+        "version": version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code_version": code_version,
+        "models": models,
+        "files": {name: sha256_of(directory / name) for name in files},
+    })
+    return directory / MANIFEST
+
+
+def verify_artifact(artifact_dir: Path, models: Sequence[str] = ("gru4rec",)) -> dict:
+    """Read the manifest and check every listed file against its sha256, and that it has `models`."""
+    manifest_path = artifact_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{artifact_dir} has no manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    for name, expected in manifest.get("files", {}).items():
+        path = artifact_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is listed in the manifest but missing")
+        if sha256_of(path) != expected:
+            raise ArtifactError(f"{path} does not match its sha256 in the manifest")
+    for model in models:
+        if model not in manifest.get("models", {}):
+            raise ArtifactError(f"{manifest_path} has no {model!r} model")
+    return manifest

@@ -1,0 +1,57 @@
+"""The worker's two records: a click it read (and where), and the suggestion that answers it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from stream_app.events import Click
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedClick:
+    """A valid click and where it was read, which the suggestion cites."""
+
+    click: Click
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """The items suggested after one click, best first, and what made them.
+
+    Published as JSON (`as_json`):
+        {"session_id", "click": {"item_id", "timestamp", "partition", "offset"},
+         "items": [item id, ...], "scores": [float, ...], "source": "model" | "popularity",
+         "model", "artifact_version", "produced_at": Unix seconds}
+    """
+
+    answers: SourcedClick
+    items: list[str]  # external item ids
+    scores: list[float]
+    source: Literal["model", "popularity"]  # popularity: the clicked item is unknown to the model
+    model: str  # the served pipeline (`stream_app.scoring.PIPELINES`)
+    artifact_version: str
+
+    @property
+    def session_id(self) -> str:
+        return self.answers.click.session_id
+
+    def as_json(self, produced_at: float) -> dict[str, Any]:
+        click = self.answers.click
+        return {
+            "session_id": click.session_id,
+            "click": {
+                "item_id": click.item_id,
+                "timestamp": click.timestamp,
+                "partition": self.answers.partition,
+                "offset": self.answers.offset,
+            },
+            "items": self.items,
+            "scores": self.scores,
+            "source": self.source,
+            "model": self.model,
+            "artifact_version": self.artifact_version,
+            "produced_at": produced_at,
+        }
