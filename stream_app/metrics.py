@@ -17,6 +17,8 @@ from prometheus_client.exposition import generate_latest
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+QUALITY_CUTOFFS = (5, 10, 20)  # live hit-rate@K and MRR@K are exported for these K (those <= top_k)
+VERSION_LABELS = ("model", "artifact_version", "variant")  # variant: "current" or "canary"
 
 
 class WorkerMetrics:
@@ -55,7 +57,52 @@ class WorkerMetrics:
         self.active_sessions = Gauge(
             "nextclick_active_sessions", "Sessions held in this worker's table.", registry=r
         )
-        self.model = Info("nextclick_model", "The model being served.", registry=r)
+        self.model = Info(
+            "nextclick_model",
+            "A model being served: pipeline, artifact version, provider and exclusion policy, per variant.",
+            ["variant"],
+            registry=r,
+        )
+        # Served quality, live: each suggestion is judged when its session's next click arrives.
+        # hit-rate@K = increase(hits{cutoff=K}) / increase(judged); MRR@K = increase(reciprocal_rank{cutoff=K})
+        # / increase(judged), over any window, per version.
+        self.judged = Counter(
+            "nextclick_suggestions_judged",
+            "Suggestions judged against their session's next click.",
+            VERSION_LABELS,
+            registry=r,
+        )
+        self.hits = Counter(
+            "nextclick_suggestion_hits",
+            "Judged suggestions whose top `cutoff` items hold the session's next click.",
+            (*VERSION_LABELS, "cutoff"),
+            registry=r,
+        )
+        self.reciprocal_rank = Counter(
+            "nextclick_suggestion_reciprocal_rank",
+            "Sum over judged suggestions of 1 / the next click's position in them (0 beyond `cutoff`).",
+            (*VERSION_LABELS, "cutoff"),
+            registry=r,
+        )
+        self.offline_recall = Gauge(
+            "nextclick_model_offline_recall",
+            "The served version's Recall@cutoff measured by training on its test clicks, through the "
+            "serving path with the exclusion policy in use (metrics.json's `served`).",
+            (*VERSION_LABELS, "cutoff"),
+            registry=r,
+        )
+        self.offline_mrr = Gauge(
+            "nextclick_model_offline_mrr",
+            "The served version's MRR@cutoff measured like nextclick_model_offline_recall.",
+            (*VERSION_LABELS, "cutoff"),
+            registry=r,
+        )
+        self.live_quality_min_share = Gauge(
+            "nextclick_live_quality_min_share",
+            "NEXTCLICK_LIVE_QUALITY_MIN_SHARE: the least share of its offline Recall@20 that a version's "
+            "live hit-rate@20 may fall to before the NextclickLiveQualityLow alert fires.",
+            registry=r,
+        )
         self.model_swaps = Counter(
             "nextclick_model_swaps",
             "Attempts to serve a new artifact version (the first one included): success, or refused "
