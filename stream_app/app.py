@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 settings = get_settings()
 metrics = WorkerMetrics()
+metrics.live_quality_min_share.set(settings.live_quality_min_share)
 
 settings.table_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level of it
 app = TunedApp(
@@ -176,6 +177,7 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
         for _, event in clicks:
             await send_dead_letter(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
         return
+    served.live_quality.observe(result.judgements)
     last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
     for session_key, state in result.states.items():
         with event_context(last_event_of[session_key]):  # same partition as the key: check_partition

@@ -12,7 +12,11 @@ them); no torch. An artifact is a directory:
     item_ids.json    external item ids; index i of the models is item_ids[i]
     popularity.npy   int64 click counts per item index: the cold-start ranking
     config.json      the hyper-parameters every model was trained with
-    metrics.json     the offline evaluation (`training.retrain`)
+    metrics.json     the offline evaluation (`training.retrain`), with `served`: every pipeline the
+                     artifact can serve, judged through the serving path on the test clicks keeping
+                     and excluding already-clicked items, and the better policy:
+                     {"served": {"pipelines": {pipeline: {"keep_seen": {"recall@20", "mrr@20",
+                      "predictions"}, "exclude_seen": {...}, "policy": "keep_seen" | "exclude_seen"}}, ...}}
     {name}_training_curve.png   each trained model's loss per epoch
     manifest.json    {"version", "created_at", "code_version", "models": {name: {"file", ...}},
                       "files": {file name: sha256}}, written last
@@ -33,6 +37,7 @@ ITEM_IDS = "item_ids.json"
 POPULARITY = "popularity.npy"
 CONFIG = "config.json"
 METRICS = "metrics.json"
+EXCLUSION_POLICIES = ("keep_seen", "exclude_seen")  # metrics.json's served figures, per pipeline
 
 
 class ArtifactError(RuntimeError):

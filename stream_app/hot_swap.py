@@ -35,6 +35,7 @@ from stream_app.events import Click
 from stream_app.metrics import WorkerMetrics
 from stream_app.artifact_format import MANIFEST, ArtifactError
 from stream_app.scoring import Scorer
+from stream_app.served_quality import LiveQuality
 from stream_app.sessions import SessionRecommender, SessionState
 from stream_app.settings import Settings
 from stream_app.suggestion import SourcedClick
@@ -96,6 +97,7 @@ class ServedModel:
         self.metrics = metrics
         self.loaded = loaded  # set once a first model serves (readiness)
         self.recommender: SessionRecommender | None = None
+        self.live_quality = LiveQuality(metrics, settings.top_k)
         self._announced = asyncio.Event()
 
     def prepare(self, directory: Path) -> tuple[SessionRecommender, float]:
@@ -106,6 +108,27 @@ class ServedModel:
         smoke_check(recommender)
         recommender.observe_inference = self.metrics.inference_latency.observe  # served calls only
         return recommender, created
+
+    def _started(self, recommender: SessionRecommender, variant: str, previous: SessionRecommender | None) -> None:
+        """Metrics and log of a version that serves from now on (`previous`: the one it replaces)."""
+        scorer = recommender.scorer
+        if previous is not None:
+            self.live_quality.stop(previous.scorer, variant)
+        self.live_quality.start(scorer, variant, recommender.exclude_seen)
+        self.metrics.model.labels(variant=variant).info(
+            {
+                "name": scorer.name,
+                "artifact_version": scorer.version,
+                "provider": scorer.provider,
+                "exclude_seen": str(recommender.exclude_seen).lower(),
+            }
+        )
+        logger.info(
+            "%s: %s clicked items from suggestions (%s)",
+            scorer.version,
+            "excluding" if recommender.exclude_seen else "keeping",
+            scorer.exclusion_policy(self.settings.exclude_seen)[1],
+        )
 
     async def run(self) -> None:
         """Serve the fixed artifact, or the store's current version and every later one."""
@@ -184,9 +207,7 @@ class ServedModel:
         scorer = recommender.scorer
         self.metrics.model_swaps.labels(outcome="success").inc()
         self.metrics.model_created.set(created)
-        self.metrics.model.info(
-            {"name": scorer.name, "artifact_version": scorer.version, "provider": scorer.provider}
-        )
+        self._started(recommender, "current", previous)
         self.loaded.set()
         logger.info(
             "serving %s artifact %s on %s (was %s): %s, loaded and checked in %.2f s",

@@ -1,92 +1,26 @@
 """The quality gate: a new version is promoted only if it serves about as well as the current one.
 
-Both versions are judged by what they serve: the held-out sessions are replayed click by click
-through each version's `SessionRecommender` (the worker's own code path, so the gate follows every
-serving mode the Scorer gains), and each suggestion is checked against the session's actual next
-click. Recall@20 = share of suggestions holding it; MRR@20 = mean of 1/its position (0 when absent).
-Every click but a session's last is a prediction, for both versions alike: a click on an item a
-version does not know gets its popularity suggestion, a target it does not know is a miss. These
-"served" figures therefore differ from the offline protocol's (`training.evaluate`: unseen items
-dropped, full-catalogue ranks, no exclusion of seen items); they are for comparing versions.
+Both versions are judged by what they serve (`stream_app.served_quality`): the held-out sessions are
+replayed click by click through each version's `SessionRecommender` (the worker's own code path, its
+exclusion policy included), and each suggestion is checked against the session's actual next click:
+Recall@20 and MRR@20, the same figures the worker exports live.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stream_app.events import Click
 from stream_app.artifact_format import MANIFEST
 from stream_app.scoring import Scorer
-from stream_app.sessions import SessionRecommender
+from stream_app.served_quality import CUTOFF, PROTOCOL, ServedMetrics, served_top_k_metrics
 from stream_app.settings import Settings
-from stream_app.suggestion import SourcedClick
 
 logger = logging.getLogger(__name__)
-
-CUTOFF = 20  # the gate judges Recall@20 and MRR@20
-PROTOCOL = (
-    f"served top-{CUTOFF} (SessionRecommender, the worker's settings) at every click of every held-out "
-    "session but its last, against the next click; unknown targets count as misses"
-)
-SESSIONS_PER_CALL = 1024  # held-out sessions replayed per `recommend` call (bounds the batch)
-
-
-@dataclass(frozen=True)
-class ServedMetrics:
-    version: str
-    recall: float  # Recall@CUTOFF
-    mrr: float  # MRR@CUTOFF
-    predictions: int
-
-    def to_dict(self) -> dict:
-        return {
-            "version": self.version,
-            f"recall@{CUTOFF}": self.recall,
-            f"mrr@{CUTOFF}": self.mrr,
-            "predictions": self.predictions,
-        }
-
-
-def served_top_k_metrics(
-    scorer: Scorer, sessions: Sequence[Sequence[str]], settings: Settings
-) -> ServedMetrics:
-    """Recall@20 and MRR@20 of what `scorer` serves for every next click of `sessions` (external ids).
-
-    The one place that evaluates a version through the serving path: the worker's recommender
-    (`SessionRecommender.from_settings`), asked for the top 20, with no session expiry.
-    """
-    recommender = SessionRecommender.from_settings(scorer, settings, top_k=CUTOFF, session_ttl=math.inf)
-    hits, reciprocal_ranks, predictions = 0, 0.0, 0
-    for start in range(0, len(sessions), SESSIONS_PER_CALL):
-        chunk = sessions[start : start + SESSIONS_PER_CALL]
-        clicks = [
-            SourcedClick(Click(str(number), str(item), 0.0), partition=0, offset=offset)
-            for number, session in enumerate(chunk)
-            for offset, item in enumerate(session)
-        ]
-        suggestions = recommender.recommend(clicks, {}, now=0.0).suggestions
-        position = 0
-        for session in chunk:
-            for target, suggestion in zip(
-                session[1:], suggestions[position : position + len(session) - 1], strict=True
-            ):
-                predictions += 1
-                if str(target) in suggestion.items:
-                    hits += 1
-                    reciprocal_ranks += 1.0 / (suggestion.items.index(str(target)) + 1)
-            position += len(session)
-    return ServedMetrics(
-        scorer.version,
-        hits / predictions if predictions else 0.0,
-        reciprocal_ranks / predictions if predictions else 0.0,
-        predictions,
-    )
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from stream_app.artifact_format import ITEM_IDS, POPULARITY, ArtifactError, verify_artifact
+from stream_app.artifact_format import ITEM_IDS, METRICS, POPULARITY, ArtifactError, verify_artifact
 
 MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
 PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
+# An artifact that did not measure the exclusion policy (trained before it was) keeps clicked items:
+# shoppers go back to a product page (34 % of the next clicks of the demo's test day repeat one).
+UNMEASURED_EXCLUDE_SEEN = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,30 @@ class Scorer:
             self.prior_weight: float | None = dien.get("prior_weight")
         # clicks (model indices) the pipeline reads per session, the current one included; 0: none
         self.window = max(self.retriever_len, self.reranker_len)
+        metrics_path = self.artifact_dir / METRICS
+        served = json.loads(metrics_path.read_text()).get("served", {}) if metrics_path.is_file() else {}
+        # this pipeline's served Recall@20 / MRR@20 per exclusion policy, measured by training; None: not measured
+        self.measured: dict | None = served.get("pipelines", {}).get(pipeline)
+
+    def exclusion_policy(self, setting: str) -> tuple[bool, str]:
+        """Whether to leave the session's clicked items out of its suggestions (NEXTCLICK_EXCLUDE_SEEN:
+        `auto`, `true` or `false`), and why, for the log."""
+        if setting != "auto":
+            return setting == "true", f"NEXTCLICK_EXCLUDE_SEEN={setting}"
+        if self.measured is None:
+            return UNMEASURED_EXCLUDE_SEEN, (
+                f"artifact {self.version} did not measure the policy for {self.name} (an older format): "
+                f"{'excluding' if UNMEASURED_EXCLUDE_SEEN else 'keeping'} clicked items, the default"
+            )
+        keep, exclude = self.measured["keep_seen"], self.measured["exclude_seen"]
+        return self.measured["policy"] == "exclude_seen", (
+            f"measured by training: Recall@20 / MRR@20 {keep['recall@20']:.4f} / {keep['mrr@20']:.4f} keeping "
+            f"clicked items, {exclude['recall@20']:.4f} / {exclude['mrr@20']:.4f} excluding them"
+        )
+
+    def offline_figures(self, exclude_seen: bool) -> dict | None:
+        """Training's served figures for this pipeline under a policy (None: not measured)."""
+        return self.measured["exclude_seen" if exclude_seen else "keep_seen"] if self.measured else None
 
     @property
     def provider(self) -> str:

@@ -11,6 +11,10 @@ of its clicks, so such a repeat is answered from the session's prefix up to that
 from a zero hidden state, like the original answer) and leaves the state alone, instead of
 stepping the session a second time.
 
+Each state also keeps the session's last suggestion and what made it (model, version, variant), so
+that the session's next click judges it (`Judgement`: the click's position in it): the worker's live
+served quality (`stream_app.served_quality`). A repeated delivery is answered, never judged again.
+
 A hidden state belongs to the model that computed it. When the worker swaps to another artifact
 (`stream_app.hot_swap`), a state written under another version is never fed to the new model: its
 session's kept item ids are replayed through the new model from a zero hidden state, lazily, when
@@ -31,7 +35,7 @@ import base64
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -39,7 +43,7 @@ import numpy as np
 
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings
-from stream_app.suggestion import SourcedClick, Suggestion
+from stream_app.suggestion import Judgement, SourcedClick, Suggestion
 
 
 class SessionState(faust.Record, serializer="json"):
@@ -54,12 +58,15 @@ class SessionState(faust.Record, serializer="json"):
     hidden: str  # base64 of float32 [layers, hidden_size]; "" until a known item is clicked
     artifact_version: str  # the artifact whose model produced `hidden`
     offsets: list[int] = []  # clicks-topic offset of each entry of `items` (one partition per session)
+    suggested: list[str] = []  # the items of the session's last suggestion, best first
+    suggested_by: list[str] = []  # [model, artifact_version, variant] of that suggestion
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     suggestions: list[Suggestion]  # one per click, in click order
     states: dict[bytes, SessionState]  # every session of the batch after it, keyed like the table
+    judgements: list[Judgement]  # the sessions' earlier suggestions, judged by the batch's new clicks
 
 
 @dataclass(slots=True)
@@ -68,6 +75,8 @@ class _Session:
     offsets: list[int]
     hidden: np.ndarray | None  # [layers, hidden_size]
     stale: bool = False  # `hidden` is still to be rebuilt from `items` (`_rebuild_stale`)
+    suggested: list[str] = field(default_factory=list)
+    suggested_by: list[str] = field(default_factory=list)
 
 
 def _encode_hidden(hidden: np.ndarray | None) -> str:
@@ -85,6 +94,7 @@ class SessionRecommender:
         max_history: int,
         session_ttl: float,
         exclude_seen: bool,
+        variant: str = "current",
         observe_inference: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.observe_inference = observe_inference  # gets the wall time of each model call
@@ -93,15 +103,17 @@ class SessionRecommender:
         self.max_history = max_history
         self.session_ttl = session_ttl
         self.exclude_seen = exclude_seen
+        self.variant = variant  # "current", or "canary" for a version serving a share of sessions
 
     @classmethod
     def from_settings(cls, scorer: Scorer, settings: Settings, **overrides: Any) -> SessionRecommender:
-        """The recommender the worker serves with; the quality gate overrides `top_k` and `session_ttl`."""
+        """The recommender the worker serves with; the quality gate overrides `top_k` and `session_ttl`.
+        The exclusion policy is the artifact's measured one unless the settings choose."""
         options = {
             "top_k": settings.top_k,
             "max_history": settings.max_history,
             "session_ttl": settings.session_ttl,
-            "exclude_seen": settings.exclude_seen,
+            "exclude_seen": scorer.exclusion_policy(settings.exclude_seen)[0],
         }
         return cls(scorer, **options | overrides)
 
@@ -117,6 +129,7 @@ class SessionRecommender:
         sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
         self._rebuild_stale([session for session in sessions.values() if session.stale])
         suggestions: list[Suggestion | None] = [None] * len(clicks)
+        judgements: list[Judgement] = []
         fresh = []
         for position, sourced in enumerate(clicks):
             session = sessions[sourced.click.session_id]
@@ -125,7 +138,7 @@ class SessionRecommender:
             else:
                 fresh.append(position)
         for positions in self._rounds(clicks, fresh):
-            self._step_round(clicks, positions, sessions, suggestions)
+            self._step_round(clicks, positions, sessions, suggestions, judgements)
         states = {
             session_id.encode(): SessionState(
                 items=session.items,
@@ -133,10 +146,12 @@ class SessionRecommender:
                 hidden=_encode_hidden(session.hidden),
                 artifact_version=self.scorer.version,
                 offsets=session.offsets,
+                suggested=session.suggested,
+                suggested_by=session.suggested_by,
             )
             for session_id, session in sessions.items()
         }
-        return BatchResult(suggestions, states)  # type: ignore[arg-type]: every position is answered
+        return BatchResult(suggestions, states, judgements)  # type: ignore[arg-type]: every position is answered
 
     @staticmethod
     def _rounds(clicks: Sequence[SourcedClick], positions: list[int]) -> list[list[int]]:
@@ -154,13 +169,21 @@ class SessionRecommender:
     def _load(self, state: SessionState | None, now: float) -> _Session:
         if state is None or now - state.last_seen > self.session_ttl:
             return _Session(items=[], offsets=[], hidden=None)
+        session = _Session(
+            items=list(state.items),
+            offsets=list(state.offsets),
+            hidden=None,
+            suggested=list(state.suggested),
+            suggested_by=list(state.suggested_by),
+        )
         if not self.scorer.stateful:  # the pipeline reads the kept clicks themselves: nothing to rebuild
-            return _Session(items=list(state.items), offsets=list(state.offsets), hidden=None)
+            return session
         if state.artifact_version == self.scorer.version and state.hidden:
             shape = (self.scorer.layers, self.scorer.hidden_size)
-            hidden = np.frombuffer(base64.b64decode(state.hidden), dtype=np.float32).reshape(shape).copy()
-            return _Session(items=list(state.items), offsets=list(state.offsets), hidden=hidden)
-        return _Session(items=list(state.items), offsets=list(state.offsets), hidden=None, stale=True)
+            session.hidden = np.frombuffer(base64.b64decode(state.hidden), dtype=np.float32).reshape(shape).copy()
+        else:
+            session.stale = True
+        return session
 
     def _rebuild_stale(self, stale: list[_Session]) -> None:
         """Rebuild the hidden states of `stale` sessions from their known items, all in one replay:
@@ -184,7 +207,7 @@ class SessionRecommender:
         replayed = _Session(items=session.items[:kept], offsets=[], hidden=None, stale=True)
         self._rebuild_stale([replayed])
         suggestions: list[Suggestion | None] = [None]
-        self._step_round([sourced], [0], {sourced.click.session_id: replayed}, suggestions)
+        self._step_round([sourced], [0], {sourced.click.session_id: replayed}, suggestions, [])
         return suggestions[0]  # type: ignore[return-value]: answered above
 
     def _step_round(
@@ -193,6 +216,7 @@ class SessionRecommender:
         positions: list[int],
         sessions: dict[str, _Session],
         suggestions: list[Suggestion | None],
+        judgements: list[Judgement],
     ) -> None:
         scorer = self.scorer
         indices = {p: scorer.index_of(clicks[p].click.item_id) for p in positions}
@@ -218,6 +242,10 @@ class SessionRecommender:
         for p in positions:
             sourced = clicks[p]
             session = sessions[sourced.click.session_id]
+            if session.suggested:
+                judgements.append(
+                    Judgement.of(session.suggested, sourced.click.item_id, tuple(session.suggested_by))
+                )
             session.items = (session.items + [sourced.click.item_id])[-self.max_history :]
             session.offsets = (session.offsets + [sourced.offset])[-self.max_history :]
             exclude = self._seen(session) if self.exclude_seen else set()
@@ -232,9 +260,18 @@ class SessionRecommender:
             else:
                 items, scores = scorer.popular(self.top_k, exclude)
                 source = "popularity"
-            suggestions[p] = Suggestion(
-                sourced, [scorer.item_ids[i] for i in items], scores, source, scorer.name, scorer.version
+            suggestion = Suggestion(
+                sourced,
+                [scorer.item_ids[i] for i in items],
+                scores,
+                source,
+                scorer.name,
+                scorer.version,
+                self.variant,
             )
+            suggestions[p] = suggestion
+            session.suggested = suggestion.items
+            session.suggested_by = [scorer.name, scorer.version, self.variant]
 
     def _window(self, session: _Session, clicked: int) -> list[int]:
         """The session's last known clicks up to and including `clicked` (model indices), as many as the

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -131,8 +131,18 @@ class Settings(BaseSettings):
 
     # --- Streaming worker: recommendation behaviour -------------------------------------------
     top_k: int = Field(default=20, ge=1, description="Items per suggestion.")
-    exclude_seen: bool = Field(
-        default=True, description="Leave items already clicked in the session out of suggestions."
+    exclude_seen: Literal["auto", "true", "false"] = Field(
+        default="auto",
+        description="Leave items already clicked in the session out of suggestions. `auto`: as the served "
+        "artifact measured better on its test clicks (metrics.json's `served`; an artifact without that "
+        "measurement keeps them, and the worker's log says so).",
+    )
+    live_quality_min_share: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="The NextclickLiveQualityLow alert fires when a version's live hit-rate@20 stays below "
+        "this share of its offline Recall@20 (exported as nextclick_live_quality_min_share).",
     )
     session_ttl: float = Field(
         default=1800.0, gt=0, description="Seconds of inactivity after which a session is forgotten."
@@ -180,6 +190,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a fetch may wait in the broker for data, seconds (faust's fixed 1.5 s).",
     )
+
+    @field_validator("exclude_seen", mode="before")
+    @classmethod
+    def _boolean_words(cls, value: object) -> object:
+        """Booleans and the usual words for them (`1`, `yes`, `off`, ...) mean `true` or `false`."""
+        words = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return words.get(str(value).strip().lower(), str(value).strip().lower())
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ class Suggestion:
     Published as JSON (`as_json`):
         {"session_id", "click": {"item_id", "timestamp", "partition", "offset"},
          "items": [item id, ...], "scores": [float, ...], "source": "model" | "popularity",
-         "model", "artifact_version", "produced_at": Unix seconds}
+         "model", "artifact_version", "variant": "current" | "canary", "produced_at": Unix seconds}
     """
 
     answers: SourcedClick
@@ -33,6 +33,7 @@ class Suggestion:
     source: Literal["model", "popularity"]  # popularity: the clicked item is unknown to the model
     model: str  # the served pipeline (`stream_app.scoring.PIPELINES`)
     artifact_version: str
+    variant: str  # "current", or "canary": a second version serving a share of the sessions
 
     @property
     def session_id(self) -> str:
@@ -53,5 +54,18 @@ class Suggestion:
             "source": self.source,
             "model": self.model,
             "artifact_version": self.artifact_version,
+            "variant": self.variant,
             "produced_at": produced_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A suggestion judged against the click that followed it in its session."""
+
+    labels: tuple[str, str, str]  # model, artifact_version and variant of the judged suggestion
+    rank: int | None  # the clicked item's position in it, 1 = first; None: not suggested
+
+    @classmethod
+    def of(cls, suggested: list[str], clicked: str, labels: tuple[str, str, str]) -> Judgement:
+        return cls(labels, suggested.index(clicked) + 1 if clicked in suggested else None)

@@ -243,6 +243,7 @@ def unique_worker_settings(bootstrap_servers: str, tmp_dir: Path, **overrides: A
         "web_port": free_port(),
         "serving_artifact_dir": tmp_dir / "no-artifact",
         "model_retry_interval": 1.0,
+        "exclude_seen": "true",  # what `offline_suggestion` serves; tests of the `auto` policy override it
         **TANSU_WORKER_TUNING,
         **overrides,
     }

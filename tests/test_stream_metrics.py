@@ -29,7 +29,7 @@ def families(metrics: WorkerMetrics) -> dict[str, str]:
 
 def test_all_metrics_are_exposed_with_their_types() -> None:
     metrics = WorkerMetrics()
-    metrics.model.info({"name": "gru4rec", "artifact_version": "v1"})  # an Info shows once set
+    metrics.model.labels(variant="current").info({"name": "gru4rec", "artifact_version": "v1"})  # an Info shows once set
     assert EXPECTED.items() <= families(metrics).items()
 
 

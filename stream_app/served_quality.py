@@ -1,0 +1,179 @@
+"""Served quality: how good the suggestions a version serves are, judged alike offline and live.
+
+A suggestion is judged when its session's next click arrives (`stream_app.suggestion.Judgement`):
+a hit at K when the clicked item is among its first K items; reciprocal rank 1 / its position, 0
+when absent. The worker judges live (each session's state keeps its last suggestion) and counts per
+version and variant (`LiveQuality`, Prometheus counters); training and the quality gate judge offline
+by replaying held-out sessions through the worker's own `SessionRecommender`
+(`served_top_k_metrics`), so over the same clicks the two give the same figures.
+
+Every click but a session's last is a prediction: a click on an item a version does not know gets
+its popularity suggestion, a next click it does not know is a miss. These "served" figures differ
+from the offline protocol's (`training.evaluate`: unseen items dropped, full-catalogue ranks, no
+exclusion of clicked items); they describe what users get.
+
+Leaving a session's clicked items out of its suggestions is a measured choice: training judges
+every pipeline an artifact can serve both ways (`served_evaluation`) and writes both figures and
+the better policy into its metrics.json; a worker with NEXTCLICK_EXCLUDE_SEEN=auto serves that policy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream_app.artifact_format import EXCLUSION_POLICIES
+from stream_app.events import Click
+from stream_app.metrics import QUALITY_CUTOFFS, WorkerMetrics
+from stream_app.scoring import PIPELINES, Scorer
+from stream_app.sessions import SessionRecommender
+from stream_app.settings import Settings
+from stream_app.suggestion import Judgement, SourcedClick
+
+CUTOFF = 20  # training and the quality gate judge Recall@20 and MRR@20
+PROTOCOL = (
+    f"served top-{CUTOFF} (SessionRecommender, the worker's settings) at every click of every held-out "
+    "session but its last, against the next click; unknown targets count as misses"
+)
+SESSIONS_PER_CALL = 1024  # held-out sessions replayed per `recommend` call (bounds the batch)
+
+
+@dataclass(frozen=True)
+class ServedMetrics:
+    version: str
+    recall: float  # Recall@CUTOFF
+    mrr: float  # MRR@CUTOFF
+    predictions: int
+
+    @classmethod
+    def of(cls, version: str, judgements: Sequence[Judgement]) -> ServedMetrics:
+        ranks = [j.rank for j in judgements if j.rank is not None and j.rank <= CUTOFF]
+        n = len(judgements)
+        return cls(version, len(ranks) / n if n else 0.0, sum(1.0 / r for r in ranks) / n if n else 0.0, n)
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            f"recall@{CUTOFF}": self.recall,
+            f"mrr@{CUTOFF}": self.mrr,
+            "predictions": self.predictions,
+        }
+
+
+def served_judgements(recommender: SessionRecommender, sessions: Sequence[Sequence[str]]) -> list[Judgement]:
+    """Every suggestion `recommender` serves along `sessions` (external ids), judged by the next click."""
+    judgements: list[Judgement] = []
+    for start in range(0, len(sessions), SESSIONS_PER_CALL):
+        chunk = sessions[start : start + SESSIONS_PER_CALL]
+        clicks = [
+            SourcedClick(Click(str(number), str(item), 0.0), partition=0, offset=offset)
+            for number, session in enumerate(chunk)
+            for offset, item in enumerate(session)
+        ]
+        judgements += recommender.recommend(clicks, {}, now=0.0).judgements
+    return judgements
+
+
+def served_top_k_metrics(
+    scorer: Scorer, sessions: Sequence[Sequence[str]], settings: Settings, exclude_seen: bool | None = None
+) -> ServedMetrics:
+    """Recall@20 and MRR@20 of what `scorer` serves for every next click of `sessions` (external ids).
+
+    The one place that evaluates a version through the serving path: the worker's recommender
+    (`SessionRecommender.from_settings`, the exclusion policy the worker would serve unless
+    `exclude_seen` says), asked for the top 20, with no session expiry.
+    """
+    overrides = {"top_k": CUTOFF, "session_ttl": math.inf}
+    if exclude_seen is not None:
+        overrides["exclude_seen"] = exclude_seen
+    recommender = SessionRecommender.from_settings(scorer, settings, **overrides)
+    return ServedMetrics.of(scorer.version, served_judgements(recommender, sessions))
+
+
+def servable_pipelines(manifest: dict) -> list[str]:
+    """The pipelines an artifact can serve: each retriever it holds, and DIEN on the retriever it re-ranks."""
+    models = manifest["models"]
+    return [
+        pipeline
+        for pipeline in PIPELINES
+        if all(model in models for model in pipeline.split("+"))
+        and ("dien" not in pipeline or models["dien"]["retriever"] == pipeline.split("+")[0])
+    ]
+
+
+def served_evaluation(
+    directory: Path, manifest: dict, sessions: Sequence[Sequence[str]], settings: Settings
+) -> dict:
+    """metrics.json's `served`: each servable pipeline judged keeping and excluding clicked items, and the
+    better policy (higher Recall@20, then MRR@20; keeping them on a tie)."""
+    pipelines = {}
+    for pipeline in servable_pipelines(manifest):
+        scorer = Scorer(directory, pipeline=pipeline)
+        figures = {
+            policy: served_top_k_metrics(scorer, sessions, settings, exclude_seen=policy == "exclude_seen")
+            for policy in EXCLUSION_POLICIES
+        }
+        best = max(EXCLUSION_POLICIES, key=lambda policy: (figures[policy].recall, figures[policy].mrr))
+        pipelines[pipeline] = {policy: figures[policy].to_dict() for policy in EXCLUSION_POLICIES} | {"policy": best}
+    return {"protocol": PROTOCOL, "cutoff": CUTOFF, "sessions": len(sessions), "pipelines": pipelines}
+
+
+def format_served(served: dict) -> str:
+    """The served figures as a table, one row per pipeline and policy, the chosen policy marked."""
+    lines = [f"served through the worker's path (Recall@{CUTOFF} / MRR@{CUTOFF}, {served['sessions']:,} sessions):"]
+    for pipeline, entry in served["pipelines"].items():
+        for policy in EXCLUSION_POLICIES:
+            row = entry[policy]
+            mark = "  <- served" if policy == entry["policy"] else ""
+            lines.append(
+                f"  {pipeline:<14} {policy:<13} {row[f'recall@{CUTOFF}']:.4f}  {row[f'mrr@{CUTOFF}']:.4f}{mark}"
+            )
+    return "\n".join(lines)
+
+
+class LiveQuality:
+    """The worker's live judgements as Prometheus counters, per model, version and variant."""
+
+    def __init__(self, metrics: WorkerMetrics, top_k: int) -> None:
+        self.metrics = metrics
+        self.cutoffs = [k for k in QUALITY_CUTOFFS if k <= top_k]  # a hit beyond the suggestion is unseen
+
+    def start(self, scorer: Scorer, variant: str, exclude_seen: bool) -> None:
+        """A version starts serving: its series exist from now (at 0), with its offline figures beside."""
+        labels = (scorer.name, scorer.version, variant)
+        self.metrics.judged.labels(*labels)
+        for cutoff in self.cutoffs:
+            self.metrics.hits.labels(*labels, str(cutoff))
+            self.metrics.reciprocal_rank.labels(*labels, str(cutoff))
+        offline = scorer.offline_figures(exclude_seen)
+        if offline is not None:
+            self.metrics.offline_recall.labels(*labels, str(CUTOFF)).set(offline[f"recall@{CUTOFF}"])
+            self.metrics.offline_mrr.labels(*labels, str(CUTOFF)).set(offline[f"mrr@{CUTOFF}"])
+
+    def stop(self, scorer: Scorer, variant: str) -> None:
+        """A version stops serving: its offline figures go (its counters stay, as counters do)."""
+        for gauge in (self.metrics.offline_recall, self.metrics.offline_mrr):
+            try:
+                gauge.remove(scorer.name, scorer.version, variant, str(CUTOFF))
+            except KeyError:  # never set: the artifact did not measure it
+                pass
+
+    def observe(self, judgements: Iterable[Judgement]) -> None:
+        """Count a batch's judgements: one increment per series, however many clicks."""
+        judged: Counter[tuple[str, str, str]] = Counter()
+        hits: Counter[tuple[tuple[str, str, str], int]] = Counter()
+        reciprocal: Counter[tuple[tuple[str, str, str], int]] = Counter()
+        for judgement in judgements:
+            judged[judgement.labels] += 1
+            for cutoff in self.cutoffs:
+                if judgement.rank is not None and judgement.rank <= cutoff:
+                    hits[judgement.labels, cutoff] += 1
+                    reciprocal[judgement.labels, cutoff] += 1.0 / judgement.rank
+        for labels, count in judged.items():
+            self.metrics.judged.labels(*labels).inc(count)
+        for (labels, cutoff), count in hits.items():
+            self.metrics.hits.labels(*labels, str(cutoff)).inc(count)
+            self.metrics.reciprocal_rank.labels(*labels, str(cutoff)).inc(reciprocal[labels, cutoff])
