@@ -1,7 +1,7 @@
 """The data sets in the shared data folder, by name, each as (train, test) click logs.
 
 Trainer, evaluator and benchmarks name a data set instead of spelling out file names and reader options;
-`custom_dataset` gives a user's own event-log files the same shape.
+`custom_dataset` gives a user's own files (event logs or SR-GNN-style pickles) the same shape.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from functools import partial
 from pathlib import Path
 
 from stream_app.settings import get_settings
-from training.data import ClickLog, read_event_log, read_srgnn_test, read_srgnn_train
+from training.data import (ClickLog, looks_like_pickle, read_event_log, read_session_pickle, read_srgnn_test,
+                           read_srgnn_train)
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,17 @@ def dataset_names() -> list[str]:
 
 
 def custom_dataset(train_path, test_path, **read_event_log_kwargs) -> DatasetSpec:
-    """A user's own train/test event logs, for `load_dataset`; the kwargs go to `read_event_log`."""
-    read = partial(read_event_log, **read_event_log_kwargs)
+    """A user's own train/test files, for `load_dataset`. Each file is told apart by its content: an SR-GNN-style
+    pickle goes to `read_session_pickle`, anything else is an event log for `read_event_log` (with the kwargs)."""
+    read_log = partial(read_event_log, **read_event_log_kwargs)
+
+    def reader(id_prefix: str) -> Callable[[Path], ClickLog]:
+        def read(path: Path) -> ClickLog:
+            return read_session_pickle(path, id_prefix) if looks_like_pickle(path) else read_log(path)
+        return read
+
     train, test = (Path(p).expanduser().absolute() for p in (train_path, test_path))
-    return DatasetSpec(f"custom:{train.name}", str(train), str(test), read, read)
+    return DatasetSpec(f"custom:{train.name}", str(train), str(test), reader(""), reader("test-"))
 
 
 def load_dataset(name: str | DatasetSpec, data_dir: Path | None = None,
