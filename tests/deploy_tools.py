@@ -60,12 +60,21 @@ def rule_queries() -> dict[str, str]:
     return {rule["alert"]: rule["expr"] for group in rule_groups() for rule in group["rules"]}
 
 
+def dashboard_panels() -> list[dict[str, Any]]:
+    """The dashboard's panels, not its rows (a collapsed row holds its panels: those are included)."""
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    return [
+        panel
+        for top in dashboard["panels"]
+        for panel in (top.get("panels", []) if top["type"] == "row" else [top])
+    ]
+
+
 def dashboard_queries() -> dict[tuple[str, str], str]:
     """(panel title, target refId) -> the PromQL expression the panel sends."""
-    dashboard = json.loads(DASHBOARD_FILE.read_text())
     return {
         (panel["title"], target["refId"]): target["expr"]
-        for panel in dashboard["panels"]
+        for panel in dashboard_panels()
         for target in panel["targets"]
     }
 

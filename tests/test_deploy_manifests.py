@@ -24,6 +24,7 @@ from kubernetes_validate.utils import SchemaNotFoundError, all_versions
 from stream_app.settings import REPO_ROOT, Settings
 from tests.deploy_tools import (
     DASHBOARD_FILE,
+    dashboard_panels,
     dashboard_queries,
     metric_names,
     required_binary,
@@ -239,6 +240,32 @@ LATENCY = 'nextclick_end_to_end_latency_seconds_bucket{namespace="shop", pod="w-
 CREATED = 'nextclick_model_created_timestamp_seconds{namespace="shop", pod="w-0"}'
 SWAPS = 'nextclick_model_swaps_total{namespace="shop", pod="w-0", outcome="%s"}'
 READY = 'nextclick_ready{job="nextclick-worker", namespace="shop", pod="w-%d"}'
+QUALITY = "NextclickLiveQualityLow"
+# Served quality: one version is (namespace shop, model, artifact_version, variant); %s are pod, version, variant.
+VERSION = 'namespace="shop", pod="%s", model="gru4rec", artifact_version="%s", variant="%s"'
+JUDGED = "nextclick_suggestions_judged_total{%s}"
+HITS20 = 'nextclick_suggestion_hits_total{%s, cutoff="20"}'
+OFFLINE_RECALL20 = 'nextclick_model_offline_recall{%s, cutoff="20"}'
+MIN_SHARE = 'nextclick_live_quality_min_share{namespace="shop", pod="%s"}'
+
+
+def served(
+    pod: str, version: str, variant: str, judged: float, hits: float, offline: float
+) -> dict[str, str]:
+    """One pod serving one version for 80 minutes: `judged` suggestions a minute, `hits` of them hits@20."""
+    labels = VERSION % (pod, version, variant)
+    return {
+        JUDGED % labels: f"0+{judged}x80",
+        HITS20 % labels: f"0+{hits}x80",
+        OFFLINE_RECALL20 % labels: f"{offline}x80",
+        MIN_SHARE % pod: "0.8x80",
+    }
+
+
+def version_labels(version: str, variant: str) -> dict[str, str]:
+    return {"namespace": "shop", "model": "gru4rec", "artifact_version": version, "variant": variant}
+
+
 ALERT_CASES = [
     (
         "NextclickConsumerLagGrowing",
@@ -273,6 +300,23 @@ ALERT_CASES = [
     ("NextclickNoReadyWorker", {READY % 0: "0x20", READY % 1: "0x20"}, "10m", {"namespace": "shop"}),
     ("NextclickNoReadyWorker", {}, "10m", {"job": "nextclick-worker"}),  # no worker scraped at all
     ("NextclickNoReadyWorker", {READY % 0: "0x20", READY % 1: "1x20"}, "10m", None),
+    # Live hit-rate@20 0.30 against an offline Recall@20 of 0.60 (floor 0.8 x 0.60 = 0.48), 600 judged in 30 min.
+    (QUALITY, served("w-0", "v1", "current", 20, 6, 0.6), "70m", version_labels("v1", "current")),
+    (QUALITY, served("w-0", "v1", "current", 20, 6, 0.6), "30m", None),  # low, but for less than 30 min
+    (QUALITY, served("w-0", "v1", "current", 20, 10, 0.6), "70m", None),  # 0.50: within the share
+    (QUALITY, served("w-0", "v1", "current", 5, 1.5, 0.6), "70m", None),  # 150 judged in 30 min: too few
+    (  # two pods too quiet alone (150 judged each) but not together: aggregated over pods
+        QUALITY,
+        served("w-0", "v1", "current", 5, 1.5, 0.6) | served("w-1", "v1", "current", 5, 1.5, 0.6),
+        "70m",
+        version_labels("v1", "current"),
+    ),
+    (  # each version against its own offline figure: v1 0.28 vs 0.30 is fine, v2 0.30 vs 0.60 is not
+        QUALITY,
+        served("w-0", "v1", "current", 20, 5.6, 0.3) | served("w-1", "v2", "canary", 20, 6, 0.6),
+        "70m",
+        version_labels("v2", "canary"),
+    ),
 ]
 
 
@@ -326,7 +370,15 @@ def test_the_dashboard_shows_what_operators_need() -> None:
         "nextclick_model_info",
         "nextclick_model_created_timestamp_seconds",
         "nextclick_consumer_lag",
+        "nextclick_suggestions_judged_total",
+        "nextclick_suggestion_hits_total",
+        "nextclick_suggestion_reciprocal_rank_total",
+        "nextclick_model_offline_recall",
+        "nextclick_model_offline_mrr",
+        "nextclick_live_quality_min_share",
     } <= metric_names(list(dashboard_queries().values()))
+    model_served = dashboard_queries()[("Model version served", "model")]
+    assert "variant" in model_served and "exclude_seen" in model_served  # canary or current, exclusion policy
 
 
 def test_the_dashboard_ships_as_a_grafana_configmap(rendered: list[dict[str, Any]]) -> None:
@@ -334,7 +386,11 @@ def test_the_dashboard_ships_as_a_grafana_configmap(rendered: list[dict[str, Any
     config = the(rendered, "ConfigMap", "nextclick-grafana-dashboard")
     assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config["data"][DASHBOARD_FILE.name]) == dashboard
-    ids = [panel["id"] for panel in dashboard["panels"]]
+    rows = [panel for panel in dashboard["panels"] if panel["type"] == "row"]
+    panels = dashboard_panels()
+    ids = [panel["id"] for panel in [*rows, *panels]]
     assert len(ids) == len(set(ids))
-    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
-    assert any(panel["type"] == "heatmap" for panel in dashboard["panels"])
+    targets = [target for panel in panels for target in panel["targets"]]
+    assert all(item["datasource"]["uid"] == "${datasource}" for item in [*panels, *targets])
+    assert any(panel["type"] == "heatmap" for panel in panels)
+    assert "Served quality" in {row["title"] for row in rows}

@@ -18,6 +18,12 @@ EXPECTED = {
     "nextclick_model_info": "gauge",  # an Info, as the Prometheus text format writes it
     "nextclick_model_swaps": "counter",
     "nextclick_model_created_timestamp_seconds": "gauge",
+    "nextclick_suggestions_judged": "counter",
+    "nextclick_suggestion_hits": "counter",
+    "nextclick_suggestion_reciprocal_rank": "counter",
+    "nextclick_model_offline_recall": "gauge",
+    "nextclick_model_offline_mrr": "gauge",
+    "nextclick_live_quality_min_share": "gauge",
 }
 
 
@@ -29,7 +35,8 @@ def families(metrics: WorkerMetrics) -> dict[str, str]:
 
 def test_all_metrics_are_exposed_with_their_types() -> None:
     metrics = WorkerMetrics()
-    metrics.model.labels(variant="current").info({"name": "gru4rec", "artifact_version": "v1"})  # an Info shows once set
+    info = {"name": "gru4rec", "artifact_version": "v1", "provider": "CPU", "exclude_seen": "true"}
+    metrics.model.labels(variant="current").info(info)  # an Info shows once set
     assert EXPECTED.items() <= families(metrics).items()
 
 
