@@ -5,6 +5,7 @@ Layout under the store's root (a local folder, or any fsspec URL such as `s3://b
     versions/<version>/     one immutable artifact per version (the `stream_app.scoring` layout:
                             ONNX graphs, item map, popularity, config, metrics, manifest.json)
     current.json            the pointer: {"version", "action", "updated_at", "history"}
+    canary.json             the canary, while one runs: {"version", "share", "updated_at"}
 
 A version exists once its manifest.json does. `push` copies every other file first, reads each copy
 back and checks its sha256 against the manifest, and writes the manifest last, in one atomic write:
@@ -13,6 +14,12 @@ manifest, which nothing lists and the next push or prune clears. The pointer is 
 way (write aside, then rename; one object write on object stores), so a worker reads the old pointer
 or the new one, never a torn one. `history` is the stack of promoted versions, the newest last:
 promote pushes onto it, rollback pops. One publisher at a time is assumed (no locking).
+
+A canary is a second version that serves a deterministic share of sessions next to the current one,
+so the two are compared on live traffic; its pointer is written the same atomic way, and removed when
+it stops. It is never the current version: promotion of the canary ends the canary (so does a
+rollback to its version), and sessions it served are replayed lazily through the new current version,
+as after any promotion. Promoting another version or a rollback leaves it running; prune keeps it.
 
 Local folders need no extra package; other URLs need the `fsspec` extra plus the filesystem's own
 package (s3fs, gcsfs, adlfs). Workers serve a local path: a local store's version folder as it is,
@@ -39,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 VERSIONS = "versions"
 POINTER = "current.json"
+CANARY = "canary.json"
 
 
 class StoreError(RuntimeError):
@@ -60,6 +68,15 @@ class Pointer:
         return self.history[-2] if len(self.history) > 1 else None
 
 
+@dataclass(frozen=True)
+class Canary:
+    """A version serving `share` of the sessions next to the current one."""
+
+    version: str
+    share: float  # strictly between 0 and 1
+    updated_at: float  # Unix seconds of the canary write: (version, updated_at) identifies one canary
+
+
 class _Files(Protocol):
     """The few file operations the store needs, on '/'-separated keys under its root."""
 
@@ -75,7 +92,8 @@ class _Files(Protocol):
 
     def children(self, key: str) -> list[str]: ...
 
-    def remove(self, key: str) -> None: ...
+    def remove(self, key: str) -> None:
+        """Remove a file, or a folder and everything under it; nothing there is fine."""
 
 
 class _LocalFiles:
@@ -110,7 +128,11 @@ class _LocalFiles:
         return sorted(child.name for child in folder.iterdir()) if folder.is_dir() else []
 
     def remove(self, key: str) -> None:
-        shutil.rmtree(self.root / key, ignore_errors=True)
+        path = self.root / key
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class _FsspecFiles:
@@ -210,6 +232,14 @@ class ArtifactStore:
             return None
         return Pointer(**document | {"history": tuple(document.get("history", ()))})
 
+    def canary(self) -> Canary | None:
+        """The running canary, or None."""
+        try:
+            with self._files.open(CANARY) as file:
+                return Canary(**json.load(file))
+        except FileNotFoundError:
+            return None
+
     def local_copy(self, version: str) -> Path:
         """A local folder holding `version`, for the Scorer (which checks every sha256 on load).
 
@@ -272,12 +302,38 @@ class ArtifactStore:
         return version
 
     def promote(self, version: str) -> Pointer:
-        """Make `version` current (no quality gate here: see `stream_app.artifacts.gate_and_push`)."""
+        """Make `version` current (no quality gate here: see `stream_app.artifacts.gate_and_push`).
+
+        Promotion of the canary ends the canary."""
         if not self.holds(version):
             raise StoreError(f"no version {version!r} in the store {self.location}")
         pointer = self.current()
         history = pointer.history if pointer else ()
         return self._point(version, "promote", history + (version,))
+
+    def start_canary(self, version: str, share: float) -> Canary:
+        """Serve `version` to `share` of the sessions next to the current one (replacing a running canary)."""
+        if not 0 < share < 1:
+            raise StoreError(f"a canary's share must be strictly between 0 and 1, not {share}")
+        if not self.holds(version):
+            raise StoreError(f"no version {version!r} in the store {self.location}")
+        pointer = self.current()
+        if pointer is None:
+            raise StoreError(f"nothing is current in {self.location}: a canary needs a version to compare with")
+        if pointer.version == version:
+            raise StoreError(f"{version} is the current version; a canary is another one")
+        canary = Canary(version=version, share=share, updated_at=time.time())
+        self._files.write_atomic(CANARY, (json.dumps(asdict(canary), indent=2) + "\n").encode())
+        logger.info("canary: %s serves %g of the sessions in %s", version, share, self.location)
+        return canary
+
+    def stop_canary(self) -> Canary | None:
+        """End the running canary; return it (None if none ran)."""
+        canary = self.canary()
+        if canary is not None:
+            self._files.remove(CANARY)
+            logger.info("canary %s stopped in %s", canary.version, self.location)
+        return canary
 
     def rollback(self, to: str | None = None) -> Pointer:
         """Pop promotions off the history until `to` (default: the previous version) is current."""
@@ -295,12 +351,14 @@ class ArtifactStore:
 
     def prune(self) -> list[str]:
         """Remove what failed pushes left and all but the newest `keep_versions` versions (never the
-        current one nor its rollback target); return the versions removed."""
-        pointer = self.current()
+        current one, its rollback target nor the canary); return the versions removed."""
+        pointer, canary = self.current(), self.canary()
         complete = self.versions()
         kept = set(complete[-self.keep_versions :])
         if pointer is not None:
             kept |= {pointer.version, pointer.previous} - {None}
+        if canary is not None:
+            kept.add(canary.version)
         removed = [v for v in self._files.children(VERSIONS) if v not in kept]
         for version in removed:
             self._files.remove(f"{VERSIONS}/{version}")
@@ -309,9 +367,13 @@ class ArtifactStore:
         return [v for v in removed if v in complete]
 
     def _point(self, version: str, action: str, history: tuple[str, ...]) -> Pointer:
+        """Write the pointer, then end a canary of `version`: in between, a worker that reads both sees
+        the canary's sessions already on their new current version."""
         pointer = Pointer(version=version, action=action, updated_at=time.time(), history=history)
         self._files.write_atomic(POINTER, (json.dumps(asdict(pointer), indent=2) + "\n").encode())
         logger.info("%s: %s is now current in %s", action, version, self.location)
+        if (canary := self.canary()) is not None and canary.version == version:
+            self.stop_canary()
         return pointer
 
 

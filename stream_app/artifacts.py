@@ -1,14 +1,18 @@
 """`python -m stream_app.artifacts`: the artifact store from the command line, and publishing with the gate.
 
-    python -m stream_app.artifacts list                     # versions, newest first; * marks the current one
-    python -m stream_app.artifacts show [VERSION]           # manifest and metrics (default: the current one)
+    python -m stream_app.artifacts list                     # versions, newest first; * current, ~ canary (share)
+    python -m stream_app.artifacts show [VERSION]           # manifest and metrics (default: the current one,
+                                                            # and which canary runs)
     python -m stream_app.artifacts promote VERSION [--force]
     python -m stream_app.artifacts rollback [--to VERSION]  # default: the version promoted before the current
+    python -m stream_app.artifacts canary VERSION --share 0.1 [--force]  # VERSION serves 10% of sessions
+    python -m stream_app.artifacts canary stop
 
 The store is the one the settings name (NEXTCLICK_ARTIFACT_DIR, or NEXTCLICK_ARTIFACT_STORE_URL).
-Promotions and rollbacks are announced on the model-updates topic (NEXTCLICK_MODEL_UPDATES_TOPIC), so
-running workers swap at once. A version the quality gate refused when it was pushed is promoted only
-with --force; a rollback needs no gate (it returns to a version that was served before).
+Promotions, rollbacks and canary starts and stops are announced on the model-updates topic
+(NEXTCLICK_MODEL_UPDATES_TOPIC), so running workers follow at once. A version the quality gate refused
+when it was pushed is promoted, or made the canary, only with --force; a rollback needs no gate (it
+returns to a version that was served before). Promotion of the canary ends the canary.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stream_app.artifact_store import ArtifactStore, Pointer, StoreError
-from stream_app.model_updates import announce
+from stream_app.artifact_store import ArtifactStore, Canary, Pointer, StoreError
+from stream_app.model_updates import announce, announce_canary
 from stream_app.quality_gate import GateDecision, quality_gate, record_decision
 from stream_app.artifact_format import ArtifactError, verify_artifact
 from stream_app.scoring import Scorer
@@ -94,14 +98,33 @@ def promote_and_announce(store: ArtifactStore, version: str, settings: Settings)
 
 def promote_checked(store: ArtifactStore, version: str, settings: Settings, *, force: bool) -> Pointer:
     """Promote a stored version, refusing one its quality gate refused unless `force` (logged)."""
+    check_gate(store, version, "promotes", force=force)
+    return promote_and_announce(store, version, settings)
+
+
+def canary_checked(store: ArtifactStore, version: str, share: float, settings: Settings, *, force: bool) -> Canary:
+    """Start (and announce) a canary of a stored version, with the same gate check as a promotion."""
+    check_gate(store, version, "makes it the canary", force=force)
+    canary = store.start_canary(version, share)
+    asyncio.run(announce_canary(settings, canary, store.location))
+    return canary
+
+
+def stop_canary_and_announce(store: ArtifactStore, settings: Settings) -> Canary | None:
+    """Stop the canary and announce it; None (nothing announced) when none ran."""
+    canary = store.stop_canary()
+    if canary is not None:
+        asyncio.run(announce_canary(settings, canary, store.location, stopped=True))
+    return canary
+
+
+def check_gate(store: ArtifactStore, version: str, what: str, *, force: bool) -> None:
+    """Refuse a version its quality gate refused when it was pushed, unless `force` (then a warning)."""
     gate = store.manifest(version).get("quality_gate")
     if gate is not None and not gate["passed"]:
         if not force:
-            raise StoreError(
-                f"the quality gate refused {version} when it was pushed; --force promotes it anyway"
-            )
-        logger.warning("promoting %s although its quality gate refused it (--force)", version)
-    return promote_and_announce(store, version, settings)
+            raise StoreError(f"the quality gate refused {version} when it was pushed; --force {what} anyway")
+        logger.warning("%s: its quality gate refused it, --force %s anyway", version, what)
 
 
 def rollback_and_announce(store: ArtifactStore, settings: Settings, to: str | None = None) -> Pointer:
@@ -110,7 +133,7 @@ def rollback_and_announce(store: ArtifactStore, settings: Settings, to: str | No
     return pointer
 
 
-def version_line(store: ArtifactStore, version: str, current: Pointer | None) -> str:
+def version_line(store: ArtifactStore, version: str, current: Pointer | None, canary: Canary | None) -> str:
     manifest = store.manifest(version)
     gate = manifest.get("quality_gate")
     if gate is None:
@@ -122,9 +145,11 @@ def version_line(store: ArtifactStore, version: str, current: Pointer | None) ->
         verdict += (
             f" (Recall@20 {gate['candidate']['recall@20']:.4f}, MRR@20 {gate['candidate']['mrr@20']:.4f})"
         )
-    marker = "*" if current and current.version == version else " "
+    is_canary = canary is not None and canary.version == version
+    marker = "*" if current and current.version == version else "~" if is_canary else " "
     created, code = manifest.get("created_at", "?"), manifest.get("code_version", "?")
-    return f"{marker} {version}  created {created}  code {code}  {verdict}"
+    line = f"{marker} {version}  created {created}  code {code}  {verdict}"
+    return line + f"  canary: share {canary.share:g}" if is_canary else line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,45 +159,60 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="versions in the store, newest first (* = current)")
+    commands.add_parser("list", help="versions in the store, newest first (* = current, ~ = canary)")
     show = commands.add_parser("show", help="one version's manifest (with its gate decision) and metrics")
-    show.add_argument("version", nargs="?", help="default: the current version")
+    show.add_argument("version", nargs="?", help="default: the current version (and which canary runs)")
     promote = commands.add_parser("promote", help="make a stored version current and announce it")
     promote.add_argument("version")
     promote.add_argument("--force", action="store_true", help="promote even if its quality gate refused it")
     rollback = commands.add_parser("rollback", help="return to the version promoted before the current one")
     rollback.add_argument("--to", metavar="VERSION", help="an earlier promoted version to return to")
+    canary = commands.add_parser("canary", help="serve a stored version to a share of the sessions, or stop that")
+    canary.add_argument("version", help="the version to serve next to the current one, or 'stop'")
+    canary.add_argument("--share", type=float, help="the share of sessions it serves, between 0 and 1")
+    canary.add_argument("--force", action="store_true", help="even if its quality gate refused it")
     args = parser.parse_args(argv)
+    if args.command == "canary" and (args.version == "stop") == (args.share is not None):
+        parser.error("canary VERSION needs --share; canary stop takes none")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     settings = get_settings()
     store = ArtifactStore.from_settings(settings)
     try:
-        current = store.current()
+        current, running = store.current(), store.canary()
         if args.command == "list":
             print(f"store: {store.location}")
             for version in reversed(store.versions()):
-                print(version_line(store, version, current))
+                print(version_line(store, version, current, running))
         elif args.command == "show":
             version = args.version or (current.version if current else None)
             if version is None:
                 raise StoreError(f"nothing is current in {store.location}; name a version")
             folder = store.local_copy(version)
-            print(
-                json.dumps(
-                    {
-                        "manifest": store.manifest(version),
-                        "metrics": json.loads((folder / "metrics.json").read_text())
-                        if (folder / "metrics.json").is_file()
-                        else None,
-                    },
-                    indent=2,
-                )
+            shown = {
+                "manifest": store.manifest(version),
+                "metrics": json.loads((folder / "metrics.json").read_text())
+                if (folder / "metrics.json").is_file()
+                else None,
+            }
+            if args.version is None:
+                shown["canary"] = asdict(running) if running else None
+            print(json.dumps(shown, indent=2))
+        elif args.command in ("promote", "rollback"):
+            pointer = (
+                promote_checked(store, args.version, settings, force=args.force)
+                if args.command == "promote"
+                else rollback_and_announce(store, settings, args.to)
             )
-        elif args.command == "promote":
-            print(f"current: {promote_checked(store, args.version, settings, force=args.force).version}")
+            print(f"current: {pointer.version}")
+            if running and running.version == pointer.version:
+                print(f"canary {running.version} ended: it is current now")
+        elif args.version == "stop":
+            stopped = stop_canary_and_announce(store, settings)
+            print(f"canary {stopped.version} stopped" if stopped else "no canary was running")
         else:
-            print(f"current: {rollback_and_announce(store, settings, args.to).version}")
+            started = canary_checked(store, args.version, args.share, settings, force=args.force)
+            print(f"canary: {started.version} serves {started.share:g} of the sessions next to {current.version}")
     except (StoreError, ArtifactError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,12 +1,17 @@
-"""The `model-updates` topic: promotions announced to every worker, so they swap without waiting.
+"""The `model-updates` topic: promotions and canaries announced to every worker, so they swap without waiting.
 
 A message (JSON, keyed by the store location) says what changed:
 
     {"version": "20261122T081335Z", "action": "promote" | "rollback", "store": "<location>",
      "updated_at": <pointer write, Unix s>}
+    {"version": "20261122T081335Z", "action": "canary" | "canary-stop", "share": 0.1,
+     "store": "<location>", "updated_at": <canary write, Unix s>}
 
-It is only a wake-up call: a worker that reads one checks the store's pointer at once and serves
-whatever is current there, so a lost, late or repeated message changes nothing the next poll
+A canary-stop names the canary it ended (its version, share and start). A promotion of the canary's
+version ends the canary with no canary-stop message: the promotion's message is the wake-up.
+
+It is only a wake-up call: a worker that reads one checks the store's pointers (current and canary)
+at once and serves what they name, so a lost, late or repeated message changes nothing the next poll
 (`model_poll_interval`) would not. Every worker must see every message, so workers read the topic
 outside their consumer group (no group id, all partitions, from the end).
 """
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream_app.artifact_store import Pointer
+from stream_app.artifact_store import Canary, Pointer
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.settings import Settings
 
@@ -45,14 +50,29 @@ async def ensure_topic(settings: Settings) -> None:
 
 async def announce(settings: Settings, pointer: Pointer, store: str) -> bool:
     """Publish `pointer` on the model-updates topic; False (and a warning) when that failed or is off."""
+    return await _publish(
+        settings,
+        {"version": pointer.version, "action": pointer.action, "store": store, "updated_at": pointer.updated_at},
+    )
+
+
+async def announce_canary(settings: Settings, canary: Canary, store: str, *, stopped: bool = False) -> bool:
+    """Publish the start (or, `stopped`, the end) of `canary`; False (and a warning) when that failed or is off."""
+    return await _publish(
+        settings,
+        {
+            "version": canary.version,
+            "action": "canary-stop" if stopped else "canary",
+            "share": canary.share,
+            "store": store,
+            "updated_at": canary.updated_at,
+        },
+    )
+
+
+async def _publish(settings: Settings, message: dict) -> bool:
     if not settings.model_updates_topic:
         return False
-    message = {
-        "version": pointer.version,
-        "action": pointer.action,
-        "store": store,
-        "updated_at": pointer.updated_at,
-    }
 
     async def send() -> None:
         await ensure_topic(settings)
@@ -60,7 +80,7 @@ async def announce(settings: Settings, pointer: Pointer, store: str) -> bool:
         await producer.start()
         try:
             await producer.send_and_wait(
-                settings.model_updates_topic, json.dumps(message).encode(), key=store.encode()
+                settings.model_updates_topic, json.dumps(message).encode(), key=message["store"].encode()
             )
         finally:
             await producer.stop()
@@ -70,13 +90,13 @@ async def announce(settings: Settings, pointer: Pointer, store: str) -> bool:
     except Exception as error:
         logger.warning(
             "announcing %s %s on %s failed (%r); workers will see it at their next poll",
-            pointer.action,
-            pointer.version,
+            message["action"],
+            message["version"],
             settings.model_updates_topic,
             error,
         )
         return False
-    logger.info("announced %s %s on %s", pointer.action, pointer.version, settings.model_updates_topic)
+    logger.info("announced %s %s on %s", message["action"], message["version"], settings.model_updates_topic)
     return True
 
 

@@ -1,4 +1,4 @@
-"""The artifact store on real artifacts: push, promote, rollback, pruning, failed pushes, fsspec URLs."""
+"""The artifact store on real artifacts: push, promote, rollback, pruning, failed pushes, fsspec URLs, canaries."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stream_app import artifact_store
-from stream_app.artifact_store import ArtifactStore, StoreError
+from stream_app.artifact_store import ArtifactStore, Canary, StoreError
 from stream_app.artifact_format import ArtifactError
 from stream_app.scoring import Scorer
 from tests.artifact_versions import renamed
@@ -150,3 +150,71 @@ def test_an_unknown_url_scheme_is_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("fsspec")
     with pytest.raises(StoreError, match="no-such-fs"):
         ArtifactStore("no-such-fs://bucket/x", tmp_path / "cache", 2)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_canary_starts_stops_and_runs_only_beside_the_current_version(
+    where: str, versions: dict[str, Path], tmp_path: Path
+) -> None:
+    if where == "memory":
+        pytest.importorskip("fsspec")
+        store = ArtifactStore(f"memory://nextclick-{uuid.uuid4().hex}", tmp_path / "cache", 3)
+    else:
+        store = local_store(tmp_path)
+    for version in ("v1", "v2", "v3"):
+        store.push(versions[version])
+    with pytest.raises(StoreError, match="nothing is current"):
+        store.start_canary("v2", 0.1)
+    store.promote("v1")
+    assert store.canary() is None and store.stop_canary() is None
+    for version, share, refusal in [
+        ("v2", 0.0, "strictly between 0 and 1"),
+        ("v2", 1.0, "strictly between 0 and 1"),
+        ("v9", 0.1, "no version 'v9'"),
+        ("v1", 0.1, "is the current version"),
+    ]:
+        with pytest.raises(StoreError, match=refusal):
+            store.start_canary(version, share)
+    assert store.canary() is None
+
+    canary = store.start_canary("v2", 0.1)
+    assert store.canary() == canary and (canary.version, canary.share) == ("v2", 0.1)
+    with store._files.open(artifact_store.CANARY) as file:  # beside current.json, the format workers read
+        assert json.load(file) == {"version": "v2", "share": 0.1, "updated_at": canary.updated_at}
+    replaced = store.start_canary("v3", 0.25)  # one canary at a time: a new one replaces it
+    assert store.canary() == replaced == Canary("v3", 0.25, replaced.updated_at)
+    assert store.stop_canary() == replaced
+    assert store.canary() is None and store.stop_canary() is None
+    assert store.current().version == "v1"  # the current pointer never moved
+
+
+def test_promotion_of_the_canary_ends_it_other_promotions_and_rollbacks_do_not(
+    versions: dict[str, Path], tmp_path: Path
+) -> None:
+    store = local_store(tmp_path, keep=4)
+    for folder in versions.values():
+        store.push(folder)
+    store.promote("v1")
+    store.promote("v2")
+    canary = store.start_canary("v3", 0.1)
+    store.promote("v4")
+    assert store.canary() == canary
+    store.rollback()
+    assert store.current().version == "v2" and store.canary() == canary
+    pointer = store.promote("v3")
+    assert pointer.version == "v3" and store.canary() is None
+    store.start_canary("v2", 0.5)  # the version a rollback returns to, as the canary
+    assert store.rollback().version == "v2" and store.canary() is None  # current now, so no longer a canary
+
+
+def test_pruning_keeps_the_canary(versions: dict[str, Path], tmp_path: Path) -> None:
+    store = local_store(tmp_path, keep=2)
+    for folder in versions.values():
+        store.push(folder)
+    store.promote("v3")
+    store.promote("v4")
+    store.start_canary("v1", 0.1)  # the oldest, neither among the newest two nor a rollback target
+    assert store.prune() == ["v2"]
+    assert store.versions() == ["v1", "v3", "v4"]
+    store.stop_canary()
+    assert store.prune() == ["v1"]

@@ -1,14 +1,18 @@
-"""The quality gate on real artifacts and real held-out sessions, and publishing through it."""
+"""The quality gate on real artifacts and real held-out sessions, and publishing through it (promotions,
+rollbacks and canaries from the command line)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devtools.embedded_broker import EmbeddedBroker
 from stream_app import artifacts
 from stream_app.artifact_store import ArtifactStore
 from stream_app.quality_gate import quality_gate
@@ -121,3 +125,81 @@ def test_publishing_gates_records_and_promotes_only_what_passes(
         "gate: refused (" in listed[1],
         "gate: passed" in listed[2],
     ] == [True, True, True]
+
+
+def test_a_canary_from_the_command_line_is_checked_like_a_promotion_and_listed(
+    artifact: Path,
+    held_out: list[list[str]],
+    store_settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = ArtifactStore.from_settings(store_settings)
+    for folder in (renamed(artifact, tmp_path / "v1", "v1"), shuffled_vocabulary(artifact, tmp_path / "v2", "v2")):
+        artifacts.gate_and_push(folder, held_out, store_settings, source="test day")
+    assert store.current().version == "v1" and not store.manifest("v2")["quality_gate"]["passed"]
+    capsys.readouterr()
+
+    assert artifacts.main(["canary", "v2", "--share", "0.1"]) == 1  # refused at push time: needs --force
+    assert "--force" in capsys.readouterr().err and store.canary() is None
+    assert artifacts.main(["canary", "v1", "--share", "0.1"]) == 1
+    assert "current version" in capsys.readouterr().err
+    assert artifacts.main(["canary", "v2", "--share", "1.5", "--force"]) == 1
+    for usage in (["canary", "v2"], ["canary", "stop", "--share", "0.1"]):
+        with pytest.raises(SystemExit):
+            artifacts.main(usage)
+    assert artifacts.main(["canary", "v2", "--share", "0.1", "--force"]) == 0
+    assert store.canary().version == "v2" and store.canary().share == 0.1
+    capsys.readouterr()
+
+    assert artifacts.main(["list"]) == 0
+    listed = capsys.readouterr().out.splitlines()[1:]
+    assert [(line[0], line[2:].split()[0]) for line in listed] == [("~", "v2"), ("*", "v1")]
+    assert listed[0].endswith("canary: share 0.1") and "canary" not in listed[1]
+    assert artifacts.main(["show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["manifest"]["version"] == "v1"
+    assert shown["canary"] == {"version": "v2", "share": 0.1, "updated_at": store.canary().updated_at}
+    assert artifacts.main(["show", "v2"]) == 0 and "canary" not in json.loads(capsys.readouterr().out)
+
+    assert artifacts.main(["canary", "stop"]) == 0 and store.canary() is None
+    assert capsys.readouterr().out == "canary v2 stopped\n"
+    assert artifacts.main(["canary", "stop"]) == 0
+    assert capsys.readouterr().out == "no canary was running\n"
+    assert artifacts.main(["show"]) == 0 and json.loads(capsys.readouterr().out)["canary"] is None
+
+    assert artifacts.main(["canary", "v2", "--share", "0.2", "--force"]) == 0
+    assert artifacts.main(["promote", "v2", "--force"]) == 0 and store.canary() is None
+    assert capsys.readouterr().out.splitlines()[-1] == "canary v2 ended: it is current now"
+
+
+@pytest.mark.broker
+def test_canary_starts_and_stops_are_announced_on_the_model_updates_topic(
+    artifact: Path,
+    broker: EmbeddedBroker,
+    kafka_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    updates = f"model-updates-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("NEXTCLICK_ARTIFACT_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("NEXTCLICK_ARTIFACT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("NEXTCLICK_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+    monkeypatch.setenv("NEXTCLICK_MODEL_UPDATES_TOPIC", updates)
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = ArtifactStore.from_settings(settings)
+    for version in ("v1", "v2"):
+        store.push(renamed(artifact, tmp_path / version, version))
+    store.promote("v1")
+    try:
+        assert artifacts.main(["canary", "v2", "--share", "0.25"]) == 0
+        started = store.canary()
+        assert artifacts.main(["canary", "stop"]) == 0
+    finally:
+        get_settings.cache_clear()
+    messages = [json.loads(record.value) for record in kafka_client(settings).consume(updates, 2)]
+    assert messages == [
+        {"version": "v2", "action": action, "share": 0.25, "store": store.location, "updated_at": started.updated_at}
+        for action in ("canary", "canary-stop")
+    ]
