@@ -167,10 +167,8 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
         return
 
     await model_loaded.wait()  # refusals above flow even while the model is still loading
-    recommender = served.recommender  # read once: a swap lands between two batches, never inside one
-    assert recommender is not None
-    try:
-        result = recommender.recommend([sourced for sourced, _ in clicks], sessions, now=time.time())
+    try:  # the served versions are read once: a swap lands between two batches, never inside one
+        result = served.recommend([sourced for sourced, _ in clicks], sessions, now=time.time())
     except Exception as exc:
         metrics.errors.labels(stage="score").inc()
         logger.exception("scoring a batch of %d clicks failed; dead-lettering it", len(clicks))

@@ -11,6 +11,12 @@ A version that fails any of this is refused (log line, `nextclick_model_swaps_to
 and the old model keeps serving; it is tried again only when the pointer is written again (one
 that could not be fetched from the store, a network or storage failure, is tried at every check).
 
+A canary (`python -m stream_app.artifacts canary VERSION --share S`) is a second version loaded next
+to the current one with the same checks, serving the sessions whose id hashes below its share
+(`canary_position`: a session never flips between the two while the canary runs); its suggestions
+and live quality metrics carry variant="canary". When the canary stops, or is promoted, its sessions
+go to the current version, their state rebuilt like any other version change.
+
 Session state needs nothing here: each state records the version that computed its hidden state,
 and `SessionRecommender` rebuilds a state from another version by replaying the session's clicks,
 on that session's next click (see `stream_app.sessions`).
@@ -20,23 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import itertools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
 from stream_app import model_updates
-from stream_app.artifact_store import ArtifactStore, Pointer
+from stream_app.artifact_store import ArtifactStore, Canary, Pointer
 from stream_app.events import Click
 from stream_app.metrics import WorkerMetrics
 from stream_app.artifact_format import MANIFEST, ArtifactError
 from stream_app.scoring import Scorer
 from stream_app.served_quality import LiveQuality
-from stream_app.sessions import SessionRecommender, SessionState
+from stream_app.sessions import BatchResult, SessionRecommender, SessionState
 from stream_app.settings import Settings
 from stream_app.suggestion import SourcedClick
 
@@ -80,6 +87,13 @@ def smoke_check(recommender: SessionRecommender) -> None:
             raise ArtifactError("smoke inference: " + "; ".join(p for p in problems if p))
 
 
+def canary_position(session_id: str) -> float:
+    """Where a session falls in [0, 1): a hash of its id, so that a share of sessions (not of clicks)
+    goes to the canary, the same ones on every worker, independent of the partitioning (murmur2)."""
+    digest = hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 def created_timestamp(directory: Path) -> float:
     """The manifest's `created_at` as Unix seconds (the served-model-age metric)."""
     created_at = json.loads((directory / MANIFEST).read_text()).get("created_at")
@@ -97,14 +111,38 @@ class ServedModel:
         self.metrics = metrics
         self.loaded = loaded  # set once a first model serves (readiness)
         self.recommender: SessionRecommender | None = None
+        self.canary: tuple[SessionRecommender, float] | None = None  # and the share of sessions it serves
         self.live_quality = LiveQuality(metrics, settings.top_k)
         self._announced = asyncio.Event()
 
-    def prepare(self, directory: Path) -> tuple[SessionRecommender, float]:
+    def recommend(
+        self, clicks: list[SourcedClick], table: Mapping[bytes, SessionState], now: float
+    ) -> BatchResult:
+        """One batch, each click scored by its session's variant (the canary, or the current version)."""
+        current, canary = self.recommender, self.canary  # read once: swaps land between batches
+        assert current is not None, "no model is served yet"
+        if canary is None:
+            return current.recommend(clicks, table, now)
+        recommender, share = canary
+        on_canary = [canary_position(sourced.click.session_id) < share for sourced in clicks]
+        suggestions: list = [None] * len(clicks)
+        states: dict[bytes, SessionState] = {}
+        judgements = []
+        for engine, variant in ((current, False), (recommender, True)):
+            positions = [p for p, flag in enumerate(on_canary) if flag is variant]
+            if positions:
+                result = engine.recommend([clicks[p] for p in positions], table, now)
+                for position, suggestion in zip(positions, result.suggestions, strict=True):
+                    suggestions[position] = suggestion
+                states |= result.states  # disjoint: a session is on one variant
+                judgements += result.judgements
+        return BatchResult(suggestions, states, judgements)
+
+    def prepare(self, directory: Path, variant: str = "current") -> tuple[SessionRecommender, float]:
         """Load and check an artifact (blocking: run it in a thread); raises on any problem."""
         scorer = Scorer(directory, self.settings.inference_threads, self.settings.serving_model)
         created = created_timestamp(directory)
-        recommender = SessionRecommender.from_settings(scorer, self.settings)
+        recommender = SessionRecommender.from_settings(scorer, self.settings, variant=variant)
         smoke_check(recommender)
         recommender.observe_inference = self.metrics.inference_latency.observe  # served calls only
         return recommender, created
@@ -144,6 +182,7 @@ class ServedModel:
     async def _follow(self, store: ArtifactStore) -> None:
         listener = asyncio.create_task(self._listen()) if self.settings.model_updates_topic else None
         done: tuple[str, float] | None = None  # the last pointer served or refused: not tried again
+        canary_done: Canary | None = None  # likewise for the canary pointer
         waiting_logged = False
         try:
             while True:
@@ -165,6 +204,8 @@ class ServedModel:
                 elif pointer is None and not waiting_logged:
                     logger.warning("no current version in %s yet; waiting for a promotion", store.location)
                     waiting_logged = True
+                if pointer is not None:
+                    canary_done = await self._follow_canary(store, pointer, canary_done)
                 try:
                     await asyncio.wait_for(self._announced.wait(), self.settings.model_poll_interval)
                 except TimeoutError:
@@ -172,6 +213,41 @@ class ServedModel:
         finally:
             if listener is not None:
                 listener.cancel()
+
+    async def _follow_canary(self, store: ArtifactStore, pointer: Pointer, done: Canary | None) -> Canary | None:
+        """Start, change or stop the canary as the store says; returns the canary pointer dealt with."""
+        try:
+            canary = await asyncio.to_thread(store.canary)
+        except Exception:
+            self.metrics.errors.labels(stage="model_watch").inc()
+            logger.exception("reading the canary of %s failed", store.location)
+            return done
+        if canary is not None and canary.version == pointer.version:
+            canary = None  # promoted: the store removes the canary pointer right after the current one
+        if canary == done:
+            return done
+        if canary is None:
+            self._stop_canary()
+            return None
+        if self.canary is not None and self.canary[0].scorer.version == canary.version:
+            self.canary = (self.canary[0], canary.share)  # only the share changed
+            logger.info("canary %s now serves %.1f%% of the sessions", canary.version, 100 * canary.share)
+            return canary
+        served = await self._swap(
+            functools.partial(store.local_copy, canary.version),
+            f"canary {canary.version} for {100 * canary.share:.1f}% of the sessions of {store.location}",
+            variant="canary",
+            share=canary.share,
+        )
+        return done if served is None else canary
+
+    def _stop_canary(self) -> None:
+        if self.canary is None:
+            return
+        (recommender, _), self.canary = self.canary, None
+        self.live_quality.stop(recommender.scorer, "canary")
+        self.metrics.model.remove("canary")
+        logger.info("canary %s stopped: its sessions go to the current version", recommender.scorer.version)
 
     async def _listen(self) -> None:
         """Wake the follower on every announcement; reconnect after errors (polling covers the gap)."""
@@ -185,9 +261,12 @@ class ServedModel:
                 logger.exception("reading %s failed; retrying", self.settings.model_updates_topic)
                 await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
-    async def _swap(self, locate: Callable[[], Path], what: str) -> bool | None:
-        """Fetch the artifact (`locate`), prepare it, serve it: True; False when it is refused; None
-        when it could not be fetched (a store or network failure: worth another try)."""
+    async def _swap(
+        self, locate: Callable[[], Path], what: str, variant: str = "current", share: float = 0.0
+    ) -> bool | None:
+        """Fetch the artifact (`locate`), prepare it, serve it as `variant` (a canary: for `share` of the
+        sessions): True; False when it is refused; None when it could not be fetched (a store or network
+        failure: worth another try)."""
         started = time.monotonic()
         try:
             directory = await asyncio.to_thread(locate)
@@ -196,22 +275,27 @@ class ServedModel:
             logger.error("cannot fetch %s: %r; trying again at the next check", what, error)
             return None
         try:
-            recommender, created = await asyncio.to_thread(self.prepare, directory)
+            recommender, created = await asyncio.to_thread(self.prepare, directory, variant)
         except Exception as error:
             self.metrics.errors.labels(stage="model_load").inc()
             self.metrics.model_swaps.labels(outcome="refused").inc()
             serving = self.recommender.scorer.version if self.recommender else "nothing"
             logger.error("model swap refused: %s: %r; still serving %s", what, error, serving)
             return False
-        previous, self.recommender = self.recommender, recommender  # between two batches (see module doc)
         scorer = recommender.scorer
         self.metrics.model_swaps.labels(outcome="success").inc()
-        self.metrics.model_created.set(created)
-        self._started(recommender, "current", previous)
-        self.loaded.set()
+        if variant == "canary":
+            previous = self.canary[0] if self.canary else None
+            self.canary = (recommender, share)
+        else:
+            previous, self.recommender = self.recommender, recommender  # between two batches (module doc)
+            self.metrics.model_created.set(created)
+            self.loaded.set()
+        self._started(recommender, variant, previous)
         logger.info(
-            "serving %s artifact %s on %s (was %s): %s, loaded and checked in %.2f s",
+            "serving %s artifact %s as the %s version on %s (was %s): %s, loaded and checked in %.2f s",
             scorer.name,
+            variant,
             scorer.version,
             scorer.provider,
             previous.scorer.version if previous else "nothing",

@@ -2,7 +2,8 @@
 sessions carry over to the new model, and a bad version is refused while the old one keeps serving.
 
 The first tests share one worker and run in order (its history is the story: serve v1, promote v2,
-roll back to v1, refuse three bad versions). Real test-day sessions, real artifacts, a real broker;
+roll back to v1, refuse three bad versions, run v2 as a canary for half the sessions, stop it, run it
+again and promote it). Real test-day sessions, real artifacts, a real broker;
 each session gets a few clicks in every chapter, so every session spans every swap.
 """
 
@@ -20,9 +21,10 @@ from typing import Any
 import pytest
 
 from stream_app.artifact_store import ArtifactStore
-from stream_app.artifacts import promote_and_announce, rollback_and_announce
+from stream_app.artifacts import canary_checked, promote_and_announce, rollback_and_announce, stop_canary_and_announce
 from devtools.embedded_broker import EmbeddedBroker
 from devtools.click_replay import held_out_clicks
+from stream_app.hot_swap import canary_position
 from stream_app.scoring import Scorer
 from stream_app.settings import get_settings
 from tests.artifact_versions import rehash, renamed
@@ -30,7 +32,10 @@ from tests.artifact_versions import rehash, renamed
 pytestmark = pytest.mark.broker
 
 SESSIONS = 12  # real test-day sessions with at least CHAPTERS clicks each
-CHAPTERS = (2, 2, 1, 1)  # clicks per session sent while serving v1, v2, v1 again, v1 after the refusals
+# clicks per session sent while serving v1, v2, v1 again, v1 after the refusals, v1 with v2 as a canary,
+# v1 after the canary, v2 promoted from a canary
+CHAPTERS = (2, 2, 1, 1, 2, 1, 1)
+CANARY_SHARE = 0.5
 SWAP_TIMEOUT = 20.0
 
 
@@ -207,6 +212,64 @@ def test_a_corrupt_partial_or_incompatible_version_is_refused_and_the_old_one_ke
     assert story.worker.metric("nextclick_model_info", artifact_version="v1") == 1
     story.assert_served_by("v1", story.send(chapter_clicks(3)), offline_items_of)
     assert story.swaps("success") == 3 and story.worker.process.pid == story.pid
+
+
+def canary_sessions() -> set[str]:
+    return {session for session, _ in real_sessions() if canary_position(session) < CANARY_SHARE}
+
+
+def wait_canary(story: Story, version: str | None) -> None:
+    """Until the worker serves `version` as its canary (None: no canary)."""
+    story.worker.wait_until(
+        lambda: story.worker.metric("nextclick_model_info", variant="canary", artifact_version=version or "v2")
+        == (0 if version is None else 1),
+        timeout=SWAP_TIMEOUT,
+        what=f"canary {version}",
+    )
+
+
+def test_a_canary_serves_its_share_of_sessions_each_on_one_version(story: Story, offline_items_of: Callable) -> None:
+    on_canary = canary_sessions()
+    assert 0 < len(on_canary) < SESSIONS  # the hash splits these real sessions
+    canary_checked(story.store, "v2", CANARY_SHARE, story.worker.settings, force=False)
+    wait_canary(story, "v2")
+    served = story.send(chapter_clicks(4))
+    for version, variant in (("v2", "canary"), ("v1", "current")):
+        mine = [(prefix, s) for prefix, s in served if (s["session_id"] in on_canary) is (variant == "canary")]
+        assert mine and all(s["variant"] == variant for _, s in mine)
+        story.assert_served_by(version, mine, offline_items_of)  # the canary too: the whole prefix replayed
+    # this chapter's second clicks judge the canary's first suggestions: one per canary session
+    judged = story.worker.metric(
+        "nextclick_suggestions_judged_total", model="gru4rec", artifact_version="v2", variant="canary"
+    )
+    assert judged == len(on_canary)
+    assert story.worker.metric("nextclick_model_info", variant="current", artifact_version="v1") == 1
+
+
+def test_a_stopped_canary_hands_its_sessions_back_to_the_current_version(
+    story: Story, offline_items_of: Callable
+) -> None:
+    assert stop_canary_and_announce(story.store, story.worker.settings).version == "v2"
+    wait_canary(story, None)
+    served = story.send(chapter_clicks(5))
+    assert all(s["variant"] == "current" for _, s in served)
+    story.assert_served_by("v1", served, offline_items_of)
+
+
+def test_promoting_the_canary_ends_it(story: Story, offline_items_of: Callable) -> None:
+    canary_checked(story.store, "v2", CANARY_SHARE, story.worker.settings, force=False)
+    wait_canary(story, "v2")
+    story.promote("v2")
+    assert story.store.canary() is None
+    story.worker.wait_until(
+        lambda: story.worker.metric("nextclick_model_info", variant="current", artifact_version="v2") == 1,
+        timeout=SWAP_TIMEOUT,
+        what="v2 current",
+    )
+    wait_canary(story, None)
+    served = story.send(chapter_clicks(6))
+    assert all(s["variant"] == "current" for _, s in served)
+    story.assert_served_by("v2", served, offline_items_of)
 
 
 def test_without_announcements_a_worker_waits_for_a_first_version_then_follows_the_pointer(
