@@ -48,13 +48,13 @@ from training.evaluate import (
     step_model_scores,
     with_popularity_baseline,
 )
+from training.gru4rec_trainer import GRU4RecTrainer, GRU4RecTraining
 from training.lanes import lane_executor, staged
 from training.narm_trainer import NARMTraining, train_narm
 from training.plots import plot_training_curve
 from training.progress import StageClock, TrainingHistory
 from training.publish import add_publish_arguments, publish_trained, staging_dir
 from training.stream_source import add_topic_arguments, topic_click_logs
-from training.trainer import GRU4RecTrainer, GRU4RecTraining
 
 SERVING_TOP_K = 100
 PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
