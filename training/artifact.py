@@ -1,8 +1,15 @@
 """A model artifact: one directory holding everything a worker needs to serve, plus its provenance.
 
-Files: gru4rec.onnx (the serving graph), item_ids.json (index → external id), popularity.npy (click
-counts per index, for cold start), config.json, metrics.json, and manifest.json, written last, with
-the sha256 of every other file so a worker can refuse a corrupt or partial copy.
+Files:
+- one serving graph per model, `{name}.onnx` (`models.export`): the retrievers gru4rec.onnx and/or
+  narm.onnx, and dien.onnx, the re-ranker of one of them; the manifest's `models` says which is which;
+- `{name}_training_curve.png` for each model trained in the run (none for a GRU4Rec reused from another
+  artifact with `--retriever-artifact`);
+- item_ids.json (index → external id), popularity.npy (click counts per index, for cold start);
+- config.json (every model's hyper-parameters), metrics.json (figures, stages, epochs, data: written by
+  `training.retrain_artifact`);
+- manifest.json, written last, with the sha256 of every other file so a worker can refuse a corrupt or
+  partial copy.
 """
 
 from __future__ import annotations
