@@ -21,9 +21,9 @@ import torch
 from training.data import EncodedSplit
 from training.datasets import dataset_names, load_dataset
 from training.evaluate import evaluate, format_table
+from training.gru4rec_trainer import train_gru4rec
 from training.losses import LOSSES
 from training.retrain import training_params
-from training.trainer import train_gru4rec
 
 REPO = Path(__file__).resolve().parent.parent
 

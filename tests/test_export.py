@@ -10,8 +10,8 @@ import torch
 from models.export import export_gru4rec
 from stream_app.artifact_format import sha256_of
 from tests.real_slices import yoochoose_slice
+from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
 from training.retrain import main as retrain
-from training.trainer import GRU4RecTraining, train_gru4rec
 
 TOP_K = 20
 

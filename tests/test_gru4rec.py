@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from models.gru4rec import GRU4Rec, GRU4RecConfig
+from tests.real_slices import yoochoose_slice
 from training.data import Sessions
 from training.evaluate import evaluate, model_ranks, popularity_ranks
+from training.gru4rec_trainer import GRU4RecTrainer, GRU4RecTraining, train_gru4rec
 from training.optim import AdagradMomentum
-from training.trainer import GRU4RecTrainer, GRU4RecTraining, train_gru4rec
-from tests.real_slices import yoochoose_slice
 
 SMALL = dict(layers=(32,), batch_size=32, n_sample=64, n_epochs=1, dropout_embed=0.0, dropout_hidden=0.0)
 

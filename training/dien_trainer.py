@@ -1,7 +1,7 @@
 """Training DIEN as the re-ranker of a retriever's top-N: positives against easy and hard negatives.
 
 Every prefix of every session given (its last L clicks, as for NARM) is a sample whose positive is
-the click that followed; `training.retrain` gives the latest training sessions and, for each, the top-N of a
+the click that followed; `training.pipeline` gives the latest training sessions and, for each, the top-N of a
 retriever that never saw that session (`holdout_fraction`, `holdout_folds`), not the prefixes the serving
 retriever was trained on. Its negatives are of two kinds, drawn afresh each epoch:
 - `n_popular_negatives` items drawn ∝ popularity^sample_alpha: the easy ones, which teach the catalogue;
@@ -65,7 +65,7 @@ class DIENTraining:
     n_candidates: int = 100  # N: the retriever's top-N, re-ranked at serving time
     residual: bool = True  # two-stage score = retriever score + DIEN logit
     categories: str = ""  # item → category file (`data.read_item_categories`); "": items by id alone
-    # stacking (`training.retrain.stacked_training_data`): DIEN trains on the latest `holdout_fraction` of the
+    # stacking (`training.pipeline.stacked_training_data`): DIEN trains on the latest `holdout_fraction` of the
     # training sessions, cut into `holdout_folds` folds, each re-ranking a retriever trained (its settings, at
     # most `holdout_retriever_epochs`) on every other training session; 0: on every training prefix,
     # re-ranking the retriever that saw them all

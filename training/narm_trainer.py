@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from models.narm import NARM, NARMConfig
 from training.data import Sessions
 from training.losses import LossConfig, make_loss
+from training.params import TrainingParams
 from training.prefixes import Prefixes
 from training.progress import EpochProgress, TrainingHistory
-from training.sampling import PopularitySampler
-from training.trainer import TrainingParams, sampled_candidates
+from training.sampling import PopularitySampler, sampled_candidates
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 Drawing per step is slow, so samples are pre-drawn in bulk (one vectorised inverse-CDF lookup over
 millions of uniforms) and each step takes the next slice, as the official GRU4Rec's sample cache does.
+`sampled_candidates` puts a mini-batch's candidates together from them (GRU4Rec's and NARM's trainers).
 """
 
 from __future__ import annotations
@@ -38,3 +39,14 @@ class PopularitySampler:
         sample = self._cache[self._next]
         self._next += 1
         return sample
+
+
+def sampled_candidates(targets: torch.Tensor, sampler: PopularitySampler | None, log_popularity: torch.Tensor,
+                       logq: float, sample_alpha: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch's targets followed by the shared popularity samples, and (for logQ correction) the log of
+    each candidate's sampling probability up to a constant: popularity for targets, popularity^alpha else."""
+    negatives = sampler.draw() if sampler is not None else targets[:0]
+    candidates = torch.cat([targets, negatives])
+    if logq <= 0:
+        return candidates, None
+    return candidates, torch.cat([log_popularity[targets], sample_alpha * log_popularity[negatives]])

@@ -1,39 +1,44 @@
-"""Training GRU4Rec: session-parallel mini-batches, sampled negatives, Adagrad with momentum."""
+"""Training GRU4Rec: session-parallel mini-batches, sampled negatives, Adagrad with momentum.
+
+One training step (`GRU4RecTrainer.fit`), file by file; B = batch_size slots, C = B + n_sample candidates:
+
+1. `training.session_batches.session_parallel_steps`: each slot's current click x_t and its next click
+   (the target) [B]; `apply_resets` drops the slots whose session ran out and zeroes the hidden state of
+   those that start a new session.
+2. `training.sampling.sampled_candidates`: candidates = [the B targets, n_sample items drawn ∝
+   popularity^sample_alpha by `PopularitySampler.draw`, shared by every row]; for logQ correction also
+   log P of each candidate (popularity for targets, popularity^alpha for the samples).
+3. `models.gru4rec.GRU4Rec.gather_rows`: the distinct rows of W_y, b_y (and E) that the inputs and
+   candidates use, copied out as small dense leaves (`ItemRows`).
+4. `GRU4Rec.score_candidates` → `GRU4Rec.step` → `GRU4Rec.gru_step` per layer (in bfloat16 products under
+   autocast when `matmul_precision="bfloat16"`):
+       h_t = GRU_l(dropout_e(E[x_t]), h_{t-1}), each layer's output dropped out with p_h
+       R = h_t · W_y[C]ᵀ + b_y[C]                   [B, C], row i's target in column i
+5. `training.losses.make_loss` (`TrainingParams.loss_config`): the summed loss over rows, e.g. bpr-max
+       −log Σ_j s_j σ(r_t − r_j) + λ Σ_j s_j r_j²   (s = softmax over row i's negatives, scores through ELU),
+   divided by batch_size (the official code's mean: a short last batch weighs less); `loss.backward()`.
+6. `training.optim.AdagradMomentum`: `step_dense` for the GRU weights, then `step_rows` for the rows
+   `GRU4Rec.row_updates` lists (the ones the step used), every other row untouched:
+       a ← a + g²    m ← μ·m − η·g / sqrt(a + ε)    θ ← θ + m
+7. The hidden state is detached (no backpropagation through time) and `training.progress.EpochProgress`
+   adds the step's loss to the epoch's line and curve.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from training.data import Sessions
-from training.losses import LossConfig, make_loss
+from training.losses import make_loss
 from training.optim import AdagradMomentum
+from training.params import TrainingParams
 from training.progress import EpochProgress, TrainingHistory
-from training.sampling import PopularitySampler
+from training.sampling import PopularitySampler, sampled_candidates
 from training.session_batches import apply_resets, session_parallel_steps
-
-
-@dataclass(frozen=True)
-class TrainingParams:
-    """What every trainer shares: the loss (`training.losses`), its sampled negatives, epochs and seed."""
-
-    n_sample: int = 2048  # popularity-sampled negatives shared by a mini-batch
-    sample_alpha: float = 0.3  # sampling probability ∝ popularity^alpha
-    loss: str = "bpr-max"
-    bpreg: float = 0.9
-    elu_param: float = 1.0
-    logq: float = 0.0
-    n_epochs: int = 10
-    seed: int = 42
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(name=self.loss, bpreg=self.bpreg, elu_param=self.elu_param, logq=self.logq)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -61,17 +66,6 @@ class GRU4RecTraining(TrainingParams):
         return GRU4RecConfig(n_items=n_items, layers=tuple(self.layers), embedding=self.embedding,
                              constrained_embedding=self.constrained_embedding,
                              dropout_embed=self.dropout_embed, dropout_hidden=self.dropout_hidden)
-
-
-def sampled_candidates(targets: torch.Tensor, sampler: PopularitySampler | None, log_popularity: torch.Tensor,
-                       logq: float, sample_alpha: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The batch's targets followed by the shared popularity samples, and (for logQ correction) the log of
-    each candidate's sampling probability up to a constant: popularity for targets, popularity^alpha else."""
-    negatives = sampler.draw() if sampler is not None else targets[:0]
-    candidates = torch.cat([targets, negatives])
-    if logq <= 0:
-        return candidates, None
-    return candidates, torch.cat([log_popularity[targets], sample_alpha * log_popularity[negatives]])
 
 
 class GRU4RecTrainer:

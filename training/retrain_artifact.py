@@ -1,0 +1,72 @@
+"""What a retrain writes into its artifact directory: each model's serving graph and training curve, then
+the metrics record (`metrics.json`: the figures, where the time went, the data) and the rest of the
+artifact's files (`training.artifact.write_artifact_metadata`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from training.artifact import write_artifact_metadata
+from training.evaluate import CUTOFFS, RankingMetrics
+from training.pipeline import RetrainData, RetrainPlan, TrainedModels
+from training.plots import plot_training_curve
+from training.progress import StageClock, TrainingHistory
+
+PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
+            "start; full-catalogue ranking; rank = #items scoring >= target (conservative ties); clicks on items "
+            "unseen in training dropped and counted; two-stage: the retriever's top-N re-ranked, every other item "
+            "after it in retrieval order")
+
+
+def epochs_record(history: TrainingHistory) -> list[dict]:
+    return [dataclasses.asdict(e) | {"events_per_second": e.events_per_second} for e in history.epochs]
+
+
+def metrics_record(data: RetrainData, trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock,
+                   lanes: int) -> dict:
+    """metrics.json: the evaluation's figures, the run's stages and epochs, and the data it ran on."""
+    train_log, train, test = data.train_log, data.split.train, data.split.test
+    return {
+        "dataset": data.name,
+        "split": data.evaluated_on,
+        "protocol": PROTOCOL,
+        "cutoffs": list(CUTOFFS),
+        "results": {m.name: m.to_dict() for m in rows},
+        "two_stage": trained.two_stage,
+        "stages": clock.stages,
+        "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.models.items() if t.history}
+                    | {"threads": torch.get_num_threads(), "lanes": lanes},
+        "data": {
+            "train_source": train_log.source, "test_source": data.test_log.source,
+            "train_sessions": train.n_sessions, "train_clicks": train.n_clicks,
+            "test_sessions": test.n_sessions, "test_clicks": test.n_clicks,
+            "test_dropped_clicks": test.n_dropped_clicks,
+            "train_time_range": train_log.time_range(),
+        },
+    }
+
+
+def config_record(plan: RetrainPlan, trained: TrainedModels) -> dict:
+    """config.json: every trained model's hyper-parameters, the serving top-K, and a reused retriever's source."""
+    return ({name: p.to_dict() for name, p in plan.params.items()} | {"top_k": plan.top_k}
+            | ({"gru4rec": trained.models["gru4rec"].params} if plan.retriever_artifact else {}))
+
+
+def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: RetrainPlan, data: RetrainData,
+                           trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock) -> Path:
+    """The artifact of a retrain in `out` (created if needed); its manifest's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    with clock.stage("ONNX exports and training curves"):
+        for name, t in trained.models.items():
+            t.export(out / t.manifest_entry["file"])
+            if t.history is not None:
+                plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data.name}")
+    return write_artifact_metadata(
+        out, version=version, trained_by=trained_by, item_ids=data.split.item_map.ids,
+        popularity=data.split.popularity, config=config_record(plan, trained),
+        metrics=metrics_record(data, trained, rows, clock, plan.lanes),
+        models={name: t.manifest_entry for name, t in trained.models.items()},
+    )
