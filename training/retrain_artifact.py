@@ -1,19 +1,28 @@
 """What a retrain writes into its artifact directory: each model's serving graph and training curve, then
 the metrics record (`metrics.json`: the figures, where the time went, the data) and the rest of the
-artifact's files (`training.artifact.write_artifact_metadata`)."""
+artifact's files (`training.artifact.write_artifact_metadata`).
+
+The metrics record also holds what the artifact serves (`served`): every pipeline it can serve, replayed
+through the worker's own code on the test sessions, keeping and excluding the session's clicked items,
+and the better policy, which workers with NEXTCLICK_EXCLUDE_SEEN=auto serve (`stream_app.served_quality`).
+That needs the sealed artifact, so the record is written twice."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
+from stream_app.served_quality import format_served, served_evaluation
+from stream_app.settings import get_settings
 from training.artifact import write_artifact_metadata
 from training.evaluate import CUTOFFS, RankingMetrics
 from training.pipeline import RetrainData, RetrainPlan, TrainedModels
 from training.plots import plot_training_curve
 from training.progress import StageClock, TrainingHistory
+from training.publish import held_out_sessions
 
 PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
             "start; full-catalogue ranking; rank = #items scoring >= target (conservative ties); clicks on items "
@@ -64,9 +73,17 @@ def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: Re
             t.export(out / t.manifest_entry["file"])
             if t.history is not None:
                 plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data.name}")
-    return write_artifact_metadata(
-        out, version=version, trained_by=trained_by, item_ids=data.split.item_map.ids,
-        popularity=data.split.popularity, config=config_record(plan, trained),
-        metrics=metrics_record(data, trained, rows, clock, plan.lanes),
-        models={name: t.manifest_entry for name, t in trained.models.items()},
-    )
+
+    def sealed(**served: dict) -> Path:
+        return write_artifact_metadata(
+            out, version=version, trained_by=trained_by, item_ids=data.split.item_map.ids,
+            popularity=data.split.popularity, config=config_record(plan, trained),
+            metrics=metrics_record(data, trained, rows, clock, plan.lanes) | served,
+            models={name: t.manifest_entry for name, t in trained.models.items()},
+        )
+
+    manifest = json.loads(sealed().read_text())
+    with clock.stage("served figures, keeping and excluding clicked items"):
+        served = served_evaluation(out, manifest, held_out_sessions(data.test_log), get_settings())
+    print("\n" + format_served(served))
+    return sealed(served=served)
