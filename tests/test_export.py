@@ -77,7 +77,9 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retr
     assert 0.0 <= metrics["two_stage"]["dien_auc"] <= 1.0
     assert set(metrics["training"]) >= set(models)
     stages = [stage["name"] for stage in metrics["stages"]]  # where a retrain's time went, in run order
-    assert stages[0] == "loading" and stages[-1] == "ONNX exports and training curves"
+    assert stages[0] == "loading" and stages[-2:] == ["ONNX exports and training curves",
+                                                    "served figures, keeping and excluding clicked items"]
+    assert set(metrics["served"]["pipelines"]) == {"gru4rec", "narm", "gru4rec+dien"}
     assert stages.index("gru4rec training") < stages.index("narm training") < stages.index("dien training")
     assert stages.index("dien's training candidates (fold gru4rec training included)") < stages.index("dien training")
     assert all(stage["seconds"] >= 0 for stage in metrics["stages"])
