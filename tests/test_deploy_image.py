@@ -24,7 +24,8 @@ from tests.deploy_tools import venv_tool
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-PACKAGES = PYPROJECT["tool"]["setuptools"]["packages"]
+DEV_PACKAGES = {"devtools"}  # the demo, click replay and embedded broker: installed in a checkout, never shipped
+PACKAGES = [p for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] if p not in DEV_PACKAGES]
 BUILD_TOOLS = {"gcc", "g++", "make", "build-essential", "cmake", "clang"}
 
 Stage = list[tuple[str, str]]  # (instruction, value) in order
@@ -152,6 +153,7 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
         for source in shlex.split(value)[:-1]
     }
     assert sources <= allowed, sources - allowed
+    assert set(PACKAGES) <= sources and not DEV_PACKAGES & (sources | allowed)  # serving ships no dev tooling
     assert all((REPO_ROOT / source).exists() for source in sources)
 
 
