@@ -1,0 +1,104 @@
+"""What an artifact serves, and what remembering it costs: served Recall@20 / MRR@20 keeping and
+excluding the session's clicked items, and the bytes of session state per session.
+
+    python bench/served_quality.py --artifact DIR --dataset diginetica_srgnn [--pipelines gru4rec gru4rec+dien]
+
+(a) Every pipeline the artifact serves (or those asked) judged through the worker's own recommender on
+the data set's test sessions, both exclusion policies (`stream_app.served_quality.served_evaluation`,
+what `training.retrain` writes into metrics.json); the policy `auto` would serve is marked.
+(b) The session table after those sessions, as the worker writes it: the changelog record's JSON bytes
+per session, and the Python heap it takes in a worker's in-memory table (tracemalloc), with the last
+suggestion kept for live judging (the state since the served-quality change) and without it (before),
+next to the raw state (hidden floats and kept item indices as 4-byte numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+
+from stream_app.artifact_format import MANIFEST
+from stream_app.events import Click
+from stream_app.scoring import Scorer
+from stream_app.served_quality import format_served, served_evaluation, servable_pipelines
+from stream_app.sessions import SessionRecommender, SessionState
+from stream_app.settings import Settings
+from stream_app.suggestion import SourcedClick
+from training.datasets import dataset_names, load_dataset
+from training.publish import held_out_sessions
+
+
+def final_states(scorer: Scorer, sessions: list[list[str]], settings: Settings) -> list[SessionState]:
+    """Each session's table entry after its last click, served the way the worker serves it."""
+    recommender = SessionRecommender.from_settings(scorer, settings, session_ttl=math.inf)
+    table: dict[bytes, SessionState] = {}
+    for start in range(0, len(sessions), 1024):
+        clicks = [
+            SourcedClick(Click(f"s{start + number}", item, 0.0), partition=0, offset=offset)
+            for number, session in enumerate(sessions[start : start + 1024])
+            for offset, item in enumerate(session)
+        ]
+        table.update(recommender.recommend(clicks, table, now=0.0).states)
+    return list(table.values())
+
+
+def without_suggestion(state: SessionState) -> SessionState:
+    return SessionState(items=state.items, last_seen=state.last_seen, hidden=state.hidden,
+                        artifact_version=state.artifact_version, offsets=state.offsets)
+
+
+def heap_bytes_per_state(records: list[bytes]) -> float:
+    """Heap taken by a table of the states decoded from `records` (as a worker's in-memory table holds them)."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table = {str(number).encode(): SessionState.loads(record) for number, record in enumerate(records)}
+    taken = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(table) == len(records)
+    return taken / len(records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", type=Path, required=True, help="an artifact directory")
+    parser.add_argument("--dataset", choices=dataset_names(), required=True,
+                        help="the data set the artifact was trained on: its test sessions are replayed")
+    parser.add_argument("--pipelines", nargs="+", help="default: every pipeline the artifact serves")
+    parser.add_argument("--max-sessions", type=int, help="the first N test sessions only")
+    args = parser.parse_args()
+
+    print(f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}; artifact "
+          f"{args.artifact.name}, data set {args.dataset}")
+    _, test = load_dataset(args.dataset)
+    if args.max_sessions:
+        test = test.head_sessions(args.max_sessions)
+    sessions = held_out_sessions(test)
+    manifest = json.loads((args.artifact / MANIFEST).read_text())
+    settings = Settings(exclude_seen="auto")
+    started = time.perf_counter()
+    served = served_evaluation(args.artifact, manifest, sessions, settings)
+    if args.pipelines:
+        served["pipelines"] = {p: served["pipelines"][p] for p in args.pipelines}
+    print(format_served(served) + f"\n({time.perf_counter() - started:.0f} s)\n")
+
+    print("session state per session (mean over the test sessions' final states):")
+    for pipeline in args.pipelines or servable_pipelines(manifest):
+        scorer = Scorer(args.artifact, pipeline=pipeline)
+        states = final_states(scorer, sessions, settings)
+        raw = statistics.fmean(scorer.layers * scorer.hidden_size * 4 + 4 * len(s.items) for s in states)
+        for label, records in (
+            ("without the last suggestion (before)", [without_suggestion(s).dumps() for s in states]),
+            ("with the last suggestion (now)", [s.dumps() for s in states]),
+        ):
+            print(f"  {pipeline:<14} {label:<38} record {statistics.fmean(map(len, records)):7.0f} B   "
+                  f"heap {heap_bytes_per_state(records):7.0f} B   raw {raw:5.0f} B")
+
+
+if __name__ == "__main__":
+    main()
