@@ -67,7 +67,7 @@ CUTOFF = "20"  # the live hit-rate and offline Recall cutoff shown
 DEMO_WORKER = {"model_poll_interval": 2.0}  # an announcement sent before the worker listened is seen at once
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--speedup", type=float, default=600.0, help="divide the logged gaps between clicks by this")
     parser.add_argument("--max-clicks", type=int, help="replay only the first N clicks of the test day in each round")
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="more flags of `training.retrain` for the better version (they win over the demo's)")
     parser.add_argument("--log-dir", type=Path, default=REPO_ROOT / "runs" / "demo",
                         help="broker, worker and retrain logs")
-    return parser.parse_args(argv)
+    return parser
 
 
 def fixed_artifact(settings: Settings) -> Path | None:
@@ -395,7 +395,7 @@ def wait_serving(worker: WorkerProcess, version: str, timeout: float = 60.0) -> 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return run(parse_args(argv), time.monotonic())
+        return run(build_parser().parse_args(argv), time.monotonic())
     except KeyboardInterrupt:  # before the replay started: the with-blocks stopped everything
         print("interrupted before the replay started", file=sys.stderr)
         return 130
