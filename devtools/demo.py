@@ -99,6 +99,22 @@ def retrain_command(flags: str) -> list[str]:
     return [sys.executable, "-m", "training.retrain", "--dataset", DATASET, *shlex.split(flags)]
 
 
+def demo_artifact(settings: Settings, epochs: int) -> Path:
+    """For the benches (a fixed artifact): NEXTCLICK_SERVING_ARTIFACT_DIR if valid, else the better version's
+    settings trained once with `--out` into NEXTCLICK_ARTIFACT_DIR/demo (reused next time; not pushed)."""
+    quick = settings.artifact_dir / "demo"
+    return fixed_artifact(settings) or fixed_artifact(settings.model_copy(update={"serving_artifact_dir": quick})) \
+        or train_quick_artifact(quick, epochs)
+
+
+def train_quick_artifact(out: Path, epochs: int, *flags: str) -> Path:
+    """The better version's settings with `epochs`, written to `out` (then `flags`); nothing pushed."""
+    print(f"training GRU4Rec ({epochs} epoch(s) of configs/gru4rec_yoochoose.toml on {DATASET}) into {out}", flush=True)
+    command = [*retrain_command(f"{BETTER_VERSION_FLAGS} --epochs {epochs}"), "--out", str(out), *flags]
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    return out
+
+
 class Retrain:
     """A `training.retrain` that publishes to the demo's store (gate, push, promote, announce), as a child
     process in its own session (a Ctrl-C for the demo does not reach it; the demo stops it)."""
