@@ -130,14 +130,18 @@ class WorkerProcess:
 
     def metric_samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         """(labels, value) of every sample called `name` on /metrics."""
+        return self.metric_snapshot(name)[name]
+
+    def metric_snapshot(self, *names: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """(labels, value) of every sample of each of `names`, from one read of /metrics."""
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text = response.read().decode()
-        return [
-            (sample.labels, sample.value)
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name
-        ]
+        snapshot: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in names}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in snapshot:
+                    snapshot[sample.name].append((sample.labels, sample.value))
+        return snapshot
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
@@ -188,6 +192,7 @@ class OnlineStats:
     hits: int = 0
     judged: int = 0
     latencies: list[float] = field(default_factory=list)  # receive time − click timestamp, s
+    first_received: float | None = None  # time.monotonic() of the first suggestion
     _items: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     _ordinal: dict[tuple[str, float], int] = field(default_factory=dict)
     _answered: set[tuple[str, int]] = field(default_factory=set)
@@ -203,6 +208,8 @@ class OnlineStats:
 
     def suggested(self, suggestion: dict[str, Any], received_at: float) -> None:
         self.received += 1
+        if self.first_received is None:
+            self.first_received = time.monotonic()
         session_id = suggestion["session_id"]
         ordinal = self._ordinal.get((session_id, suggestion["click"]["timestamp"]))
         if ordinal is None or (session_id, ordinal) in self._answered:
@@ -219,6 +226,11 @@ class OnlineStats:
     def _judge(self, suggested: list[str], actual: str) -> None:
         self.judged += 1
         self.hits += actual in suggested
+
+    @property
+    def sessions(self) -> int:
+        """Sessions with a click sent."""
+        return len(self._items)
 
     @property
     def hit_rate(self) -> float:

@@ -25,7 +25,7 @@ from stream_app.events import InvalidClick, Reason, check_partition, parse_click
 from stream_app.faust_app import KeyPartitionedTable, TunedApp, event_context
 from stream_app.hot_swap import ServedModel
 from stream_app.kafka_security import faust_credentials
-from stream_app.metrics import WorkerMetrics, add_web_endpoints
+from stream_app.metrics import ActiveSessionCount, WorkerMetrics, add_web_endpoints
 from stream_app.partitioning import partition_for_key
 from stream_app.sessions import SessionState
 from stream_app.settings import get_settings
@@ -37,7 +37,6 @@ settings = get_settings()
 metrics = WorkerMetrics()
 metrics.live_quality_min_share.set(settings.live_quality_min_share)
 
-settings.table_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level of it
 app = TunedApp(
     settings.app_id,
     broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
@@ -85,6 +84,8 @@ sessions = app.Table(
     value_type=SessionState,
     partitions=settings.partitions,
 )
+
+app.sensors.add(ActiveSessionCount(sessions, metrics.active_sessions))  # sessions added between sweeps
 
 model_loaded = asyncio.Event()
 served = ServedModel(settings, metrics, loaded=model_loaded)
@@ -193,7 +194,17 @@ async def recommend(stream: faust.StreamT[bytes]) -> None:
 
 @app.timer(interval=settings.eviction_interval)
 async def evict_idle_sessions() -> None:
-    """Forget sessions idle for longer than the TTL, on the partitions this worker owns."""
+    sweep_sessions()
+
+
+@app.on_rebalance_complete.connect
+async def count_recovered_sessions(sender: faust.App, **kwargs: object) -> None:
+    """After a (re)start or rebalance the table holds what its changelog restored: count it now."""
+    sweep_sessions()
+
+
+def sweep_sessions() -> None:
+    """Forget sessions idle for longer than the TTL, on the partitions this worker owns; count the rest."""
     owned = {
         tp.partition
         for tp in app.assignor.assigned_actives()

@@ -30,6 +30,7 @@ from stream_app.artifact_store import ArtifactStore, Canary, Pointer, StoreError
 from stream_app.model_updates import announce, announce_canary
 from stream_app.quality_gate import GateDecision, quality_gate, record_decision
 from stream_app.artifact_format import ArtifactError, verify_artifact
+from stream_app.cli_help import HelpFormatter
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings, get_settings
 
@@ -152,18 +153,18 @@ def version_line(store: ArtifactStore, version: str, current: Pointer | None, ca
     return line + f"  canary: share {canary.share:g}" if is_canary else line
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m stream_app.artifacts",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, help="what to do with the store")
     commands.add_parser("list", help="versions in the store, newest first (* = current, ~ = canary)")
     show = commands.add_parser("show", help="one version's manifest (with its gate decision) and metrics")
     show.add_argument("version", nargs="?", help="default: the current version (and which canary runs)")
     promote = commands.add_parser("promote", help="make a stored version current and announce it")
-    promote.add_argument("version")
+    promote.add_argument("version", help="a version in the store (see list)")
     promote.add_argument("--force", action="store_true", help="promote even if its quality gate refused it")
     rollback = commands.add_parser("rollback", help="return to the version promoted before the current one")
     rollback.add_argument("--to", metavar="VERSION", help="an earlier promoted version to return to")
@@ -171,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     canary.add_argument("version", help="the version to serve next to the current one, or 'stop'")
     canary.add_argument("--share", type=float, help="the share of sessions it serves, between 0 and 1")
     canary.add_argument("--force", action="store_true", help="even if its quality gate refused it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "canary" and (args.version == "stop") == (args.share is not None):
         parser.error("canary VERSION needs --share; canary stop takes none")

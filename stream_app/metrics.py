@@ -14,11 +14,19 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
 
+from stream_app.events import Reason
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 QUALITY_CUTOFFS = (5, 10, 20)  # live hit-rate@K and MRR@K are exported for these K (those <= top_k)
 VERSION_LABELS = ("model", "artifact_version", "variant")  # variant: "current" or "canary"
+# Every `stage` of nextclick_errors_total: each series exists (at 0) from the first scrape, so that rates
+# and alerts work before the first error (a test checks that the code counts no other stage).
+ERROR_STAGES = (
+    "validate", "score", "publish", "dead_letter", "consumer_lag",
+    "model_watch", "model_updates", "model_fetch", "model_load",
+)
 
 
 class WorkerMetrics:
@@ -39,6 +47,10 @@ class WorkerMetrics:
         self.errors = Counter(
             "nextclick_errors", "Unexpected errors, by pipeline stage.", ["stage"], registry=r
         )
+        for reason in Reason:
+            self.dead_letters.labels(reason=str(reason))
+        for stage in ERROR_STAGES:
+            self.errors.labels(stage=stage)
         self.end_to_end_latency = Histogram(
             "nextclick_end_to_end_latency_seconds",
             "From the click's own timestamp to its suggestion being handed to the producer.",
@@ -127,6 +139,24 @@ class WorkerMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ActiveSessionCount(faust.Sensor):
+    """Keeps nextclick_active_sessions current between the eviction sweeps (which count exactly): one more
+    when a write adds a session to `table`, one less when one is deleted. Restored sessions come from the
+    changelog, not through writes: the worker counts them after each recovery."""
+
+    def __init__(self, table: faust.types.CollectionT, gauge: Gauge) -> None:
+        super().__init__()
+        self.table, self.gauge = table, gauge
+
+    def on_table_set(self, table: faust.types.CollectionT, key: object, value: object) -> None:
+        if table is self.table and key not in table.data:  # called before the write
+            self.gauge.inc()
+
+    def on_table_del(self, table: faust.types.CollectionT, key: object) -> None:
+        if table is self.table:
+            self.gauge.dec()
 
 
 def add_web_endpoints(

@@ -225,10 +225,17 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stream_app.settings", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--markdown", action="store_true",
+                        help="print every setting's variable, default and meaning (the README's table) "
+                             "instead of the values in effect (JSON)")
+    return parser
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m stream_app.settings", description=__doc__)
-    parser.add_argument("--markdown", action="store_true", help="print the README's configuration table")
-    if parser.parse_args().markdown:
+    if build_parser().parse_args().markdown:
         print(markdown_table())
     else:
         print(get_settings().model_dump_json(indent=2))

@@ -33,6 +33,7 @@ average of their logits (`DIENEnsemble`): on Diginetica two members re-rank bett
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from training.sampling import PopularitySampler
 
 @dataclass(frozen=True)
 class DIENTraining:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "activation": ("prelu", "dice"), "loss": ("softmax", "logloss"), "retriever": ("gru4rec", "narm"),
+    }
     item_dim: int = 32
     category_dim: int = 16
     max_len: int = 19

@@ -58,8 +58,10 @@ class GRU4RecTraining(TrainingParams):
     # AVX512-BF16 or AMX, emulated and slower elsewhere. Evaluation and the exported graph are float32.
     matmul_precision: str = "float32"
 
+    CHOICES = TrainingParams.CHOICES | {"matmul_precision": ("float32", "bfloat16")}
+
     def __post_init__(self) -> None:
-        if self.matmul_precision not in ("float32", "bfloat16"):
+        if self.matmul_precision not in self.CHOICES["matmul_precision"]:
             raise ValueError(f"matmul_precision must be 'float32' or 'bfloat16', got {self.matmul_precision!r}")
 
     def model_config(self, n_items: int) -> GRU4RecConfig:

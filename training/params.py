@@ -8,13 +8,16 @@ defaults, a TOML config and flags. DIEN's (`DIENTraining`) stand alone: its loss
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
-from training.losses import LossConfig
+from training.losses import LOSSES, LossConfig
 
 
 @dataclass(frozen=True)
 class TrainingParams:
     """What every trainer shares: the loss (`training.losses`), its sampled negatives, epochs and seed."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES}  # a field's allowed values (flags' choices)
 
     n_sample: int = 2048  # popularity-sampled negatives shared by a mini-batch
     sample_alpha: float = 0.3  # sampling probability ∝ popularity^alpha

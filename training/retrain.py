@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any, get_origin
 
 import torch
 
+from stream_app.cli_help import HelpFormatter, readable
 from training.artifact import code_version, new_version
 from training.data import ClickLog, EncodedSplit
 from training.datasets import custom_dataset, dataset_names, load_dataset
@@ -57,25 +60,35 @@ def _flag_type(field: dataclasses.Field):
     return {"int": int, "float": float, "str": str}.get(str(field.type), type(field.default))
 
 
+def _field_notes(params: type) -> dict[str, str]:
+    """The comment after each field of a hyper-parameter dataclass (and its bases): the flags' help."""
+    notes: dict[str, str] = {}
+    for cls in reversed(params.__mro__[:-1]):
+        for line in inspect.getsource(cls).splitlines():
+            if match := re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)", line):
+                notes[match[1]] = match[2]
+    return notes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.retrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=dataset_names(), default="yoochoose_rsc15_100k",
-                      help="a data set under NEXTCLICK_DATA_DIR (default: %(default)s)")
+                      help="a data set under NEXTCLICK_DATA_DIR")
     data.add_argument("--validation", action="store_true", help="evaluate on the validation split instead of test")
     data.add_argument("--train", type=Path, help="your own training click log (CSV/TSV/Parquet); needs --test")
     data.add_argument("--test", type=Path, help="your own test click log")
-    data.add_argument("--session-key", default="SessionId")
-    data.add_argument("--item-key", default="ItemId")
-    data.add_argument("--time-key", default="Time")
+    data.add_argument("--session-key", default="SessionId", help="--train/--test: the session id column")
+    data.add_argument("--item-key", default="ItemId", help="--train/--test: the item id column")
+    data.add_argument("--time-key", default="Time", help="--train/--test: the click time column (Unix seconds)")
     data.add_argument("--max-train-sessions", type=int, help="train on the first N sessions only (smoke runs)")
     data.add_argument("--max-test-sessions", type=int, help="evaluate on the first N test sessions only")
     add_topic_arguments(parser)
 
     models = parser.add_argument_group("models")
     models.add_argument("--models", nargs="+", choices=list(PARAMS), default=list(PARAMS),
-                        help="which to train (default: all)")
+                        help="which to train")
     models.add_argument("--config", type=Path, help="TOML file with [gru4rec], [narm] and/or [dien] tables")
     models.add_argument("--epochs", type=int, help="every model's number of epochs")
     models.add_argument("--retriever-artifact", type=Path, metavar="DIR",
@@ -83,9 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "retrains DIEN alone on a retriever that stays; the data must be the same")
     for model, params in PARAMS.items():
         group = parser.add_argument_group(f"{model} hyper-parameters (override the config file)")
+        notes = _field_notes(params)
         for field in dataclasses.fields(params):
             group.add_argument(f"--{model}-{field.name.replace('_', '-')}", dest=f"{model}.{field.name}",
-                               type=_flag_type(field), default=None, help=f"default {field.default}")
+                               type=_flag_type(field), default=None, choices=params.CHOICES.get(field.name),
+                               metavar=None if field.name in params.CHOICES else field.name.upper(),
+                               help=f"{notes.get(field.name, field.name.replace('_', ' '))} "
+                                    f"(default: {readable(field.default).replace('%', '%%')})")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, help="write the artifact here and do not push it (default: build it in "
@@ -94,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     out.add_argument("--lanes", type=int, default=1,
                      help="train the independent models side by side in this many processes, sharing the threads "
-                          "(training.lanes; default: %(default)s, one after another)")
+                          "(training.lanes; 1: one after another)")
     out.add_argument("--no-progress", action="store_true", help="no progress bars (still one line per epoch)")
     add_publish_arguments(parser)
     return parser
