@@ -123,7 +123,8 @@ def test_a_seeded_search_proposes_and_scores_the_same_trials(tmp_path):
         assert trials[0] == trials[1] and len(trials[0]) == 4
         assert runs[0].baselines[name] == runs[1].baselines[name]
         best = runs[0].searches[name].study.best_trial
-        assert runs[0].baselines[name] == type(baselines[name])(**{**vars(baselines[name]), **best.user_attrs["settings"]})
+        settings_of_best = {**vars(baselines[name]), **best.user_attrs["settings"]}
+        assert runs[0].baselines[name] == type(baselines[name])(**settings_of_best)
 
 
 def test_a_trial_below_the_pruners_bar_stops_after_the_epoch_it_reported():

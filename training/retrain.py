@@ -238,8 +238,8 @@ def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettin
 def tuned_plan(args: argparse.Namespace, plan: RetrainPlan, settings: TuningSettings, train_log: ClickLog,
                clock: StageClock) -> tuple[RetrainPlan, TuningResult]:
     """The plan with the settings a search on a validation split of `train_log` chose, and the search."""
-    fixed = {model: {f.name for f in dataclasses.fields(PARAMS[model]) if getattr(args, f"{model}.{f.name}") is not None}
-             for model in plan.params}
+    fixed = {model: {f.name for f in dataclasses.fields(PARAMS[model])
+                     if getattr(args, f"{model}.{f.name}") is not None} for model in plan.params}
     dien = plan.params.get("dien")
     dien_retriever = model_params(args, dien.retriever) if dien and dien.retriever not in plan.params else None
     result = tune(plan.params, plan.baselines, fixed, train_log, settings, clock, dien_retriever)

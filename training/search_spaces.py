@@ -1,15 +1,15 @@
 """The hyper-parameter ranges `python -m training.retrain --tune N` searches, per model and baseline.
 
-GRU4Rec: the official search spaces, hidasib/GRU4Rec_PyTorch_Official `paramspaces/gru4rec_bprmax_standard_parspace.json`
-and `paramspaces/gru4rec_xe_standard_parspace.json` (the ranges and steps of its `paropt.py`, names as here:
-its dropout_p_embed / dropout_p_hidden are dropout_embed / dropout_hidden). Both share layers 64..512 step 32 (one
-layer), batch_size 32..256 step 16, learning_rate 0.01..0.25 step 0.005, dropout_embed 0..0.5 step 0.05,
-dropout_hidden 0..0.7 step 0.05, momentum 0..0.9 step 0.05, sample_alpha 0..1 step 0.1; the bpr-max space adds
-bpreg 0..2 step 0.05 and elu_param in {0.5, 1, 0}. The official README advises one search per loss; here the loss
-is one more choice and each loss's own parameters are searched only under it (optuna's define-by-run), with the
-README's fixed setting for cross-entropy, logq = 1 ("has no effect when the BPR-max loss is used"). Fixed, as the
-README's fixed parameters: the embedding mode (shared, `constrained_embedding`), n_sample and n_epochs, which come
-from the defaults, the config file and the flags like every other setting.
+GRU4Rec: the official search spaces, hidasib/GRU4Rec_PyTorch_Official
+`paramspaces/gru4rec_bprmax_standard_parspace.json` and `paramspaces/gru4rec_xe_standard_parspace.json` (read by its
+`paropt.py`; names as here: its dropout_p_embed / dropout_p_hidden are dropout_embed / dropout_hidden). Both share
+layers 64..512 step 32 (one layer), batch_size 32..256 step 16, learning_rate 0.01..0.25 step 0.005, dropout_embed
+0..0.5 step 0.05, dropout_hidden 0..0.7 step 0.05, momentum 0..0.9 step 0.05, sample_alpha 0..1 step 0.1; the
+bpr-max space adds bpreg 0..2 step 0.05 and elu_param in {0.5, 1, 0}. The official README advises one search per
+loss; here the loss is one more choice and each loss's own parameters are searched only under it (optuna's
+define-by-run), with the README's fixed setting for cross-entropy, logq = 1 ("has no effect when the BPR-max loss is
+used"). Fixed, as the README's fixed parameters: the embedding mode (shared, `constrained_embedding`), n_sample and
+n_epochs, which come from the defaults, the config file and the flags like every other setting.
 
 NARM, DIEN and the baselines have no published search spaces; these are ranges around their papers' and
 session-rec's defaults (ours, not published): NARM's widths, dropouts, learning rate and batch; DIEN's item width,
