@@ -68,7 +68,8 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retr
     assert (dien["kind"], dien["retriever"], dien["n_candidates"]) == ("reranker", "gru4rec", 10)
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["results"]) == {"gru4rec", "narm", "gru4rec->dien", "popularity"}
+    # the baselines on the same predictions: popularity, item-kNN, V-SKNN, STAN
+    assert set(metrics["results"]) == {"gru4rec", "narm", "gru4rec->dien", "popularity", "item_knn", "vsknn", "stan"}
     predictions = {row["n_predictions"] for row in metrics["results"].values()}
     assert len(predictions) == 1 and predictions.pop() > 0  # every row ranks the same test clicks
     assert 0.0 <= metrics["results"]["gru4rec->dien"]["recall@20"] <= 1.0

@@ -68,6 +68,12 @@ class ClickLog:
         times = None if self.times is None else self.times[:end]
         return ClickLog(self.session_ids[:end], self.item_ids[:end], times, self.source)
 
+    def take_sessions(self, keep: np.ndarray) -> ClickLog:
+        """The sessions where `keep` (bool, one per session) is true, in the same order (the invariant holds)."""
+        clicks = np.repeat(np.asarray(keep, dtype=bool), np.diff(self.session_offsets()))
+        times = None if self.times is None else self.times[clicks]
+        return ClickLog(self.session_ids[clicks], self.item_ids[clicks], times, self.source)
+
 
 def read_event_log(path, *, session_key="SessionId", item_key="ItemId", time_key="Time", time_unit="s",
                    date_key=None, sep=None) -> ClickLog:

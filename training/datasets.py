@@ -64,10 +64,25 @@ def custom_dataset(train_path, test_path, **read_event_log_kwargs) -> DatasetSpe
     return DatasetSpec(f"custom:{train.name}", str(train), str(test), reader(""), reader("test-"))
 
 
-def load_dataset(name: str | DatasetSpec, data_dir: Path | None = None,
-                 validation: bool = False) -> tuple[ClickLog, ClickLog]:
-    """(train, test) logs of a registered data set (or a `custom_dataset`). With validation=True: the
-    train part's own (train, validation) split, so that tuning never sees the test set."""
+@dataclass(frozen=True)
+class DatasetFiles:
+    """A data set's two files, checked to exist, read one at a time: a hyper-parameter search reads the training
+    log and must not read the test log before it ends (`training.tuning`)."""
+
+    spec: DatasetSpec
+    train: Path
+    test: Path
+
+    def read_train(self) -> ClickLog:
+        return self.spec.read_train(self.train)
+
+    def read_test(self) -> ClickLog:
+        return self.spec.read_test(self.test)
+
+
+def dataset_files(name: str | DatasetSpec, data_dir: Path | None = None, validation: bool = False) -> DatasetFiles:
+    """The (train, test) files of a registered data set (or a `custom_dataset`), both checked to exist before
+    either is read. With validation=True: the train part's own (train, validation) split."""
     spec = name if isinstance(name, DatasetSpec) else DATASETS.get(name)
     if spec is None:
         raise KeyError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
@@ -80,4 +95,12 @@ def load_dataset(name: str | DatasetSpec, data_dir: Path | None = None,
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file; set NEXTCLICK_DATA_DIR to the folder holding the data "
                                     f"sets (now {data_dir})")
-    return spec.read_train(paths[0]), spec.read_test(paths[1])
+    return DatasetFiles(spec, *paths)
+
+
+def load_dataset(name: str | DatasetSpec, data_dir: Path | None = None,
+                 validation: bool = False) -> tuple[ClickLog, ClickLog]:
+    """(train, test) logs of a registered data set (or a `custom_dataset`). With validation=True: the
+    train part's own (train, validation) split, so that tuning never sees the test set."""
+    files = dataset_files(name, data_dir, validation)
+    return files.read_train(), files.read_test()

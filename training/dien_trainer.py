@@ -43,7 +43,7 @@ from models.dien import DIEN, DIENConfig, DIENEnsemble
 from training.data import Sessions
 from training.evaluate import Retrieval
 from training.prefixes import Prefixes
-from training.progress import EpochProgress, TrainingHistory
+from training.progress import EpochCallback, EpochProgress, TrainingHistory
 from training.sampling import PopularitySampler
 
 
@@ -162,11 +162,11 @@ def fit_prior_weight(retrieved: Retrieval, targets: np.ndarray, most: int = 20_0
 
 
 def train_dien(sessions: Sessions, popularity: np.ndarray, params: DIENTraining, retrieved: Retrieval | None,
-               item_categories: np.ndarray | None = None,
-               progress: bool = True) -> tuple[DIEN | DIENEnsemble, TrainingHistory]:
+               item_categories: np.ndarray | None = None, progress: bool = True,
+               on_epoch: EpochCallback | None = None) -> tuple[DIEN | DIENEnsemble, TrainingHistory]:
     """`retrieved`: the retriever's top-N for each training prefix (`evaluate.retrieve` on `sessions`), or
     None for popularity negatives only (not `residual`). One DIEN, or with `n_members` > 1 their ensemble,
-    the members' epochs one after another in the history."""
+    the members' epochs one after another in the history (`on_epoch` sees each member's epochs, the member alone)."""
     if params.residual and retrieved is None:
         raise ValueError("a residual re-ranker trains on the retriever's scores: pass `retrieved`")
     history = TrainingHistory()
@@ -176,13 +176,13 @@ def train_dien(sessions: Sessions, popularity: np.ndarray, params: DIENTraining,
             print(f"member {member + 1}/{params.n_members} (seed {params.seed + member})", flush=True)
         members.append(_train_member(sessions, popularity, replace(params, seed=params.seed + member), retrieved,
                                      item_categories, history, first_epoch=member * params.n_epochs,
-                                     progress=progress))
+                                     progress=progress, on_epoch=on_epoch))
     return (members[0] if params.n_members == 1 else DIENEnsemble(members)), history
 
 
 def _train_member(sessions: Sessions, popularity: np.ndarray, params: DIENTraining, retrieved: Retrieval | None,
                   item_categories: np.ndarray | None, history: TrainingHistory, first_epoch: int,
-                  progress: bool) -> DIEN:
+                  progress: bool, on_epoch: EpochCallback | None = None) -> DIEN:
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     categories = None if item_categories is None else torch.as_tensor(item_categories)
@@ -228,5 +228,9 @@ def _train_member(sessions: Sessions, popularity: np.ndarray, params: DIENTraini
             optimiser.step()
             meter.step(loss.item() * b, b)
         meter.finish()
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch, model)
+            model.train()
     model.eval()
     return model

@@ -36,7 +36,7 @@ from training.data import Sessions
 from training.losses import make_loss
 from training.optim import AdagradMomentum
 from training.params import TrainingParams
-from training.progress import EpochProgress, TrainingHistory
+from training.progress import EpochCallback, EpochProgress, TrainingHistory
 from training.sampling import PopularitySampler, sampled_candidates
 from training.session_batches import apply_resets, session_parallel_steps
 
@@ -93,7 +93,8 @@ class GRU4RecTrainer:
         self.history = TrainingHistory()
         self.rng_state = torch.get_rng_state()  # dropout's stream, this training's own across `fit` calls
 
-    def fit(self, sessions: Sessions, n_epochs: int, progress: bool = True) -> GRU4Rec:
+    def fit(self, sessions: Sessions, n_epochs: int, progress: bool = True,
+            on_epoch: EpochCallback | None = None) -> GRU4Rec:
         """Train `n_epochs` more epochs on `sessions`; the model comes back in eval mode."""
         params, model, optimiser, sampler = self.params, self.model, self.optimiser, self.sampler
         torch.set_rng_state(self.rng_state)
@@ -122,12 +123,16 @@ class GRU4RecTrainer:
                 hidden = [h.detach() for h in hidden]
                 meter.step(loss.item() * params.batch_size, len(step.items))
             meter.finish()
+            if on_epoch is not None:
+                model.eval()
+                on_epoch(epoch, model)
+                model.train()
         self.rng_state = torch.get_rng_state()
         model.eval()
         return model
 
 
-def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTraining,
-                  progress: bool = True) -> tuple[GRU4Rec, TrainingHistory]:
+def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTraining, progress: bool = True,
+                  on_epoch: EpochCallback | None = None) -> tuple[GRU4Rec, TrainingHistory]:
     trainer = GRU4RecTrainer(popularity, params)
-    return trainer.fit(sessions, params.n_epochs, progress), trainer.history
+    return trainer.fit(sessions, params.n_epochs, progress, on_epoch), trainer.history

@@ -30,7 +30,7 @@ from training.data import Sessions
 from training.losses import LossConfig, make_loss
 from training.params import TrainingParams
 from training.prefixes import Prefixes
-from training.progress import EpochProgress, TrainingHistory
+from training.progress import EpochCallback, EpochProgress, TrainingHistory
 from training.sampling import PopularitySampler, sampled_candidates
 
 
@@ -62,8 +62,8 @@ class NARMTraining(TrainingParams):
 
 
 
-def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
-               progress: bool = True) -> tuple[NARM, TrainingHistory]:
+def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining, progress: bool = True,
+               on_epoch: EpochCallback | None = None) -> tuple[NARM, TrainingHistory]:
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     model = NARM(params.model_config(len(popularity)))
@@ -108,5 +108,9 @@ def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
         meter.finish()
         for schedule in schedules:
             schedule.step()
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch, model)
+            model.train()
     model.eval()
     return model, history

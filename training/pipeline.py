@@ -13,7 +13,8 @@ trains what the plan asks for in this order (the order of the run's stages in it
 
 Each job runs on `training.lanes.Lanes`: one lane runs them as submitted; with more, steps 1 to 3 run side
 by side and their results are taken in the same order, so a k-lane run trains what a 1-lane run trains.
-`evaluated_models` then ranks every model and the popularity baseline on the same test predictions.
+`evaluated_models` then ranks every model and the baselines (popularity, and the plan's `training.baselines`:
+item-kNN, V-SKNN, STAN) on the same test predictions.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from models.export import export_dien, export_gru4rec, export_narm
 from stream_app.artifact_format import verify_artifact
 from stream_app.scoring import Scorer
+from training.baselines import BaselineParams, baseline_ranks
 from training.data import ClickLog, EncodedSplit, Sessions, read_item_categories
 from training.dien_trainer import DIENTraining, train_dien
 from training.evaluate import (
@@ -51,7 +53,7 @@ from training.evaluate import (
 from training.gru4rec_trainer import GRU4RecTrainer, GRU4RecTraining
 from training.lanes import Lanes
 from training.narm_trainer import train_narm
-from training.progress import StageClock, TrainingHistory
+from training.progress import EpochCallback, StageClock, TrainingHistory
 
 RETRIEVERS = ("gru4rec", "narm")  # the first stages, trained in this order
 
@@ -69,6 +71,7 @@ class RetrainPlan:
     progress: bool = True  # progress bars
     retriever_artifact: Path | None = None  # GRU4Rec taken from this artifact instead of trained
     fold_retriever_params: Any = None  # DIEN's stacking: the settings its fold retriever is trained with
+    baselines: dict[str, BaselineParams] = dataclasses.field(default_factory=dict)  # evaluated, not served
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,14 @@ class TrainedModel:
 
 
 def fit_retriever(name: str, params: Any, sessions: Sessions, popularity: np.ndarray, progress: bool,
-                  continued: GRU4RecTrainer | None = None,
+                  continued: GRU4RecTrainer | None = None, on_epoch: EpochCallback | None = None,
                   ) -> tuple[torch.nn.Module, TrainingHistory, GRU4RecTrainer | None]:
     """A retriever trained on `sessions` (`continued`: that GRU4Rec trained `params.n_epochs` more), its history
     and (GRU4Rec) its trainer, to continue it."""
     if name == "gru4rec":
         trainer = continued or GRU4RecTrainer(popularity, params)
-        return trainer.fit(sessions, params.n_epochs, progress), trainer.history, trainer
-    model, history = train_narm(sessions, popularity, params, progress=progress)
+        return trainer.fit(sessions, params.n_epochs, progress, on_epoch), trainer.history, trainer
+    model, history = train_narm(sessions, popularity, params, progress=progress, on_epoch=on_epoch)
     return model, history, None
 
 
@@ -331,15 +334,22 @@ class ModelTraining:
         return two_stage
 
 
-def evaluated_models(trained: TrainedModels, split: EncodedSplit, clock: StageClock) -> list[RankingMetrics]:
-    """Every model's row and the popularity baseline's on the same test predictions, printed as a table
-    (with DIEN's two-stage figures)."""
+def evaluated_models(trained: TrainedModels, split: EncodedSplit, clock: StageClock,
+                     baselines: dict[str, BaselineParams] | None = None, train_times: np.ndarray | None = None,
+                     progress: bool = False) -> list[RankingMetrics]:
+    """Every model's row and the baselines' on the same test predictions, printed as a table (with DIEN's
+    two-stage figures): popularity, then `baselines` (`training.baselines`; `train_times`: each training session's
+    start, for STAN's time decay)."""
     rows: list[RankingMetrics] = []
     with clock.stage("evaluation"):
         for t in trained.models.values():
             model_row, popularity_row = with_popularity_baseline(t.name, t.ranks, split.popularity, split.test)
             rows.append(model_row)
         rows.append(popularity_row)
+    for name, params in (baselines or {}).items():
+        with clock.stage(f"{name} baseline"):
+            ranks = baseline_ranks(name, params, split, train_times=train_times, progress=progress)
+        rows.append(RankingMetrics.from_ranks(name, ranks, split.test.n_dropped_clicks))
     print()
     print(format_table(rows))
     two_stage = trained.two_stage

@@ -1,16 +1,20 @@
-"""Training curves as PNG: a person reads a curve faster than a column of losses."""
+"""Training curves and hyper-parameter searches as PNG: a person reads a curve faster than a column of numbers."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from training.progress import TrainingHistory
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def plot_training_curve(history: TrainingHistory, path: Path, title: str) -> Path:
@@ -28,6 +32,41 @@ def plot_training_curve(history: TrainingHistory, path: Path, title: str) -> Pat
     ax_speed.set_xticks([e.epoch for e in history.epochs])
     ax_speed.set_ylabel("events / s")
     ax_speed.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_search(study: optuna.Study, path: Path, title: str, metric: str) -> Path:
+    """A hyper-parameter search (`training.tuning`): each trial's value (a pruned one at its last reported epoch)
+    with the best so far, and the best trial's settings (its user attribute "settings")."""
+    from optuna.trial import TrialState
+
+    fig, (ax, ax_text) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.plot([t.number for t in complete], [t.value for t in complete], "o", label="complete")
+    if pruned:
+        ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                "x", color="grey", label="pruned (last epoch reported)")
+    best, best_so_far = -float("inf"), []
+    for t in complete:
+        best = max(best, t.value)
+        best_so_far.append(best)
+    ax.step([t.number for t in complete], best_so_far, where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"validation {metric}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    best_trial = study.best_trial
+    lines = [f"best: trial {best_trial.number}, {metric} {best_trial.value:.4f}", ""]
+    lines += [f"{name} = {value:.4g}" if isinstance(value, float) else f"{name} = {value}"
+              for name, value in best_trial.user_attrs["settings"].items()]
+    ax_text.axis("off")
+    ax_text.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=9, transform=ax_text.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

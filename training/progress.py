@@ -4,7 +4,7 @@ wall time."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -13,6 +13,11 @@ from tqdm import tqdm
 
 CURVE_POINTS_PER_EPOCH = 50
 LINE_LABEL = ""  # put before each epoch and stage line: which model, where training lanes interleave their output
+
+# Called by a trainer after each epoch with the epoch's number and the model (in eval mode; the trainer puts it back
+# into training mode): a hyper-parameter search scores the model on its validation split there and may stop the
+# training by raising (`training.tuning`: optuna's TrialPruned).
+EpochCallback = Callable[[int, "torch.nn.Module"], None]
 
 
 @dataclass

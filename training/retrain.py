@@ -5,10 +5,17 @@
     python -m training.retrain --models gru4rec narm --gru4rec-layers 256 --narm-hidden-size 200
     python -m training.retrain --train my_clicks.csv --test my_test.csv --session-key sid --item-key iid
 
+    python -m training.retrain --dataset diginetica_srgnn --models gru4rec narm --tune 20 --tune-timeout 7200
+
 Trains GRU4Rec, NARM and DIEN by default (`--models` picks some). DIEN is the second stage: it re-ranks the
 top-N of its retriever (`--dien-retriever`, GRU4Rec by default), which must be trained in the same run.
 Each model's hyper-parameters come from its defaults, then the TOML config file's table of its name
 ([gru4rec], [narm], [dien]), then the flags `--<model>-<name>`; `--epochs` sets every model's epochs.
+The metrics table compares them with baselines on the same predictions: popularity, item-kNN, V-SKNN and STAN
+(`training.baselines`, settings from their defaults and the config's [item_knn], [vsknn], [stan]; evaluated, not
+served; `--no-baselines` leaves the last three out). `--tune N` first searches every model's and baseline's
+settings, N trials each, on a validation split of the training log (`training.tuning`; the test log is read only
+after the search) and trains the best ones; a flag `--<model>-<name>` fixes that setting.
 
 This module is the command line: the flags, the hyper-parameters they and the config give (`RetrainPlan`),
 the data they name (`RetrainData`), and `main`. What it runs: `training.pipeline` (training and evaluating
@@ -24,6 +31,7 @@ import inspect
 import re
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_origin
 
@@ -31,8 +39,9 @@ import torch
 
 from stream_app.cli_help import HelpFormatter, readable
 from training.artifact import code_version, new_version
+from training.baselines import BASELINES, BaselineParams, session_start_times
 from training.data import ClickLog, EncodedSplit
-from training.datasets import custom_dataset, dataset_names, load_dataset
+from training.datasets import custom_dataset, dataset_files, dataset_names
 from training.dien_trainer import DIENTraining
 from training.gru4rec_trainer import GRU4RecTraining
 from training.narm_trainer import NARMTraining
@@ -47,9 +56,11 @@ from training.progress import StageClock
 from training.publish import add_publish_arguments, publish_trained, staging_dir
 from training.retrain_artifact import write_retrain_artifact
 from training.stream_source import add_topic_arguments, topic_click_logs
+from training.tuning import METRICS, TUNABLE, TuningResult, TuningSettings, tune
 
 SERVING_TOP_K = 100
 PARAMS = {"gru4rec": GRU4RecTraining, "narm": NARMTraining, "dien": DIENTraining}
+SETTINGS_OF = PARAMS | {name: baseline.params for name, baseline in BASELINES.items()}  # config tables
 
 
 def _flag_type(field: dataclasses.Field):
@@ -91,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which to train")
     models.add_argument("--config", type=Path, help="TOML file with [gru4rec], [narm] and/or [dien] tables")
     models.add_argument("--epochs", type=int, help="every model's number of epochs")
+    models.add_argument("--no-baselines", action="store_true",
+                        help="leave item-kNN, V-SKNN and STAN out of the metrics (quick runs; popularity stays)")
     models.add_argument("--retriever-artifact", type=Path, metavar="DIR",
                         help="take GRU4Rec from this artifact (its serving graph) instead of training it: "
                              "retrains DIEN alone on a retriever that stays; the data must be the same")
@@ -103,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
                                metavar=None if field.name in params.CHOICES else field.name.upper(),
                                help=f"{notes.get(field.name, field.name.replace('_', ' '))} "
                                     f"(default: {readable(field.default).replace('%', '%%')})")
+
+    tuning = parser.add_argument_group("hyper-parameter search (training.tuning)")
+    tuning.add_argument("--tune", type=int, default=0, metavar="N",
+                        help="search each model's and baseline's settings, N trials each, on a validation split of "
+                             "the training data, then train the best (default: no search)")
+    tuning.add_argument("--tune-timeout", type=float, metavar="SECONDS",
+                        help="stop each model's search after this long (a trial under way ends first)")
+    tuning.add_argument("--tune-seed", type=int, default=0, help="the sampler's seed (default: %(default)s)")
+    tuning.add_argument("--tune-metric", choices=METRICS, default="mrr@20",
+                        help="the validation figure to maximise (default: %(default)s)")
+    tuning.add_argument("--tune-validation-fraction", type=float, default=0.1, metavar="F",
+                        help="the latest F of the training sessions validate (default: %(default)s)")
+    tuning.add_argument("--tune-models", nargs="+", choices=TUNABLE, metavar="NAME",
+                        help=f"search only these ({', '.join(TUNABLE)}; default: every model and baseline of the run)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, help="write the artifact here and do not push it (default: build it in "
@@ -118,13 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def training_params(model: str = "gru4rec", config: Path | None = None, **overrides) -> Any:
-    """`model`'s defaults, then the config file's table of that name, then the overrides that are not None."""
+    """`model`'s (or a baseline's) defaults, then the config file's table of that name, then the overrides that
+    are not None."""
     values: dict = tomllib.loads(config.read_text()).get(model, {}) if config else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     for name, value in values.items():
         if isinstance(value, list):
             values[name] = tuple(value)
-    return PARAMS[model](**values)
+    return SETTINGS_OF[model](**values)
 
 
 def model_params(args: argparse.Namespace, model: str) -> Any:
@@ -155,7 +183,9 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return chosen
 
 
-def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
+def open_logs(args: argparse.Namespace) -> tuple[ClickLog, Callable[[], ClickLog], str]:
+    """The training log, how to read the test log, and the data's name. The test log is read when asked for
+    (after a hyper-parameter search: it must not see it); a topic gives both at once and its test part waits."""
     if args.train or args.test:
         if not (args.train and args.test):
             raise SystemExit("--train and --test go together")
@@ -163,18 +193,36 @@ def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
                               time_key=args.time_key)
     else:
         spec = args.dataset
-    train, test = topic_click_logs(args) if args.from_topic else load_dataset(spec, validation=args.validation)
+    if args.from_topic:
+        train, topic_test = topic_click_logs(args)
+        read_test = lambda: topic_test
+    else:
+        files = dataset_files(spec, validation=args.validation)  # both files checked before either is read
+        train, read_test = files.read_train(), files.read_test
     name = f"topic {args.from_topic}" if args.from_topic else spec if isinstance(spec, str) else spec.name
     if args.max_train_sessions:
         train = train.head_sessions(args.max_train_sessions)
-    if args.max_test_sessions:
-        test = test.head_sessions(args.max_test_sessions)
-    return train, test, name
+
+    def test_log() -> ClickLog:
+        test = read_test()
+        return test.head_sessions(args.max_test_sessions) if args.max_test_sessions else test
+
+    return train, test_log, name
 
 
-def plan_from_args(args: argparse.Namespace) -> RetrainPlan:
-    """What to train, and how, from the flags (validated)."""
-    params = params_from_args(args)
+def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
+    train, test_log, name = open_logs(args)
+    return train, test_log(), name
+
+
+def baselines_from_args(args: argparse.Namespace) -> dict[str, BaselineParams]:
+    return {} if args.no_baselines else {name: training_params(name, args.config) for name in BASELINES}
+
+
+def plan_from_args(args: argparse.Namespace, params: dict[str, Any] | None = None,
+                   baselines: dict[str, BaselineParams] | None = None) -> RetrainPlan:
+    """What to train, and how, from the flags (validated), or with `params`/`baselines` (a search's) instead."""
+    params = params_from_args(args) if params is None else params
     dien = params.get("dien")
     fold_retriever_params = None
     if dien and dien.holdout_fraction:
@@ -182,11 +230,40 @@ def plan_from_args(args: argparse.Namespace) -> RetrainPlan:
         fold_retriever_params = params.get(dien.retriever) or model_params(args, dien.retriever)
     return RetrainPlan(params, top_k=args.top_k, lanes=args.lanes,
                        progress=not args.no_progress and args.lanes == 1,  # lanes: one line per epoch, no bars
-                       retriever_artifact=args.retriever_artifact, fold_retriever_params=fold_retriever_params)
+                       retriever_artifact=args.retriever_artifact, fold_retriever_params=fold_retriever_params,
+                       baselines=baselines_from_args(args) if baselines is None else baselines)
 
 
-def load_data(args: argparse.Namespace) -> RetrainData:
-    train_log, test_log, name = load_logs(args)
+def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettings | None:
+    """The search the flags ask for (validated), None for none."""
+    if not args.tune:
+        if args.tune_timeout or args.tune_models:
+            raise SystemExit("--tune-timeout and --tune-models go with --tune N")
+        return None
+    if args.tune < 1:
+        raise SystemExit("--tune takes a number of trials, at least 1")
+    missing = [m for m in args.tune_models or () if m not in plan.params and m not in plan.baselines]
+    if missing:
+        raise SystemExit(f"--tune-models {' '.join(missing)}: not in this run (--models, or --no-baselines)")
+    try:
+        return TuningSettings(args.tune, args.tune_timeout, args.tune_seed, args.tune_metric,
+                              args.tune_validation_fraction, tuple(args.tune_models or TUNABLE), plan.progress)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+
+
+def tuned_plan(args: argparse.Namespace, plan: RetrainPlan, settings: TuningSettings, train_log: ClickLog,
+               clock: StageClock) -> tuple[RetrainPlan, TuningResult]:
+    """The plan with the settings a search on a validation split of `train_log` chose, and the search."""
+    fixed = {model: {f.name for f in dataclasses.fields(PARAMS[model])
+                     if getattr(args, f"{model}.{f.name}") is not None} for model in plan.params}
+    dien = plan.params.get("dien")
+    dien_retriever = model_params(args, dien.retriever) if dien and dien.retriever not in plan.params else None
+    result = tune(plan.params, plan.baselines, fixed, train_log, settings, clock, dien_retriever)
+    return plan_from_args(args, result.params, result.baselines), result
+
+
+def data_of(args: argparse.Namespace, name: str, train_log: ClickLog, test_log: ClickLog) -> RetrainData:
     return RetrainData(name, "validation" if args.validation else "test", train_log, test_log,
                        EncodedSplit.of(train_log, test_log))
 
@@ -198,18 +275,24 @@ def main(argv: list[str] | None = None) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = plan_from_args(args)
+    search = tuning_settings(args, plan)
     clock = StageClock()
     with clock.stage("loading"):
-        data = load_data(args)
+        train_log, read_test_log, name = open_logs(args)
+    tuning = None
+    if search:
+        plan, tuning = tuned_plan(args, plan, search, train_log, clock)
+    with clock.stage("loading the test log"):
+        data = data_of(args, name, train_log, read_test_log())
     print(data.summary())
 
     trained = ModelTraining(plan, data.split, clock).run()
-    rows = evaluated_models(trained, data.split, clock)
+    rows = evaluated_models(trained, data.split, clock, plan.baselines, session_start_times(train_log), plan.progress)
 
     version = new_version()
     out = args.out or staging_dir(version)
     write_retrain_artifact(out, version=version, trained_by=trained_by, plan=plan, data=data, trained=trained,
-                           rows=rows, clock=clock)
+                           rows=rows, clock=clock, tuning=tuning)
     print(f"\nartifact {version} written to {out}")
     publish_trained(out, data.test_log, args)
     return out

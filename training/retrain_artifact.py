@@ -1,6 +1,7 @@
-"""What a retrain writes into its artifact directory: each model's serving graph and training curve, then
-the metrics record (`metrics.json`: the figures, where the time went, the data) and the rest of the
-artifact's files (`training.artifact.write_artifact_metadata`).
+"""What a retrain writes into its artifact directory: each model's serving graph and training curve, a
+hyper-parameter search's record (`training.tuning`: tuning.json, its trials and plots), then the metrics record
+(`metrics.json`: the figures, baselines included, where the time went, the data) and the rest of the artifact's
+files (`training.artifact.write_artifact_metadata`).
 
 The metrics record also holds what the artifact serves (`served`): every pipeline it can serve, replayed
 through the worker's own code on the test sessions, keeping and excluding the session's clicked items,
@@ -23,6 +24,7 @@ from training.pipeline import RetrainData, RetrainPlan, TrainedModels
 from training.plots import plot_training_curve
 from training.progress import StageClock, TrainingHistory
 from training.publish import held_out_sessions
+from training.tuning import TuningResult
 
 PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
             "start; full-catalogue ranking; rank = #items scoring >= target (conservative ties); clicks on items "
@@ -59,13 +61,16 @@ def metrics_record(data: RetrainData, trained: TrainedModels, rows: list[Ranking
 
 
 def config_record(plan: RetrainPlan, trained: TrainedModels) -> dict:
-    """config.json: every trained model's hyper-parameters, the serving top-K, and a reused retriever's source."""
+    """config.json: every trained model's hyper-parameters, the serving top-K, a reused retriever's source, and
+    the baselines' settings (evaluated, not served)."""
     return ({name: p.to_dict() for name, p in plan.params.items()} | {"top_k": plan.top_k}
-            | ({"gru4rec": trained.models["gru4rec"].params} if plan.retriever_artifact else {}))
+            | ({"gru4rec": trained.models["gru4rec"].params} if plan.retriever_artifact else {})
+            | {"baselines": {name: dataclasses.asdict(p) for name, p in plan.baselines.items()}})
 
 
 def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: RetrainPlan, data: RetrainData,
-                           trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock) -> Path:
+                           trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock,
+                           tuning: TuningResult | None = None) -> Path:
     """The artifact of a retrain in `out` (created if needed); its manifest's path."""
     out.mkdir(parents=True, exist_ok=True)
     with clock.stage("ONNX exports and training curves"):
@@ -73,6 +78,8 @@ def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: Re
             t.export(out / t.manifest_entry["file"])
             if t.history is not None:
                 plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data.name}")
+        if tuning is not None:
+            tuning.write(out, data.name)
 
     def sealed(**served: dict) -> Path:
         return write_artifact_metadata(

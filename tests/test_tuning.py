@@ -1,0 +1,142 @@
+"""`python -m training.retrain --tune N`: the search on a validation split of the training log, end to end on a
+real slice; and the baselines' rows in every retrain's table."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from stream_app.artifact_format import verify_artifact
+from tests.real_slices import yoochoose_slice
+from training import datasets
+from training.baselines import ItemKNNParams, VSKNNParams
+from training.data import ClickLog
+from training.datasets import DATASETS, load_dataset
+from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
+from training.evaluate import model_ranks
+from training.progress import StageClock
+from training.retrain import main as retrain
+from training.tuning import Trials, TuningSettings, tune, validation_split
+
+TUNED = ("gru4rec", "narm", "dien", "item_knn", "vsknn", "stan")
+SMALL = ["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1500", "--max-test-sessions", "200",
+         "--epochs", "1", "--gru4rec-layers", "16", "--gru4rec-batch-size", "16", "--gru4rec-n-sample", "32",
+         "--narm-hidden-size", "16", "--narm-embedding-dim", "16", "--dien-item-dim", "8", "--dien-mlp", "16,8",
+         "--dien-n-candidates", "10", "--top-k", "10", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A tuned retrain (3 trials each, tiny models) that records when a search ends and when the test log is read."""
+    events = []
+    spec = DATASETS["yoochoose_rsc15_100k"]
+
+    def read_test(path):
+        events.append("test log read")
+        return spec.read_test(path)
+
+    optimize = optuna.Study.optimize
+
+    def recorded_optimize(study, *args, **kwargs):
+        optimize(study, *args, **kwargs)
+        events.append(f"search of {study.study_name} ended")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(DATASETS, "yoochoose_rsc15_100k", datasets.DatasetSpec(
+            spec.name, spec.train, spec.test, spec.read_train, read_test, spec.validation))
+        patch.setattr(optuna.Study, "optimize", recorded_optimize)
+        out = retrain([*SMALL, "--tune", "3", "--tune-seed", "7", "--out", str(tmp_path_factory.mktemp("tuned") / "a")])
+    return out, events
+
+
+def test_the_test_log_is_read_once_and_only_after_every_search_ended(tuned):
+    _, events = tuned
+    assert events == [f"search of {name} ended" for name in TUNED] + ["test log read"]
+
+
+def test_the_final_models_train_with_the_best_trials_settings(tuned):
+    out, _ = tuned
+    record = json.loads((out / "tuning.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert set(record["models"]) == set(TUNED)
+    for name, search in record["models"].items():
+        trained = config["baselines"][name] if name in ("item_knn", "vsknn", "stan") else config[name]
+        assert search["trials"] == 3 and search["metric"] == "mrr@20"
+        assert search["best_settings"] and all(trained[k] == v for k, v in search["best_settings"].items())
+        for key, value in search["best_params"].items():  # optuna's own record of the best trial
+            assert trained[key] == pytest.approx([value] if key == "layers" else value)
+    # the flags fixed what they set: GRU4Rec's width and batch stayed, NARM's widths too
+    assert config["gru4rec"]["layers"] == [16] and config["gru4rec"]["batch_size"] == 16
+    assert "layers" not in record["models"]["gru4rec"]["best_params"]
+    assert config["narm"]["hidden_size"] == 16 and "hidden_size" not in record["models"]["narm"]["best_params"]
+    assert record["validation"]["by"] == "time" and record["validation"]["validation_sessions"] == 150
+    assert record["settings"]["seed"] == 7
+
+
+def test_trials_and_plots_are_in_the_artifact_and_sealed_by_its_manifest(tuned):
+    out, _ = tuned
+    manifest = verify_artifact(out, models=("gru4rec", "narm", "dien"))  # every file against its sha256
+    expected = {"tuning.json"} | {f"tuning_{m}_trials.csv" for m in TUNED} | {f"tuning_{m}.png" for m in TUNED}
+    assert expected <= set(manifest["files"])
+    for name in TUNED:
+        lines = (out / f"tuning_{name}_trials.csv").read_text().strip().splitlines()
+        assert len(lines) == 1 + 3  # header, three trials
+    stages = [s["name"] for s in json.loads((out / "metrics.json").read_text())["stages"]]
+    assert stages.index("tuning stan") < stages.index("loading the test log") < stages.index("gru4rec training")
+
+
+def test_baselines_are_rows_of_the_table_and_of_metrics_json(tuned, tmp_path):
+    out, _ = tuned
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert {"popularity", "item_knn", "vsknn", "stan"} <= set(results)
+    assert len({row["n_predictions"] for row in results.values()}) == 1  # the same predictions as the models
+
+    quick = retrain([*SMALL, "--models", "gru4rec", "--no-baselines", "--out", str(tmp_path / "quick")])
+    assert set(json.loads((quick / "metrics.json").read_text())["results"]) == {"gru4rec", "popularity"}
+    assert json.loads((quick / "config.json").read_text())["baselines"] == {}
+
+
+def test_validation_split_holds_out_the_latest_sessions():
+    train, _ = load_dataset("yoochoose_rsc15_100k")
+    train = train.head_sessions(2000)
+    rest, held, how = validation_split(train, 0.2)
+    assert rest.n_sessions + held.n_sessions == 2000 and held.n_sessions == pytest.approx(400, abs=5)
+    last_click = lambda log: log.times[log.session_offsets()[1:] - 1]
+    assert last_click(rest).max() < last_click(held).min()  # by time: every held-out session ends later
+    assert how["by"] == "time"
+
+    timeless = ClickLog(train.session_ids, train.item_ids, None, "no times")
+    rest, held, how = validation_split(timeless, 0.2)
+    assert how["by"] == "order" and list(held.session_ids) == list(train.session_ids[-held.n_clicks:])
+    assert held.n_sessions == 400
+
+
+def test_a_seeded_search_proposes_and_scores_the_same_trials(tmp_path):
+    train, _ = load_dataset("yoochoose_rsc15_100k")
+    train = train.head_sessions(2000)
+    settings = TuningSettings(n_trials=4, seed=3, progress=False)
+    baselines = {"item_knn": ItemKNNParams(), "vsknn": VSKNNParams()}
+    runs = [tune({}, baselines, {}, train, settings, StageClock()) for _ in range(2)]
+    for name in baselines:
+        trials = [[(t.params, t.value) for t in run.searches[name].study.trials] for run in runs]
+        assert trials[0] == trials[1] and len(trials[0]) == 4
+        assert runs[0].baselines[name] == runs[1].baselines[name]
+        best = runs[0].searches[name].study.best_trial
+        settings_of_best = {**vars(baselines[name]), **best.user_attrs["settings"]}
+        assert runs[0].baselines[name] == type(baselines[name])(**settings_of_best)
+
+
+def test_a_trial_below_the_pruners_bar_stops_after_the_epoch_it_reported():
+    train, test, _, popularity = yoochoose_slice(1000, 100)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    trial = study.ask()  # MRR can never reach 2: pruned at its first report
+    base = GRU4RecTraining(layers=(16,), batch_size=16, n_sample=32, n_epochs=3)
+    trials = Trials("gru4rec", base, {"layers", "batch_size"}, TuningSettings(n_trials=1, progress=False), True)
+    params = trials.params(trial)
+    scores = []
+    with pytest.raises(optuna.TrialPruned):
+        train_gru4rec(train, popularity, params, progress=False,
+                      on_epoch=trials.epoch_reporter(trial, scores, lambda model: model_ranks(model, test)))
+    assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]  # epoch 1 only
+    assert len(scores) == 1 and 0.0 <= scores[0] <= 1.0
