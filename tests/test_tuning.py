@@ -3,7 +3,6 @@ real slice; and the baselines' rows in every retrain's table."""
 
 import json
 
-import numpy as np
 import optuna
 import pytest
 

@@ -33,13 +33,12 @@ STAN (Garg et al., SIGIR 2019, "Sequence and Time Aware Neighborhood for Session
     score(j | s) = sum over n in N(s) holding j of sim(s, n) * w3(j, n)
     Time: with `train_times` (each training session's start, seconds) t_n is that and lambda_time is in
     seconds (the paper's 5 days by default); without (SR-GNN pickles hold none), t_n is the session's index
-    and lambda_time_sessions is used instead, in sessions (default: infinite, no time decay). t_s is the same
+    and lambda_time_sessions is used instead, in sessions (default: None, no time decay). t_s is the same
     for every neighbour of s, so only t_n - t_latest matters to the ranking (t_s = the latest session's time).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,7 +77,7 @@ class STANParams:
     # λ2 in sessions, used without train_times (session order as time). Off by default: a count of sessions has
     # no published value (5 days is no fixed number of sessions), and a guess costs much (Diginetica, 5,000:
     # Recall@20 0.31 instead of 0.40).
-    lambda_time_sessions: float = math.inf
+    lambda_time_sessions: float | None = None  # None: no decay (config.json stays strict JSON, unlike inf)
     lambda_item: float = 2.05  # λ3, in clicks
     zero_shared_item: bool = True  # w3(i*, n) = 0, the paper's choice; False: i* gets w3 = 1 like any item at p_n(i*)
 
@@ -225,7 +224,8 @@ class STAN(_NeighbourModel):
             times, lam = np.asarray(train_times, dtype=np.float64), params.lambda_time
             if len(times) != index.n_sessions:
                 raise ValueError(f"train_times has {len(times)} entries for {index.n_sessions} training sessions")
-        self.recency = np.exp(-(times.max(initial=0.0) - times) / lam)  # w2 with t_s = the latest session
+        # w2 with t_s = the latest session; no decay: 1 for every session
+        self.recency = np.ones(len(times)) if lam is None else np.exp(-(times.max(initial=0.0) - times) / lam)
         self.prefix_position = np.zeros(index.n_items, dtype=np.int64)  # scratch: p_s(i), 0 = not in s
 
     def sparse_scores(self, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

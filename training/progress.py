@@ -7,9 +7,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 CURVE_POINTS_PER_EPOCH = 50
 LINE_LABEL = ""  # put before each epoch and stage line: which model, where training lanes interleave their output
