@@ -4,6 +4,7 @@
     python -m training.retrain --dataset diginetica_srgnn --config configs/diginetica.toml
     python -m training.retrain --models gru4rec narm --gru4rec-layers 256 --narm-hidden-size 200
     python -m training.retrain --train my_clicks.csv --test my_test.csv --session-key sid --item-key iid
+    python -m training.retrain --dataset diginetica_srgnn --config configs/diginetica.toml --device cuda
 
 Trains GRU4Rec, NARM and DIEN by default (`--models` picks some). DIEN is the second stage: it re-ranks the
 top-N of its retriever (`--dien-retriever`, GRU4Rec by default), which must be trained in the same run.
@@ -27,9 +28,11 @@ from typing import Any, get_origin
 
 import torch
 
+from stream_app.settings import get_settings
 from training.artifact import code_version, new_version
 from training.data import ClickLog, EncodedSplit
 from training.datasets import custom_dataset, dataset_names, load_dataset
+from training.device import DEVICES, training_device
 from training.dien_trainer import DIENTraining
 from training.gru4rec_trainer import GRU4RecTraining
 from training.narm_trainer import NARMTraining
@@ -91,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", type=Path, help="write the artifact here and do not push it (default: build it in "
                      "NEXTCLICK_ARTIFACT_DIR/staging/<version>, then gate, push and promote it)")
     out.add_argument("--top-k", type=int, default=SERVING_TOP_K, help="items the retrievers' serving graphs return")
+    out.add_argument("--device", choices=DEVICES, default=get_settings().train_device,
+                     help="train and evaluate on the CPU or one CUDA GPU; auto: the GPU when torch sees one "
+                          "(default: NEXTCLICK_TRAIN_DEVICE, %(default)s; docs/training-on-a-gpu.md)")
     out.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     out.add_argument("--lanes", type=int, default=1,
                      help="train the independent models side by side in this many processes, sharing the threads "
@@ -156,7 +162,7 @@ def load_logs(args: argparse.Namespace) -> tuple[ClickLog, ClickLog, str]:
 
 
 def plan_from_args(args: argparse.Namespace) -> RetrainPlan:
-    """What to train, and how, from the flags (validated)."""
+    """What to train, and how, from the flags (validated; a GPU asked for and not there fails here)."""
     params = params_from_args(args)
     dien = params.get("dien")
     fold_retriever_params = None
@@ -165,7 +171,8 @@ def plan_from_args(args: argparse.Namespace) -> RetrainPlan:
         fold_retriever_params = params.get(dien.retriever) or model_params(args, dien.retriever)
     return RetrainPlan(params, top_k=args.top_k, lanes=args.lanes,
                        progress=not args.no_progress and args.lanes == 1,  # lanes: one line per epoch, no bars
-                       retriever_artifact=args.retriever_artifact, fold_retriever_params=fold_retriever_params)
+                       retriever_artifact=args.retriever_artifact, fold_retriever_params=fold_retriever_params,
+                       device=training_device(args.device))
 
 
 def load_data(args: argparse.Namespace) -> RetrainData:
