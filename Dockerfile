@@ -5,6 +5,8 @@
 #   docker build -t nextclick:0.1.0 .                                         # serving, CPU (default target)
 #   docker build --build-arg ACCELERATOR=cuda -t nextclick:0.1.0-cuda .      # serving, onnxruntime-gpu
 #   docker build --target training -t nextclick-training:0.1.0 .             # python -m training.retrain
+#   docker build --target training --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
+#       -t nextclick-training:0.1.0-cuda .                                     # the same on a GPU (--device cuda)
 #
 # Serving runs `python -m stream_app worker` with onnxruntime and no torch; training carries torch (CPU
 # wheel, pinned as in pyproject.toml). Each final stage gets only a virtual environment built in its own
@@ -68,7 +70,9 @@ RUN python3 -m venv /opt/venv \
 FROM source AS training-build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# torch first, from the CPU-only index: the default wheel pulls several GB of CUDA libraries.
+# torch first, from the CPU-only index: the default wheel pulls several GB of CUDA libraries. A CUDA index
+# (TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128) gives a torch that trains on a GPU: its wheel
+# carries the CUDA libraries, so the slim base serves it (the node's driver comes in through the NVIDIA runtime).
 RUN python3 -m venv /opt/venv \
     && pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
     && pip install "./[train]"

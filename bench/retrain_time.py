@@ -2,6 +2,7 @@
 
     python bench/retrain_time.py                                   # Diginetica (SR-GNN split), all three models
     python bench/retrain_time.py -- --dataset yoochoose_rsc15_100k --epochs 1     # any retrain flags after --
+    python bench/retrain_time.py -- --dataset diginetica_srgnn --config configs/diginetica.toml --device cuda
 
 Run it on an otherwise idle machine: torch's threads stall badly when another process takes a core.
 The artifact goes to a temporary directory (or `--keep DIR`) and is not pushed.
@@ -35,17 +36,23 @@ def main() -> None:
         out = retrain([*flags, "--out", str(args.keep or Path(scratch) / "artifact"), "--no-progress"])
         total = time.perf_counter() - started
         metrics = json.loads((out / "metrics.json").read_text())
-    print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"{metrics['training']['lanes']} lane(s)")
+    device = metrics["training"].get("device", "cpu")
+    gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}, "
+          f"{metrics['training']['lanes']} lane(s), device {device}")
     print(f"command: python -m training.retrain {' '.join(flags).replace(f'{REPO}/', '')}")
     for model, record in metrics["training"].items():
-        if not isinstance(record, dict):  # the run's threads and lanes
+        if not isinstance(record, dict):  # the run's threads, lanes and device
             continue
         seconds = [e["seconds"] for e in record["epochs"]]
+        events = sum(e["events"] for e in record["epochs"])
         print(f"{model}: {len(seconds)} epochs, {sum(seconds):,.0f} s training, "
-              f"{sum(seconds) / len(seconds):,.1f} s per epoch ({', '.join(f'{s:.0f}' for s in seconds)})")
+              f"{sum(seconds) / len(seconds):,.1f} s per epoch ({', '.join(f'{s:.0f}' for s in seconds)}), "
+              f"{events / sum(seconds):,.0f} training events/s")
     print("stages: " + ", ".join(f"{s['name']} {s['seconds']:,.0f} s" for s in metrics["stages"]))
     print(f"whole run (loading, training, retrieval, evaluation, export): {total:,.0f} s = {total / 60:.1f} min")
+    print("quality: " + ", ".join(f"{name} Recall@20 {r['recall@20']:.4f} MRR@20 {r['mrr@20']:.4f}"
+                                  for name, r in metrics["results"].items()))
 
 
 if __name__ == "__main__":

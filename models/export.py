@@ -19,10 +19,14 @@ Its AUGRU is unrolled over L steps, so L is fixed at the model's max_len: pad ev
 Top-K is computed inside the retrievers' graphs so only K ids per session leave onnxruntime, and the batch
 dimension is dynamic so the worker can score any number of clicks in one call (NARM's L and DIEN's N are
 dynamic too).
+
+A model trained on a GPU is exported from a CPU copy of its weights (`on_cpu`): the graph, and so the
+artifact and serving, are the same whatever device trained it.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -42,11 +46,20 @@ DIEN_OUTPUTS = ("scores",)
 OPSET = 17
 
 
+def on_cpu(model: nn.Module) -> nn.Module:
+    """The model itself when it is on the CPU, else a copy there (the trained model stays where it is)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 class _TopKServing(nn.Module):
     """A model wrapped so that its graph returns only the top-K items and their scores."""
 
     def __init__(self, model: nn.Module, top_k: int):
         super().__init__()
+        model = on_cpu(model)
         if not 0 < top_k <= model.config.n_items:
             raise ValueError(f"top_k must be in 1..{model.config.n_items}, got {top_k}")
         self.model = model
@@ -105,6 +118,7 @@ def export_narm(model: NARM, path: Path, top_k: int = 100) -> Path:
 
 
 def export_dien(model: DIEN | DIENEnsemble, path: Path) -> Path:
+    model = on_cpu(model)
     model.eval()
     example = (torch.zeros(2, model.config.max_len, dtype=torch.int64), torch.ones(2, dtype=torch.int64),
                torch.zeros(2, 3, dtype=torch.int64))

@@ -71,7 +71,7 @@ class ItemRows:
 
     def mask(self, request: str) -> torch.Tensor:
         """Which of `ids` the request (`items` or `candidates`) used."""
-        used = torch.zeros(len(self.ids), dtype=torch.bool)
+        used = torch.zeros(len(self.ids), dtype=torch.bool, device=self.ids.device)
         used[self.position[request]] = True
         return used
 

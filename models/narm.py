@@ -127,7 +127,8 @@ class NARM(nn.Module):
         The states are the same either way (the GRU only looks backwards); the serving graph keeps the plain
         padded GRU, which ONNX runs as one op."""
         if self.training:
-            clicks = pack_padded_sequence(items, lengths, batch_first=True, enforce_sorted=False)
+            clicks = pack_padded_sequence(items, lengths.cpu(), batch_first=True,  # packing reads lengths on the host
+                                          enforce_sorted=False)
             embedded = clicks._replace(data=self.dropout_embed(self.rows(clicks.data)))
             return pad_packed_sequence(self.gru(embedded)[0], batch_first=True, total_length=items.shape[1])[0]
         embedded = self.dropout_embed(self.rows(items))

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         "`training.retrain` also builds artifacts here (`staging/`) before pushing them.",
     )
 
+    train_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="cpu",
+        description="Where `training.retrain` trains (the default of its `--device`): `auto` takes the GPU "
+        "when torch sees one; `cuda` fails at once without one (docs/training-on-a-gpu.md).",
+    )
+
     # --- Artifact store, quality gate and hot swap (`stream_app.artifact_store`) -----------------
     artifact_store_url: str | None = Field(
         default=None,

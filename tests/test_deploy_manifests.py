@@ -11,6 +11,7 @@ ConfigMap), and the alert rules by promtool (`check rules`, and unit tests of wh
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.deploy_tools import (
 )
 
 K8S = REPO_ROOT / "k8s"
+GPU_COMPONENT = "optional/gpu-training"  # the CronJob on one GPU: a kustomize component, off by default
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 SCALED_OBJECT_FILE = K8S / "optional" / "keda-scaledobject.yaml"
 # Custom resources: not in the Kubernetes schemas, checked by the tests below that name them.
@@ -46,6 +48,19 @@ def rendered() -> list[dict[str, Any]]:
     """`kubectl kustomize k8s/`: what `kubectl apply -k k8s/` sends to the cluster."""
     out = subprocess.run(
         [venv_tool("kubectl"), "kustomize", K8S], capture_output=True, text=True, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered_with_gpu(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """`k8s/` rendered with the GPU component turned on, as its header says: a copy of `k8s/` whose
+    kustomization lists it under `components`."""
+    copy = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(KUSTOMIZATION | {"components": [GPU_COMPONENT]}))
+    out = subprocess.run(
+        [venv_tool("kubectl"), "kustomize", copy], capture_output=True, text=True, check=True
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -122,7 +137,8 @@ def test_the_values_to_change_reach_every_object(rendered: list[dict[str, Any]])
     assert the(rendered, "Namespace")["metadata"]["name"] == namespace
     assert all(o["metadata"]["namespace"] == namespace for o in rendered if o["kind"] != "Namespace")
 
-    images = {f"{image['newName']}:{image['newTag']}" for image in KUSTOMIZATION["images"]}
+    images = {f"{image['newName']}:{image['newTag']}" for image in KUSTOMIZATION["images"]
+              if image["name"] != "nextclick-training-cuda"}  # the GPU component's: test_the_gpu_variant...
     assert {container["image"] for _, container in containers(rendered)} == images
 
     [literal] = KUSTOMIZATION["configMapGenerator"][0]["literals"]
@@ -222,6 +238,32 @@ def test_the_cronjob_runs_the_trainer_with_flags_it_accepts(rendered: list[dict[
     args = build_parser().parse_args(retrain["args"])  # exits on an unknown flag or a bad value
     assert (REPO_ROOT / args.config).is_file()
     assert the(rendered, "CronJob")["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+@pytest.mark.parametrize("version", OLDEST_AND_NEWEST_KUBERNETES)
+def test_the_gpu_variant_validates_and_trains_on_one_gpu(
+    rendered: list[dict[str, Any]], rendered_with_gpu: list[dict[str, Any]], version: str
+) -> None:
+    """The GPU component changes the CronJob alone: the CUDA training image, `--device cuda`, one GPU, and the
+    node selector and toleration placeholders; the default CronJob asks for no GPU."""
+    pytest.importorskip("torch")
+    from training.retrain import build_parser
+
+    for manifest in rendered_with_gpu:
+        if manifest["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(manifest, version, strict=True)
+    assert [o for o in rendered_with_gpu if o["kind"] != "CronJob"] == [o for o in rendered if o["kind"] != "CronJob"]
+
+    [(pod, retrain)] = [(p, c) for p, c in containers(rendered_with_gpu) if c["name"] == "retrain"]
+    images = {image["name"]: f"{image['newName']}:{image['newTag']}" for image in KUSTOMIZATION["images"]}
+    assert retrain["image"] == images["nextclick-training-cuda"]
+    assert build_parser().parse_args(retrain["args"]).device == "cuda"
+    assert retrain["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] and pod["tolerations"]
+
+    [(cpu_pod, cpu_retrain)] = [(p, c) for p, c in containers(rendered) if c["name"] == "retrain"]
+    assert "nvidia.com/gpu" not in cpu_retrain["resources"]["limits"] and "nodeSelector" not in cpu_pod
+    assert build_parser().parse_args(cpu_retrain["args"]).device == "cpu"
 
 
 def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ train in this mode: the others cannot be re-ranked into place at serving time. W
 logit alone orders the candidates (the paper's use: each target scored on its own).
 Optimiser: Adam (the official code's), lr 1e-3.
 
+On a GPU (`device`) the model and Adam's state live there; the negatives and the retriever's scores of each
+mini-batch are drawn on the host, as on the CPU (the same draws), and the batch is copied over.
+
 `n_members` > 1 trains that many DIENs alike but for their seeds (`seed`, `seed` + 1, ...) and serves the
 average of their logits (`DIENEnsemble`): on Diginetica two members re-rank better than either alone
 (BENCHMARKS.md), at twice the training time and serving cost.
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 
 from models.dien import DIEN, DIENConfig, DIENEnsemble
 from training.data import Sessions
+from training.device import CPU
 from training.evaluate import Retrieval
 from training.prefixes import Prefixes
 from training.progress import EpochCallback, EpochProgress, TrainingHistory
@@ -163,7 +167,8 @@ def fit_prior_weight(retrieved: Retrieval, targets: np.ndarray, most: int = 20_0
 
 def train_dien(sessions: Sessions, popularity: np.ndarray, params: DIENTraining, retrieved: Retrieval | None,
                item_categories: np.ndarray | None = None, progress: bool = True,
-               on_epoch: EpochCallback | None = None) -> tuple[DIEN | DIENEnsemble, TrainingHistory]:
+               on_epoch: EpochCallback | None = None, device: torch.device = CPU,
+               ) -> tuple[DIEN | DIENEnsemble, TrainingHistory]:
     """`retrieved`: the retriever's top-N for each training prefix (`evaluate.retrieve` on `sessions`), or
     None for popularity negatives only (not `residual`). One DIEN, or with `n_members` > 1 their ensemble,
     the members' epochs one after another in the history (`on_epoch` sees each member's epochs, the member alone)."""
@@ -176,18 +181,18 @@ def train_dien(sessions: Sessions, popularity: np.ndarray, params: DIENTraining,
             print(f"member {member + 1}/{params.n_members} (seed {params.seed + member})", flush=True)
         members.append(_train_member(sessions, popularity, replace(params, seed=params.seed + member), retrieved,
                                      item_categories, history, first_epoch=member * params.n_epochs,
-                                     progress=progress, on_epoch=on_epoch))
+                                     progress=progress, on_epoch=on_epoch, device=device))
     return (members[0] if params.n_members == 1 else DIENEnsemble(members)), history
 
 
 def _train_member(sessions: Sessions, popularity: np.ndarray, params: DIENTraining, retrieved: Retrieval | None,
                   item_categories: np.ndarray | None, history: TrainingHistory, first_epoch: int,
-                  progress: bool, on_epoch: EpochCallback | None = None) -> DIEN:
+                  progress: bool, device: torch.device, on_epoch: EpochCallback | None = None) -> DIEN:
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     categories = None if item_categories is None else torch.as_tensor(item_categories)
     n_categories = 0 if categories is None else int(categories.max()) + 1
-    model = DIEN(params.model_config(len(popularity), n_categories), categories)
+    model = DIEN(params.model_config(len(popularity), n_categories), categories).to(device)
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     prefixes = Prefixes.of(sessions, params.max_len)
@@ -212,15 +217,17 @@ def _train_member(sessions: Sessions, popularity: np.ndarray, params: DIENTraini
             index = order[first:first + params.batch_size]
             batch = prefixes.batch(index)
             b = len(index)
-            embedded, states, mask = model.extract(batch.items, batch.lengths)
             candidates = negatives.candidates(index, batch.targets)
-            logits = model.score(embedded, states, mask, model.embed(candidates))
+            embedded, states, mask = model.extract(batch.items.to(device), batch.lengths.to(device))
+            logits = model.score(embedded, states, mask, model.embed(candidates.to(device)))
             if params.residual:
-                logits = logits + model.prior_weight * torch.from_numpy(retrieved.prior(index, candidates.numpy()))
+                prior = torch.from_numpy(retrieved.prior(index, candidates.numpy())).to(device)
+                logits = logits + model.prior_weight * prior
                 logits[:, 1 + params.n_popular_negatives:] += hard_sample_correction
             loss = target_loss(logits, params.loss)
             if params.aux_weight:
-                aux = model.auxiliary_loss(embedded, states, mask, negatives.auxiliary(b, batch.items.shape[1]))
+                aux_negatives = negatives.auxiliary(b, batch.items.shape[1]).to(device)
+                aux = model.auxiliary_loss(embedded, states, mask, aux_negatives)
                 loss = loss + params.aux_weight * aux
             loss = loss / b
             optimiser.zero_grad(set_to_none=True)

@@ -7,6 +7,9 @@ MRR@K = mean of 1/rank over them (0 beyond K). Clicks on items unseen in trainin
 the test sessions beforehand and counted (`Sessions.n_dropped_clicks`). Models that read the whole
 prefix (NARM) see the session's clicks so far, at most its last L, for each prediction instead of a
 hidden state carried from click to click: the predictions are the same ones.
+
+A model is scored where its weights are (`training.device.module_device`): on a GPU the scores, ranks and
+top-N are computed there and only the ranks and the top-N come back to the host.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from stream_app.scoring import Scorer
 from training.data import Sessions
+from training.device import module_device
 from training.prefixes import Prefixes
 from training.session_batches import apply_resets, session_parallel_steps
 
@@ -78,7 +82,7 @@ def step_model_scores(model: torch.nn.Module, batch_size: int = 512) -> ScoreBat
     def scored(sessions: Sessions) -> Iterator[ScoredBatch]:
         model.eval()
         hidden = model.initial_hidden(min(batch_size, sessions.n_sessions))
-        for step in session_parallel_steps(sessions, batch_size):
+        for step in session_parallel_steps(sessions, batch_size, module_device(model)):
             hidden = apply_resets(hidden, step)
             scores, hidden = model(step.items, hidden)
             yield ScoredBatch(step.positions, scores, step.targets)
@@ -94,7 +98,9 @@ def prefix_model_scores(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.T
     def scored(sessions: Sessions) -> Iterator[ScoredBatch]:
         if isinstance(score_fn, torch.nn.Module):
             score_fn.eval()
+        device = module_device(score_fn)
         for batch in Prefixes.of(sessions, max_len).batches(batch_size):
+            batch = batch.to(device)
             yield ScoredBatch(batch.positions, score_fn(batch.items, batch.lengths), batch.targets)
 
     return scored
@@ -147,10 +153,10 @@ def retrieve(scores: ScoreBatches, sessions: Sessions, n: int = 0) -> Retrieval:
     positions, ranks, tops, top_scores = [], [], [], []
     for batch in scores(sessions):
         positions.append(batch.positions)
-        ranks.append(conservative_ranks(batch.scores, batch.targets).numpy())
+        ranks.append(conservative_ranks(batch.scores, batch.targets).cpu().numpy())
         best = torch.topk(batch.scores, n, dim=1)
-        tops.append(best.indices.to(torch.int32).numpy())
-        top_scores.append(best.values.numpy())
+        tops.append(best.indices.to(torch.int32).cpu().numpy())
+        top_scores.append(best.values.cpu().numpy())
     return Retrieval.in_click_order(positions, ranks, tops, top_scores, n)
 
 
@@ -201,6 +207,7 @@ def reranked_ranks(reranker: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     shortest history first."""
     if isinstance(reranker, torch.nn.Module):
         reranker.eval()
+    device = module_device(reranker)
     prefixes = Prefixes.of(sessions, max_len)
     if len(prefixes) != len(retrieval.ranks):
         raise ValueError(f"retrieval has {len(retrieval.ranks)} predictions, the sessions {len(prefixes)}")
@@ -211,12 +218,12 @@ def reranked_ranks(reranker: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     inside = inside[np.argsort(prefixes.lengths[inside], kind="stable")]
     for first in range(0, len(inside), batch_size):
         index = inside[first:first + batch_size]
-        batch = prefixes.batch(index)
-        candidates = torch.from_numpy(retrieval.top[index].astype(np.int64))
+        batch = prefixes.batch(index).to(device)
+        candidates = torch.from_numpy(retrieval.top[index].astype(np.int64)).to(device)
         scores = reranker(batch.items, batch.lengths, candidates)
         if prior_weight is not None:
-            scores = scores + prior_weight * torch.from_numpy(retrieval.top_scores[index])
-        ranks[index] = conservative_ranks(scores, torch.from_numpy(columns[index])).numpy()
+            scores = scores + prior_weight * torch.from_numpy(retrieval.top_scores[index]).to(device)
+        ranks[index] = conservative_ranks(scores, torch.from_numpy(columns[index]).to(device)).cpu().numpy()
     return ranks
 
 
@@ -229,12 +236,14 @@ def pairwise_auc(scorer: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], to
     predictions, ordered right, ties counting half (Mann-Whitney, average ranks)."""
     if isinstance(scorer, torch.nn.Module):
         scorer.eval()
+    device = module_device(scorer)
     weights = np.asarray(popularity, dtype=np.float64) ** sample_alpha
     rng = np.random.default_rng(seed)
     positives, negatives = [], []
     for batch in Prefixes.of(sessions, max_len).batches(batch_size):
         drawn = torch.from_numpy(rng.choice(len(weights), size=len(batch.targets), p=weights / weights.sum()))
-        scores = scorer(batch.items, batch.lengths, torch.stack([batch.targets, drawn], dim=1))
+        pairs = torch.stack([batch.targets, drawn], dim=1).to(device)
+        scores = scorer(batch.items.to(device), batch.lengths.to(device), pairs).cpu()
         valid = drawn != batch.targets
         positives.append(scores[valid, 0].numpy())
         negatives.append(scores[valid, 1].numpy())

@@ -22,6 +22,10 @@ One training step (`GRU4RecTrainer.fit`), file by file; B = batch_size slots, C 
        a ← a + g²    m ← μ·m − η·g / sqrt(a + ε)    θ ← θ + m
 7. The hidden state is detached (no backpropagation through time) and `training.progress.EpochProgress`
    adds the step's loss to the epoch's line and curve.
+
+On a GPU (`device`) the model, the optimiser's state, the popularity table and the pre-drawn samples live
+there, and each epoch's session-parallel steps are copied there at once; the weights are the same on the CPU
+as before a device existed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from training.data import Sessions
+from training.device import CPU, bfloat16_autocast, rng_state, set_rng_state
 from training.losses import make_loss
 from training.optim import AdagradMomentum
 from training.params import TrainingParams
@@ -55,7 +60,8 @@ class GRU4RecTraining(TrainingParams):
     momentum: float = 0.15
     # "bfloat16": the training step's matrix products take bfloat16 inputs (float32 accumulation; weights,
     # optimiser state, gates, recurrent state and loss stay float32): ~2x faster GEMMs on CPUs with
-    # AVX512-BF16 or AMX, emulated and slower elsewhere. Evaluation and the exported graph are float32.
+    # AVX512-BF16 or AMX, emulated and slower elsewhere; on a CUDA GPU its bfloat16 GEMMs (float32 accumulation),
+    # float32 on one without bfloat16. Evaluation and the exported graph are float32.
     matmul_precision: str = "float32"
 
     CHOICES = TrainingParams.CHOICES | {"matmul_precision": ("float32", "bfloat16")}
@@ -75,10 +81,10 @@ class GRU4RecTrainer:
     `fit` can go on training it: a model trained on some sessions continues on more, as the retrain's
     serving retriever continues the fold retriever of DIEN's stacking (`DIENTraining.retriever_warm_start_epochs`)."""
 
-    def __init__(self, popularity: np.ndarray, params: GRU4RecTraining):
+    def __init__(self, popularity: np.ndarray, params: GRU4RecTraining, device: torch.device = CPU):
         torch.manual_seed(params.seed)
-        self.params = params
-        self.model = GRU4Rec(params.model_config(len(popularity)))
+        self.params, self.device = params, device
+        self.model = GRU4Rec(params.model_config(len(popularity))).to(device)
         model = self.model
         tables = [model.output_weights, model.output_bias]
         if model.input_embedding is not None:
@@ -88,16 +94,17 @@ class GRU4RecTrainer:
         self.loss_fn = make_loss(params.loss_config())
         self.sampler = None
         if params.n_sample > 0:
-            self.sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed)
-        self.log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0))
+            self.sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed,
+                                             device=device)
+        self.log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0)).to(device)
         self.history = TrainingHistory()
-        self.rng_state = torch.get_rng_state()  # dropout's stream, this training's own across `fit` calls
+        self.rng_state = rng_state(device)  # dropout's stream, this training's own across `fit` calls
 
     def fit(self, sessions: Sessions, n_epochs: int, progress: bool = True,
             on_epoch: EpochCallback | None = None) -> GRU4Rec:
         """Train `n_epochs` more epochs on `sessions`; the model comes back in eval mode."""
         params, model, optimiser, sampler = self.params, self.model, self.optimiser, self.sampler
-        torch.set_rng_state(self.rng_state)
+        set_rng_state(self.device, self.rng_state)
         model.train()
         n_events = int(sessions.n_clicks - sessions.n_sessions)
         first = len(self.history.epochs) + 1
@@ -105,7 +112,7 @@ class GRU4RecTrainer:
             hidden = model.initial_hidden(params.batch_size)
             meter = EpochProgress(self.history, epoch, first + n_epochs - 1, n_events, params.batch_size,
                                   show=progress)
-            for step in session_parallel_steps(sessions, params.batch_size):
+            for step in session_parallel_steps(sessions, params.batch_size, self.device):
                 hidden = apply_resets(hidden, step)
                 if sampler is None and len(step.items) < 2:
                     break  # in-batch negatives only: a single session has nothing to rank against
@@ -113,7 +120,7 @@ class GRU4RecTrainer:
                                                                    params.logq, params.sample_alpha)
                 rows = model.gather_rows(step.items, candidates)
                 optimiser.zero_grad()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params.matmul_precision == "bfloat16"):
+                with bfloat16_autocast(self.device, params.matmul_precision == "bfloat16"):
                     scores, hidden = model.score_candidates(rows, hidden)
                 loss = self.loss_fn(scores, log_sampling_prob) / params.batch_size
                 loss.backward()
@@ -127,12 +134,12 @@ class GRU4RecTrainer:
                 model.eval()
                 on_epoch(epoch, model)
                 model.train()
-        self.rng_state = torch.get_rng_state()
+        self.rng_state = rng_state(self.device)
         model.eval()
         return model
 
 
 def train_gru4rec(sessions: Sessions, popularity: np.ndarray, params: GRU4RecTraining, progress: bool = True,
-                  on_epoch: EpochCallback | None = None) -> tuple[GRU4Rec, TrainingHistory]:
-    trainer = GRU4RecTrainer(popularity, params)
+                  on_epoch: EpochCallback | None = None, device: torch.device = CPU) -> tuple[GRU4Rec, TrainingHistory]:
+    trainer = GRU4RecTrainer(popularity, params, device)
     return trainer.fit(sessions, params.n_epochs, progress, on_epoch), trainer.history

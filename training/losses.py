@@ -31,8 +31,8 @@ EPS = 1e-24
 
 
 @lru_cache(maxsize=8)
-def _diagonal_mask(n_rows: int, n_cols: int) -> torch.Tensor:
-    return torch.eye(n_rows, n_cols, dtype=torch.bool)
+def _diagonal_mask(n_rows: int, n_cols: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(n_rows, n_cols, dtype=torch.bool, device=device)
 
 
 def _target_scores(scores: torch.Tensor) -> torch.Tensor:
@@ -40,11 +40,11 @@ def _target_scores(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _negative_softmax(scores: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(scores.masked_fill(_diagonal_mask(*scores.shape), float("-inf")), dim=1)
+    return torch.softmax(scores.masked_fill(_diagonal_mask(*scores.shape, scores.device), float("-inf")), dim=1)
 
 
 def _mean_over_negatives(per_pair: torch.Tensor) -> torch.Tensor:
-    per_pair = per_pair.masked_fill(_diagonal_mask(*per_pair.shape), 0.0)
+    per_pair = per_pair.masked_fill(_diagonal_mask(*per_pair.shape, per_pair.device), 0.0)
     return per_pair.sum() / (per_pair.shape[1] - 1)
 
 

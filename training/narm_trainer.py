@@ -15,6 +15,9 @@ move only when the row is used), the rest plain Adam; a dense Adam step over the
 than the model's forward and backward together. The official Theano code keeps the learning rate
 constant; the defaults here decay it by 0.1 every 3 epochs (the schedule of the common PyTorch ports and
 of SR-GNN), set `lr_decay=1` for the official behaviour.
+
+On a GPU (`device`) the model, Adam's state, the popularity table and the pre-drawn samples live there; each
+shuffled mini-batch of prefixes is gathered on the host and copied over (a few kB).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from models.narm import NARM, NARMConfig
 from training.data import Sessions
+from training.device import CPU
 from training.losses import LossConfig, make_loss
 from training.params import TrainingParams
 from training.prefixes import Prefixes
@@ -63,10 +67,10 @@ class NARMTraining(TrainingParams):
 
 
 def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining, progress: bool = True,
-               on_epoch: EpochCallback | None = None) -> tuple[NARM, TrainingHistory]:
+               on_epoch: EpochCallback | None = None, device: torch.device = CPU) -> tuple[NARM, TrainingHistory]:
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
-    model = NARM(params.model_config(len(popularity)))
+    model = NARM(params.model_config(len(popularity))).to(device)
     model.train()
     if model.config.sparse_item_gradients:
         rest = [p for name, p in model.named_parameters() if name != "item_embedding"]
@@ -79,8 +83,9 @@ def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
     loss_fn = make_loss(params.loss_config())
     sampler = None
     if not params.full_softmax and params.n_sample > 0:
-        sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed)
-    log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0))
+        sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed,
+                                    device=device)
+    log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0)).to(device)
 
     prefixes = Prefixes.of(sessions, params.max_len)
     n_events = len(prefixes)
@@ -88,6 +93,7 @@ def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
     for epoch in range(1, params.n_epochs + 1):
         meter = EpochProgress(history, epoch, params.n_epochs, n_events, params.batch_size, show=progress)
         for batch in prefixes.batches(params.batch_size, rng):
+            batch = batch.to(device)
             batch_events = len(batch.targets)
             if params.full_softmax:
                 scores = model(batch.items, batch.lengths)

@@ -15,6 +15,7 @@ Each job runs on `training.lanes.Lanes`: one lane runs them as submitted; with m
 by side and their results are taken in the same order, so a k-lane run trains what a 1-lane run trains.
 `evaluated_models` then ranks every model and the baselines (popularity, and the plan's `training.baselines`:
 item-kNN, V-SKNN, STAN) on the same test predictions.
+Every model, the fold retrievers included, trains and is scored on the plan's `device` (`training.device`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from training.evaluate import (
     step_model_scores,
     with_popularity_baseline,
 )
+from training.device import CPU
 from training.gru4rec_trainer import GRU4RecTrainer, GRU4RecTraining
 from training.lanes import Lanes
 from training.narm_trainer import train_narm
@@ -72,6 +74,7 @@ class RetrainPlan:
     retriever_artifact: Path | None = None  # GRU4Rec taken from this artifact instead of trained
     fold_retriever_params: Any = None  # DIEN's stacking: the settings its fold retriever is trained with
     baselines: dict[str, BaselineParams] = dataclasses.field(default_factory=dict)  # evaluated, not served
+    device: torch.device = CPU  # where every model trains and is scored (`training.device.training_device`)
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,15 @@ class TrainedModel:
 
 
 def fit_retriever(name: str, params: Any, sessions: Sessions, popularity: np.ndarray, progress: bool,
-                  continued: GRU4RecTrainer | None = None, on_epoch: EpochCallback | None = None,
+                  device: torch.device = CPU, continued: GRU4RecTrainer | None = None,
+                  on_epoch: EpochCallback | None = None,
                   ) -> tuple[torch.nn.Module, TrainingHistory, GRU4RecTrainer | None]:
     """A retriever trained on `sessions` (`continued`: that GRU4Rec trained `params.n_epochs` more), its history
     and (GRU4Rec) its trainer, to continue it."""
     if name == "gru4rec":
-        trainer = continued or GRU4RecTrainer(popularity, params)
+        trainer = continued or GRU4RecTrainer(popularity, params, device)
         return trainer.fit(sessions, params.n_epochs, progress, on_epoch), trainer.history, trainer
-    model, history = train_narm(sessions, popularity, params, progress=progress, on_epoch=on_epoch)
+    model, history = train_narm(sessions, popularity, params, progress=progress, on_epoch=on_epoch, device=device)
     return model, history, None
 
 
@@ -121,12 +125,12 @@ def retriever_scores(model: torch.nn.Module, params: Any) -> ScoreBatches:
 
 
 def retriever_job(clock: StageClock, name: str, params: Any, split: EncodedSplit, top_k: int, progress: bool,
-                  continued: GRU4RecTrainer | None = None) -> tuple[torch.nn.Module, TrainingHistory, Retrieval]:
+                  device: torch.device, continued: GRU4RecTrainer | None = None) -> tuple[torch.nn.Module, TrainingHistory, Retrieval]:
     """A lane's work for a retriever: trained on every training session, then its top-K for the test
     predictions (scored once: its own row of the table and the re-ranker's test candidates both come from it)."""
     stage = f"{name} training" + (" (continuing dien's fold retriever)" if continued else "")
     with clock.stage(stage):
-        model, history, _ = fit_retriever(name, params, split.train, split.popularity, progress, continued)
+        model, history, _ = fit_retriever(name, params, split.train, split.popularity, progress, device, continued)
     with clock.stage(f"{name} test top-{top_k}"):
         test = retrieve(retriever_scores(model, params), split.test, top_k)
     return model, history, test
@@ -174,7 +178,7 @@ class StackedData:
 
 
 def stacked_training_data(params: DIENTraining, retriever_params: Any, split: EncodedSplit,
-                          progress: bool) -> StackedData:
+                          progress: bool, device: torch.device = CPU) -> StackedData:
     """The sessions DIEN trains on and the retriever's top-N for each of their prefixes.
 
     A retriever scoring the prefixes it was trained on is far more confident than on new sessions (GRU4Rec
@@ -199,7 +203,7 @@ def stacked_training_data(params: DIENTraining, retriever_params: Any, split: En
         seen = Sessions.concat([before, after])
         print(f"fold {fold}/{params.holdout_folds}: {params.retriever} on {seen.n_sessions:,} training sessions "
               f"({fold_params.n_epochs} epochs), DIEN's candidates for sessions {start:,}..{stop - 1:,}")
-        model, _, trainer = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress)
+        model, _, trainer = fit_retriever(params.retriever, fold_params, seen, split.popularity, progress, device)
         retrievals.append(retrieve(retriever_scores(model, fold_params), held, n))
     # the fold retriever (model, Adagrad state: hundreds of MB on Diginetica) is kept only to be continued
     kept = trainer if params.retriever_warm_start_epochs else None
@@ -207,9 +211,9 @@ def stacked_training_data(params: DIENTraining, retriever_params: Any, split: En
 
 
 def stacking_job(clock: StageClock, params: DIENTraining, retriever_params: Any, split: EncodedSplit,
-                 progress: bool) -> StackedData:
+                 progress: bool, device: torch.device) -> StackedData:
     with clock.stage(f"dien's training candidates (fold {params.retriever} training included)"):
-        return stacked_training_data(params, retriever_params, split, progress)
+        return stacked_training_data(params, retriever_params, split, progress, device)
 
 
 def reranker_inputs(params: DIENTraining, stacked: StackedData | None, retrieval_of: RetrievalOf | None,
@@ -223,10 +227,10 @@ def reranker_inputs(params: DIENTraining, stacked: StackedData | None, retrieval
 
 
 def reranker_job(clock: StageClock, params: DIENTraining, sessions: Sessions, retrieved: Retrieval,
-                 split: EncodedSplit, progress: bool) -> tuple[torch.nn.Module, TrainingHistory]:
+                 split: EncodedSplit, progress: bool, device: torch.device) -> tuple[torch.nn.Module, TrainingHistory]:
     categories = read_item_categories(params.categories, split.item_map) if params.categories else None
     with clock.stage("dien training"):
-        return train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress)
+        return train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress, device=device)
 
 
 def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: TrainingHistory,
@@ -294,7 +298,7 @@ class ModelTraining:
             return None
         print(f"\ndien's training candidates: {dien.retriever}'s top {dien.n_candidates} under stacking")
         return lanes.submit(f"{dien.retriever} (dien's fold)", stacking_job, dien, self.plan.fold_retriever_params,
-                            self.split, self.plan.progress)
+                            self.split, self.plan.progress, self.plan.device)
 
     def submit_retrievers(self, lanes: Lanes, stacking: Future | None) -> None:
         dien, params = self.dien, self.plan.params
@@ -307,7 +311,7 @@ class ModelTraining:
             print(f"\n{name}" + (f": dien's fold retriever, {dien.retriever_warm_start_epochs} more epochs on every "
                                  "training session" if continued else ""))
             self.training[name] = lanes.submit(name, retriever_job, name, retriever_params, self.split,
-                                               self.plan.top_k, self.plan.progress, continued)
+                                               self.plan.top_k, self.plan.progress, self.plan.device, continued)
 
     def collect(self, lanes: Lanes, name: str) -> None:
         """A submitted retriever's result, as the artifact holds it."""
@@ -324,7 +328,8 @@ class ModelTraining:
             self.collect(lanes, dien.retriever)  # its top-N of every training prefix is DIEN's training data
         retrieval_of = self.retrievers[dien.retriever][0] if dien.retriever in self.retrievers else None
         self.dien_sessions, retrieved = reranker_inputs(dien, stacked, retrieval_of, self.split, self.clock)
-        return lanes.submit("dien", reranker_job, dien, self.dien_sessions, retrieved, self.split, self.plan.progress)
+        return lanes.submit("dien", reranker_job, dien, self.dien_sessions, retrieved, self.split, self.plan.progress,
+                            self.plan.device)
 
     def evaluate_reranker(self, lanes: Lanes, reranking: Future) -> dict:
         model, history = lanes.result(reranking)

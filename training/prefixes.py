@@ -26,6 +26,10 @@ class PrefixBatch:
     targets: torch.Tensor  # int64 [b]: the click that follows
     positions: np.ndarray  # int64 [b]: index of each target in the sessions' click array
 
+    def to(self, device: torch.device) -> PrefixBatch:
+        """The batch's tensors on `device` (itself on the CPU); positions stay on the host."""
+        return PrefixBatch(self.items.to(device), self.lengths.to(device), self.targets.to(device), self.positions)
+
 
 @dataclass(frozen=True)
 class Prefixes:

@@ -4,6 +4,7 @@
     python -m training.retrain --dataset diginetica_srgnn --config configs/diginetica.toml
     python -m training.retrain --models gru4rec narm --gru4rec-layers 256 --narm-hidden-size 200
     python -m training.retrain --train my_clicks.csv --test my_test.csv --session-key sid --item-key iid
+    python -m training.retrain --dataset diginetica_srgnn --config configs/diginetica.toml --device cuda
 
     python -m training.retrain --dataset diginetica_srgnn --models gru4rec narm --tune 20 --tune-timeout 7200
 
@@ -38,10 +39,12 @@ from typing import Any, get_origin
 import torch
 
 from stream_app.cli_help import HelpFormatter, readable
+from stream_app.settings import get_settings
 from training.artifact import code_version, new_version
 from training.baselines import BASELINES, BaselineParams, session_start_times
 from training.data import ClickLog, EncodedSplit
 from training.datasets import custom_dataset, dataset_files, dataset_names
+from training.device import DEVICES, training_device
 from training.dien_trainer import DIENTraining
 from training.gru4rec_trainer import GRU4RecTraining
 from training.narm_trainer import NARMTraining
@@ -135,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", type=Path, help="write the artifact here and do not push it (default: build it in "
                      "NEXTCLICK_ARTIFACT_DIR/staging/<version>, then gate, push and promote it)")
     out.add_argument("--top-k", type=int, default=SERVING_TOP_K, help="items the retrievers' serving graphs return")
+    out.add_argument("--device", choices=DEVICES, default=get_settings().train_device,
+                     help="train and evaluate on the CPU or one CUDA GPU; auto: the GPU when torch sees one "
+                          "(default: NEXTCLICK_TRAIN_DEVICE, %(default)s; docs/training-on-a-gpu.md)")
     out.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     out.add_argument("--lanes", type=int, default=1,
                      help="train the independent models side by side in this many processes, sharing the threads "
@@ -231,7 +237,8 @@ def plan_from_args(args: argparse.Namespace, params: dict[str, Any] | None = Non
     return RetrainPlan(params, top_k=args.top_k, lanes=args.lanes,
                        progress=not args.no_progress and args.lanes == 1,  # lanes: one line per epoch, no bars
                        retriever_artifact=args.retriever_artifact, fold_retriever_params=fold_retriever_params,
-                       baselines=baselines_from_args(args) if baselines is None else baselines)
+                       baselines=baselines_from_args(args) if baselines is None else baselines,
+                       device=training_device(args.device))
 
 
 def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettings | None:
@@ -247,7 +254,8 @@ def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettin
         raise SystemExit(f"--tune-models {' '.join(missing)}: not in this run (--models, or --no-baselines)")
     try:
         return TuningSettings(args.tune, args.tune_timeout, args.tune_seed, args.tune_metric,
-                              args.tune_validation_fraction, tuple(args.tune_models or TUNABLE), plan.progress)
+                              args.tune_validation_fraction, tuple(args.tune_models or TUNABLE), plan.progress,
+                              plan.device)
     except ValueError as e:
         raise SystemExit(str(e)) from e
 

@@ -37,7 +37,7 @@ def epochs_record(history: TrainingHistory) -> list[dict]:
 
 
 def metrics_record(data: RetrainData, trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock,
-                   lanes: int) -> dict:
+                   plan: RetrainPlan) -> dict:
     """metrics.json: the evaluation's figures, the run's stages and epochs, and the data it ran on."""
     train_log, train, test = data.train_log, data.split.train, data.split.test
     return {
@@ -49,7 +49,7 @@ def metrics_record(data: RetrainData, trained: TrainedModels, rows: list[Ranking
         "two_stage": trained.two_stage,
         "stages": clock.stages,
         "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.models.items() if t.history}
-                    | {"threads": torch.get_num_threads(), "lanes": lanes},
+                    | {"threads": torch.get_num_threads(), "lanes": plan.lanes, "device": str(plan.device)},
         "data": {
             "train_source": train_log.source, "test_source": data.test_log.source,
             "train_sessions": train.n_sessions, "train_clicks": train.n_clicks,
@@ -85,7 +85,7 @@ def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: Re
         return write_artifact_metadata(
             out, version=version, trained_by=trained_by, item_ids=data.split.item_map.ids,
             popularity=data.split.popularity, config=config_record(plan, trained),
-            metrics=metrics_record(data, trained, rows, clock, plan.lanes) | served,
+            metrics=metrics_record(data, trained, rows, clock, plan) | served,
             models={name: t.manifest_entry for name, t in trained.models.items()},
         )
 

@@ -4,6 +4,9 @@ B slots each follow one session, in session start order; every step feeds each s
 and asks for its next one. When a slot's session ends, the next unstarted session takes that slot and
 the slot's hidden state must be reset; when no session is left, the slot is dropped and the batch
 shrinks. There is no backpropagation through time: each step is trained on its own.
+
+On a GPU an epoch's steps are put together on the host first and copied to the device in one transfer
+per field (`_on_device`), each step a view of it: no host→device copy per step.
 """
 
 from __future__ import annotations
@@ -26,7 +29,29 @@ class SessionStep:
     positions: np.ndarray  # [B] index in `sessions.items` of each target: the click-order key of a prediction
 
 
-def session_parallel_steps(sessions: Sessions, batch_size: int) -> Iterator[SessionStep]:
+def session_parallel_steps(sessions: Sessions, batch_size: int,
+                           device: torch.device | None = None) -> Iterator[SessionStep]:
+    """The steps of one pass over `sessions`, their tensors on `device` (the CPU's by default)."""
+    steps = _host_steps(sessions, batch_size)
+    if device is None or device.type == "cpu":
+        return steps
+    return _on_device(list(steps), device)
+
+
+def _on_device(steps: list[SessionStep], device: torch.device) -> Iterator[SessionStep]:
+    def staged(parts: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        present = [p for p in parts if p is not None]
+        if not present:
+            return parts
+        views = iter(torch.cat(present).to(device).split([len(p) for p in present]))
+        return [None if p is None else next(views) for p in parts]
+
+    fields = [staged([getattr(s, name) for s in steps]) for name in ("items", "targets", "keep", "reset")]
+    for step, items, targets, keep, reset in zip(steps, *fields):
+        yield SessionStep(items, targets, keep, reset, step.positions)
+
+
+def _host_steps(sessions: Sessions, batch_size: int) -> Iterator[SessionStep]:
     offsets, items = sessions.offsets, sessions.items
     n_slots = min(batch_size, sessions.n_sessions)
     next_session = n_slots

@@ -46,9 +46,11 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 
 from training.baselines import BASELINES, BaselineParams, TrainIndex, ranks_of, session_start_times
 from training.data import ClickLog, EncodedSplit, read_item_categories
+from training.device import CPU
 from training.dien_trainer import DIENTraining, train_dien
 from training.evaluate import CUTOFFS, RankingMetrics, reranked_ranks, retrieve
 from training.pipeline import RETRIEVERS, fit_retriever, reranker_inputs, retriever_scores, stacked_training_data
@@ -69,6 +71,7 @@ class TuningSettings:
     validation_fraction: float = 0.1
     models: tuple[str, ...] | None = None  # which to tune; None: every model and baseline of the run
     progress: bool = True
+    device: torch.device = CPU  # where the trials train and are scored, like the final training
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -142,7 +145,7 @@ def retriever_objective(trials: Trials, split: EncodedSplit) -> Objective:
         scores: list[float] = []
         ranks = lambda model: retrieve(retriever_scores(model, params), split.test).ranks
         fit_retriever(trials.name, params, split.train, split.popularity, trials.settings.progress,
-                      on_epoch=trials.epoch_reporter(trial, scores, ranks))
+                      trials.settings.device, on_epoch=trials.epoch_reporter(trial, scores, ranks))
         return scores[-1]
     return objective
 
@@ -150,10 +153,12 @@ def retriever_objective(trials: Trials, split: EncodedSplit) -> Objective:
 def reranker_objective(trials: Trials, retriever_params: Any, split: EncodedSplit, clock: StageClock) -> Objective:
     """DIEN's trials, on its retriever's candidates computed once here (module docstring)."""
     base: DIENTraining = dataclasses.replace(trials.base, n_members=1)
-    progress, n = trials.settings.progress, base.n_candidates
-    stacked = stacked_training_data(base, retriever_params, split, progress) if base.holdout_fraction else None
+    progress, n, device = trials.settings.progress, base.n_candidates, trials.settings.device
+    stacked = (stacked_training_data(base, retriever_params, split, progress, device) if base.holdout_fraction
+               else None)
     with clock.stage(f"tuning dien: its retriever {base.retriever} on the validation split's training part"):
-        model, _, _ = fit_retriever(base.retriever, retriever_params, split.train, split.popularity, progress)
+        model, _, _ = fit_retriever(base.retriever, retriever_params, split.train, split.popularity, progress,
+                                    device)
     retrieval_of = partial(retrieve, retriever_scores(model, retriever_params))
     validation = retrieval_of(split.test, n)
     sessions, retrieved = reranker_inputs(base, stacked, retrieval_of, split, clock)
@@ -165,7 +170,7 @@ def reranker_objective(trials: Trials, retriever_params: Any, split: EncodedSpli
         ranks = lambda dien: reranked_ranks(dien, params.max_len, split.test, validation,
                                             dien.prior_weight.item() if params.residual else None)
         train_dien(sessions, split.popularity, params, retrieved, categories, progress,
-                   on_epoch=trials.epoch_reporter(trial, scores, ranks))
+                   on_epoch=trials.epoch_reporter(trial, scores, ranks), device=device)
         return scores[-1]
     return objective
 
