@@ -10,7 +10,7 @@
 #
 # Serving runs `python -m stream_app worker` with onnxruntime and no torch; training carries torch (CPU
 # wheel, pinned as in pyproject.toml). Each final stage gets only a virtual environment built in its own
-# build stage, runs as an unprivileged user, and is configured by NEXTCLICK_* variables (README).
+# build stage, runs as an unprivileged user, and is configured by NEXTCLICK_* variables (docs/configuration.md).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04

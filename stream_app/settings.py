@@ -1,7 +1,7 @@
 """Every setting of nextclick in one typed place: environment variables prefixed `NEXTCLICK_`.
 
 The trainer and the worker read the same object, so a deployment configures both with one
-ConfigMap. The README's configuration table is generated from the field descriptions here:
+ConfigMap. The table of docs/configuration.md is generated from the field descriptions here:
 `python -m stream_app.settings --markdown` (a test keeps the two equal).
 """
 
@@ -221,7 +221,7 @@ def _shown_default(value: object) -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table: every setting's variable, default and description."""
+    """docs/configuration.md's table: every setting's variable, default and description."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         meaning = field.description or ""
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stream_app.settings", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markdown", action="store_true",
-                        help="print every setting's variable, default and meaning (the README's table) "
+                        help="print every setting's variable, default and meaning (docs/configuration.md) "
                              "instead of the values in effect (JSON)")
     return parser
 
