@@ -30,7 +30,7 @@ mini-batch are drawn on the host, as on the CPU (the same draws), and the batch 
 
 `n_members` > 1 trains that many DIENs alike but for their seeds (`seed`, `seed` + 1, ...) and serves the
 average of their logits (`DIENEnsemble`): on Diginetica two members re-rank better than either alone
-(BENCHMARKS.md), at twice the training time and serving cost.
+(docs/experiments.md), at twice the training time and serving cost.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class DIENTraining:
     holdout_retriever_epochs: int = 4
     # > 0 (one fold, GRU4Rec): the serving retriever is that fold retriever trained this many more epochs on every
     # training session, instead of a new one trained from scratch: a quarter of the Diginetica retrain saved, for a
-    # weaker retriever and pipeline there (BENCHMARKS.md)
+    # weaker retriever and pipeline there (docs/experiments.md)
     retriever_warm_start_epochs: int = 0
     n_members: int = 1  # DIENs averaged (`DIENEnsemble`), each trained from its own seed: seed, seed + 1, ...
     seed: int = 42

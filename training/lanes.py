@@ -2,7 +2,7 @@
 
 On this project's 2-core CPU a GRU4Rec epoch takes 13.1 s with 2 torch threads and 19.4 s with 1, and two
 1-thread processes run side by side at 19.5 s each: two lanes of one thread do x1.34 the work of one lane of
-two (x1.13 on a faster morning; a whole Diginetica retrain: 53.9 min against 66.5, BENCHMARKS.md). The
+two (x1.13 on a faster morning; a whole Diginetica retrain: 53.9 min against 66.5, docs/experiments.md). The
 retrain's trainings are mostly independent (DIEN's fold retriever, the serving retrievers; DIEN once its fold
 retriever is done), so `lanes` worker processes, each with threads // lanes torch threads, take them in the
 order they are submitted. One lane runs every job here, in submission order, as the retrain always did.
