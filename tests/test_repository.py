@@ -23,9 +23,10 @@ def test_no_tracked_file_names_an_absolute_path_of_a_machine() -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
     pattern = re.compile("|".join(re.escape(root) for root in MACHINE_ROOTS))
     found = []
+    this_file = Path(__file__).resolve().relative_to(REPO_ROOT).as_posix()  # names the roots to find them
     for name in filter(None, files.decode().split("\0")):
         path = REPO_ROOT / name
-        if not path.is_file():
+        if name == this_file or not path.is_file():
             continue
         try:
             text = path.read_text()

@@ -25,7 +25,7 @@ def test_cuda_without_a_gpu_fails_before_the_data_is_read(no_gpu, monkeypatch):
     def no_loading(args):
         raise AssertionError("the data was read before the device was checked")
 
-    monkeypatch.setattr(retrain, "load_data", no_loading)
+    monkeypatch.setattr(retrain, "open_logs", no_loading)
     with pytest.raises(SystemExit, match="--device cuda: torch .* sees no CUDA GPU"):
         retrain.main(["--dataset", "yoochoose_rsc15_100k", "--models", "gru4rec", "--device", "cuda"])
 
