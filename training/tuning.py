@@ -223,7 +223,8 @@ class TuningResult:
     baselines: dict[str, BaselineParams]
 
     def record(self) -> dict:
-        return {"settings": dataclasses.asdict(self.settings), "validation": self.validation,
+        settings = dataclasses.asdict(self.settings) | {"device": str(self.settings.device)}
+        return {"settings": settings, "validation": self.validation,
                 "models": {name: s.record(self.settings.metric) for name, s in self.searches.items()}}
 
     def write(self, out: Path, data_name: str) -> None:
