@@ -1,5 +1,10 @@
 """Shared fixtures: the embedded broker, and nextclick workers run as real subprocesses.
 
+The test folders mirror the packages (stream_app/, training/, models/, devtools/, and deploy/ for the
+deployment files); helpers shared between them live here, beside this file. Every test that needs the
+embedded broker carries the `broker` marker, every test that trains a model the `training` marker:
+`pytest -m "not broker and not training"` is the fast lane (seconds).
+
 A worker runs exactly as in production (`python -m stream_app worker`), configured only through
 NEXTCLICK_* variables; tests talk to it through Kafka and its HTTP endpoints.
 """
@@ -302,3 +307,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+TRAINED_ARTIFACTS = {"artifact", "three_model_artifact", "tiny_retrain"}  # fixtures that run training.retrain
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use the broker (directly or through a worker fixture) `broker`, and those that train
+    a model through a fixture `training` (modules that train in their tests mark themselves)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "broker" in fixtures:
+            item.add_marker(pytest.mark.broker)
+        if fixtures & TRAINED_ARTIFACTS:
+            item.add_marker(pytest.mark.training)

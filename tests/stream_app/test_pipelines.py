@@ -16,8 +16,8 @@ from stream_app.artifact_format import ArtifactError
 from stream_app.scoring import Scorer
 from stream_app.sessions import SessionRecommender, SessionState
 from tests.real_slices import yoochoose_slice
-from tests.test_stream_scoring import serve, sourced
-from tests.test_stream_serving import click_message, real_sessions
+from tests.stream_app.test_serving import click_message, real_sessions
+from tests.stream_app.test_sessions import serve, sourced
 
 TOP_K = 20
 

@@ -37,6 +37,7 @@ def test_written_out_gru_step_equals_torch_gru_cell():
     torch.testing.assert_close(GRU4Rec.gru_step(cell, x, h), cell(x, h))
 
 
+@pytest.mark.training
 def test_bfloat16_matmuls_train_like_float32_and_keep_float32_state():
     train, test, _, popularity = yoochoose_slice()
     runs = {}
@@ -82,6 +83,7 @@ def test_row_update_equals_the_dense_update_on_touched_rows_only():
     torch.testing.assert_close(table.detach()[untouched], before[untouched])
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("loss", ["bpr", "top1", "bpr-max", "top1-max", "cross-entropy"])
 def test_every_loss_learns_far_beyond_popularity(loss):
     train, test, _, popularity = yoochoose_slice()
@@ -93,6 +95,7 @@ def test_every_loss_learns_far_beyond_popularity(loss):
     assert metrics.recall[20] > 2 * baseline.recall[20]
 
 
+@pytest.mark.training
 def test_continued_training_is_training_longer():
     """Fitting one epoch, then one more, gives the weights of fitting two at once: the optimiser's
     accumulators, the sample stream and the dropout RNG carry on (what the warm-started retriever relies on)."""
@@ -110,6 +113,7 @@ def test_continued_training_is_training_longer():
     assert not torch.equal(fresh.output_weights, in_two.model.output_weights)
 
 
+@pytest.mark.training
 def test_evaluation_resets_state_per_session():
     """A session's ranks do not depend on which sessions share its batch."""
     train, test, _, popularity = yoochoose_slice()

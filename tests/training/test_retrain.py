@@ -13,6 +13,8 @@ from tests.real_slices import yoochoose_slice
 from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
 from training.retrain import main as retrain
 
+pytestmark = pytest.mark.training  # every test here runs training.retrain
+
 TOP_K = 20
 
 

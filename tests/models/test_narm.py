@@ -115,6 +115,7 @@ def test_prefix_ranks_are_conservative_on_ties():
     assert prefix_model_ranks(lambda items, lengths: torch.zeros(len(items), 30), sessions, 19).tolist() == [30, 30]
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("loss", ["full-softmax", "bpr", "top1", "bpr-max", "top1-max", "cross-entropy"])
 def test_every_loss_learns_far_beyond_popularity(loss):
     train, test, _, popularity = yoochoose_slice()
@@ -131,6 +132,7 @@ def test_every_loss_learns_far_beyond_popularity(loss):
     assert metrics.recall[20] > 3 * baseline.recall[20]  # 4.2x to 6.5x over seeds and losses
 
 
+@pytest.mark.training
 def test_onnx_graph_matches_torch_on_real_sessions(trained, tmp_path):
     model, test = trained
     max_len = model.config.max_len

@@ -21,6 +21,7 @@ def test_auto_is_the_cpu_without_a_gpu(no_gpu):
     assert training_device("cpu") == torch.device("cpu")
 
 
+@pytest.mark.training
 def test_cuda_without_a_gpu_fails_before_the_data_is_read(no_gpu, monkeypatch):
     def no_loading(args):
         raise AssertionError("the data was read before the device was checked")
@@ -58,6 +59,7 @@ def test_steps_staged_for_a_device_are_the_host_steps():
         assert (a.positions == b.positions).all()
 
 
+@pytest.mark.training
 def test_an_explicit_cpu_trains_the_default_weights():
     """device=cpu is the path every CPU retrain takes: the model, its optimiser state and samples where they were."""
     train, _, _, popularity = yoochoose_slice()

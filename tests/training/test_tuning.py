@@ -18,6 +18,8 @@ from training.progress import StageClock
 from training.retrain import main as retrain
 from training.tuning import Trials, TuningSettings, tune, validation_split
 
+pytestmark = pytest.mark.training  # every test here runs training.retrain
+
 TUNED = ("gru4rec", "narm", "dien", "item_knn", "vsknn", "stan")
 SMALL = ["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1500", "--max-test-sessions", "200",
          "--epochs", "1", "--gru4rec-layers", "16", "--gru4rec-batch-size", "16", "--gru4rec-n-sample", "32",

@@ -102,6 +102,7 @@ def test_auxiliary_loss_is_the_papers_sum_over_real_next_clicks():
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.training
 def test_two_stage_ranks_reorder_only_the_top_n(retrieval):
     _, test, _, _popularity = yoochoose_slice()
     _, test_retrieval = retrieval
@@ -128,6 +129,7 @@ def test_two_stage_ranks_reorder_only_the_top_n(retrieval):
     assert np.all(reranked_ranks(zero, 19, test, test_retrieval, prior_weight=None)[in_top] == 20)  # all tied: last
 
 
+@pytest.mark.training
 def test_reranked_ranks_do_not_depend_on_how_predictions_are_batched(retrieval):
     """Batches are formed shortest history first (less padding): each prediction must rank as if scored alone."""
     _, test, _, popularity = yoochoose_slice()
@@ -139,6 +141,7 @@ def test_reranked_ranks_do_not_depend_on_how_predictions_are_batched(retrieval):
     assert np.any(batched != test_retrieval.ranks)  # the re-ranker did move targets
 
 
+@pytest.mark.training
 def test_training_learns_to_tell_the_next_click_from_sampled_items(retrieval):
     train, test, _, popularity = yoochoose_slice()
     train_retrieval, test_retrieval = retrieval
@@ -154,6 +157,7 @@ def test_training_learns_to_tell_the_next_click_from_sampled_items(retrieval):
     assert ranks.shape == test_retrieval.ranks.shape
 
 
+@pytest.mark.training
 def test_ensemble_members_are_the_dien_each_seed_trains_alone_and_their_logits_are_averaged(retrieval):
     train, test, _, popularity = yoochoose_slice()
     train_retrieval, test_retrieval = retrieval
@@ -190,6 +194,7 @@ def test_categories_join_the_item_embedding():
         DIEN(DIENConfig(n_items=4, n_categories=3), None)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("members", [1, 2])
 def test_onnx_graph_matches_torch_on_real_sessions(tmp_path, retrieval, members):
     _, test, _, popularity = yoochoose_slice()
@@ -211,6 +216,7 @@ def test_onnx_graph_matches_torch_on_real_sessions(tmp_path, retrieval, members)
                                       np.argsort(-expected, axis=1, kind="stable")[:, :5])
 
 
+@pytest.mark.training
 def test_dien_trains_with_the_real_diginetica_categories():
     """The raw Diginetica sample's items get their categories from product-categories.csv."""
     data = get_settings().data_dir / "diginetica"
@@ -231,6 +237,7 @@ def test_dien_trains_with_the_real_diginetica_categories():
     assert np.isfinite(history.epochs[0].loss)
 
 
+@pytest.mark.training
 def test_prior_weight_starts_where_the_retrievers_own_softmax_fits_best(retrieval):
     train, _, _, _ = yoochoose_slice()
     train_retrieval, _ = retrieval
@@ -243,6 +250,7 @@ def test_prior_weight_starts_where_the_retrievers_own_softmax_fits_best(retrieva
     assert loss[weight] <= min(loss.values())
 
 
+@pytest.mark.training
 def test_stacked_reranker_trains_on_later_sessions_with_a_retriever_that_never_saw_them():
     """DIEN's candidates come from a retriever trained on the earlier sessions only: a retriever given the
     later ones too would change them."""
@@ -263,6 +271,7 @@ def test_stacked_reranker_trains_on_later_sessions_with_a_retriever_that_never_s
                                                       later, 20).top)
 
 
+@pytest.mark.training
 def test_cross_fitted_folds_each_take_candidates_from_a_retriever_trained_on_every_other_session():
     """holdout_folds = 2 over the latest half: each fold's candidates come from a retriever that saw the earlier
     sessions and the other fold, and no retriever saw the fold it scores."""
@@ -293,6 +302,7 @@ def test_warm_start_needs_the_one_gru4rec_fold_retriever():
             DIENTraining(**{"holdout_fraction": 0.2, "retriever_warm_start_epochs": 2} | wrong)
 
 
+@pytest.mark.training
 def test_without_holdout_the_reranker_trains_on_every_training_prefix(retrieval):
     train, test, item_map, popularity = yoochoose_slice()
     split = EncodedSplit(train, test, item_map, popularity)
