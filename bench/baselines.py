@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from training.baselines import BASELINES, baseline_ranks, session_start_times
 from training.data import EncodedSplit
@@ -44,7 +44,7 @@ def main() -> None:
         seconds[name] = time.perf_counter() - clock
         rows.append(RankingMetrics.from_ranks(name, ranks, dropped))
         print(f"[{name}: {seconds[name]:.1f} s]", flush=True)
-    print(f"\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs visible, "
+    print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs visible, "
           f"total {time.perf_counter() - started:.1f} s ({', '.join(f'{n} {s:.0f} s' for n, s in seconds.items())})")
     print(format_table(rows))
 

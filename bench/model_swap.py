@@ -28,10 +28,6 @@ from typing import Any
 import onnxruntime
 from stream_throughput import create_topics, endless_sessions, take
 
-from stream_app.artifact_store import ArtifactStore
-from stream_app.artifacts import promote_and_announce
-from devtools.demo import QUICK_EPOCHS, demo_artifact, train_quick_artifact
-from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from devtools.click_replay import (
     LoggedClick,
     OnlineStats,
@@ -44,7 +40,11 @@ from devtools.click_replay import (
     send_clicks,
     suggestion_consumer,
 )
+from devtools.demo import QUICK_EPOCHS, demo_artifact, train_quick_artifact
+from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from stream_app.artifact_format import ArtifactError, verify_artifact
+from stream_app.artifact_store import ArtifactStore
+from stream_app.artifacts import promote_and_announce
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings, get_settings
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from stream_app.artifact_format import MANIFEST
 from stream_app.events import Click
 from stream_app.scoring import Scorer
-from stream_app.served_quality import format_served, served_evaluation, servable_pipelines
+from stream_app.served_quality import format_served, servable_pipelines, served_evaluation
 from stream_app.sessions import SessionRecommender, SessionState
 from stream_app.settings import Settings
 from stream_app.suggestion import SourcedClick

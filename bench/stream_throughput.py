@@ -26,9 +26,6 @@ from pathlib import Path
 import onnxruntime
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from devtools.demo import QUICK_EPOCHS, demo_artifact
-from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
-from stream_app.kafka_security import aiokafka_client_kwargs
 from devtools.click_replay import (
     LoggedClick,
     OnlineStats,
@@ -41,6 +38,9 @@ from devtools.click_replay import (
     send_clicks,
     suggestion_consumer,
 )
+from devtools.demo import QUICK_EPOCHS, demo_artifact
+from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings, get_settings
 

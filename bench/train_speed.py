@@ -53,7 +53,8 @@ def main() -> None:
     print(f"data: {args.dataset}, {train.n_clicks - train.n_sessions:,} training events per epoch, "
           f"{len(split.item_map):,} items; settings: {args.config.name}, {params.matmul_precision} matmuls")
     for epoch in history.epochs:
-        print(f"epoch {epoch.epoch}: {epoch.events_per_second:,.0f} events/s, {epoch.seconds:.1f} s, loss {epoch.loss:.4f}")
+        print(f"epoch {epoch.epoch}: {epoch.events_per_second:,.0f} events/s, {epoch.seconds:.1f} s, "
+              f"loss {epoch.loss:.4f}")
     events = sum(e.events for e in history.epochs)
     print(f"overall: {events / total:,.0f} events/s, {total / len(history.epochs):.1f} s per epoch")
     if args.evaluate:

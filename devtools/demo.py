@@ -251,7 +251,8 @@ async def send_rounds(args: argparse.Namespace, replay: Replay, worker: WorkerPr
         retrain_over_before_round = retrain is None or retrain.poll() is not None
         replay.rounds += 1
         replay.sent_in_round = 0
-        await send_clicks(producer, worker.settings.clicks_topic, replay.round_clicks(replay.rounds - 1), replay.schedule,
+        await send_clicks(producer, worker.settings.clicks_topic, replay.round_clicks(replay.rounds - 1),
+                          replay.schedule,
                           sent)
         if retrain_over_before_round and args.rounds is None:
             return
@@ -377,7 +378,8 @@ def summary(stats: OnlineStats, replay: Replay, view: WorkerView, retrain: Retra
     judged = sum(q.judged for q in view.versions.values())
     not_sent = replay.not_sent if replay.ended.startswith(("interrupted", "--duration")) else 0
     lines = [
-        f"ended: {replay.ended}, after {elapsed:.1f} s of replay, {replay.rounds} round(s) of {len(replay.day):,} clicks",
+        f"ended: {replay.ended}, after {elapsed:.1f} s of replay, {replay.rounds} round(s) of "
+        f"{len(replay.day):,} clicks",
         (f"clicks: {stats.sent:,} sent, {not_sent:,} of the last round never sent (stopped early), "
          f"{stats.answered:,} answered by a suggestion, {stats.sent - stats.answered:,} unanswered when it stopped"),
         f"suggestions received: {stats.received:,} ({stats.received - stats.answered:,} repeats, counted once)",
@@ -438,7 +440,8 @@ def run(args: argparse.Namespace, launched: float) -> int:
                   f" (log: {worker.log_file})\nmetrics: {worker.metrics_url}", flush=True)
             retrain = None
             if fixed is None:
-                print(f"first version: training a small GRU4Rec on a slice (`{shlex.join(retrain_command(args.first_version_args)[1:])}`),"
+                command = shlex.join(retrain_command(args.first_version_args)[1:])
+                print(f"first version: training a small GRU4Rec on a slice (`{command}`),"
                       f" log {args.log_dir / 'retrain-first.log'}", flush=True)
                 first = Retrain("first version", args.first_version_args, env, args.log_dir / "retrain-first.log")
                 stack.callback(first.stop)

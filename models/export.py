@@ -74,7 +74,8 @@ class _TopKServing(nn.Module):
 class GRU4RecServingStep(_TopKServing):
     def __init__(self, model: GRU4Rec, top_k: int):
         if len(set(model.config.layers)) != 1:
-            raise ValueError(f"serving stacks the layers' states into one tensor: layers must be equal, got {model.config.layers}")
+            raise ValueError("serving stacks the layers' states into one tensor: layers must be equal, "
+                             f"got {model.config.layers}")
         super().__init__(model, top_k)
 
     def forward(self, item: torch.Tensor, hidden: torch.Tensor):

@@ -82,7 +82,8 @@ class GRU4Rec(nn.Module):
         self.config = config
         layers = config.layers
         n_input = layers[-1] if config.constrained_embedding else config.embedding
-        self.input_embedding = None if config.constrained_embedding else nn.Parameter(torch.empty(config.n_items, n_input))
+        self.input_embedding = (None if config.constrained_embedding
+                                else nn.Parameter(torch.empty(config.n_items, n_input)))
         self.grus = nn.ModuleList(
             nn.GRUCell(layers[i - 1] if i > 0 else n_input, size) for i, size in enumerate(layers)
         )

@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from stream_app.artifact_format import ArtifactError, verify_artifact
 from stream_app.artifact_store import ArtifactStore, Canary, Pointer, StoreError
+from stream_app.cli_help import HelpFormatter
 from stream_app.model_updates import announce, announce_canary
 from stream_app.quality_gate import GateDecision, quality_gate, record_decision
-from stream_app.artifact_format import ArtifactError, verify_artifact
-from stream_app.cli_help import HelpFormatter
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings, get_settings
 

@@ -37,10 +37,10 @@ from datetime import datetime
 from pathlib import Path
 
 from stream_app import model_updates
+from stream_app.artifact_format import MANIFEST, ArtifactError
 from stream_app.artifact_store import ArtifactStore, Canary, Pointer
 from stream_app.events import Click
 from stream_app.metrics import WorkerMetrics
-from stream_app.artifact_format import MANIFEST, ArtifactError
 from stream_app.scoring import Scorer
 from stream_app.served_quality import LiveQuality
 from stream_app.sessions import BatchResult, SessionRecommender, SessionState

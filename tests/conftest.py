@@ -32,9 +32,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.click_replay import WorkerProcess
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from stream_app.kafka_security import aiokafka_client_kwargs
-from devtools.click_replay import WorkerProcess
 from stream_app.scoring import Scorer
 from stream_app.settings import REPO_ROOT, Settings
 

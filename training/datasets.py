@@ -12,8 +12,14 @@ from functools import partial
 from pathlib import Path
 
 from stream_app.settings import get_settings
-from training.data import (ClickLog, looks_like_pickle, read_event_log, read_session_pickle, read_srgnn_test,
-                           read_srgnn_train)
+from training.data import (
+    ClickLog,
+    looks_like_pickle,
+    read_event_log,
+    read_session_pickle,
+    read_srgnn_test,
+    read_srgnn_train,
+)
 
 
 @dataclass(frozen=True)

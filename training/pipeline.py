@@ -37,6 +37,7 @@ from stream_app.artifact_format import verify_artifact
 from stream_app.scoring import Scorer
 from training.baselines import BaselineParams, baseline_ranks
 from training.data import ClickLog, EncodedSplit, Sessions, read_item_categories
+from training.device import CPU
 from training.dien_trainer import DIENTraining, train_dien
 from training.evaluate import (
     RankingMetrics,
@@ -51,7 +52,6 @@ from training.evaluate import (
     step_model_scores,
     with_popularity_baseline,
 )
-from training.device import CPU
 from training.gru4rec_trainer import GRU4RecTrainer, GRU4RecTraining
 from training.lanes import Lanes
 from training.narm_trainer import train_narm
@@ -125,7 +125,8 @@ def retriever_scores(model: torch.nn.Module, params: Any) -> ScoreBatches:
 
 
 def retriever_job(clock: StageClock, name: str, params: Any, split: EncodedSplit, top_k: int, progress: bool,
-                  device: torch.device, continued: GRU4RecTrainer | None = None) -> tuple[torch.nn.Module, TrainingHistory, Retrieval]:
+                  device: torch.device, continued: GRU4RecTrainer | None = None,
+                  ) -> tuple[torch.nn.Module, TrainingHistory, Retrieval]:
     """A lane's work for a retriever: trained on every training session, then its top-K for the test
     predictions (scored once: its own row of the table and the re-ranker's test candidates both come from it)."""
     stage = f"{name} training" + (" (continuing dien's fold retriever)" if continued else "")

@@ -39,7 +39,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def validation_split(log: ClickLog, fraction: float) -> tuple[ClickLog, ClickLog
         cut = float(np.sort(ends)[max(n - n_held - 1, 0)])
         held = ends > cut
         how = {"by": "time", "held_out": "sessions whose last click is after the cut",
-               "cut": datetime.fromtimestamp(cut, timezone.utc).isoformat()}
+               "cut": datetime.fromtimestamp(cut, UTC).isoformat()}
     else:
         held = np.arange(n) >= n - n_held
         how = {"by": "order", "held_out": "the last sessions of the training log"}

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.embedded_broker import EmbeddedBroker, free_port
 from devtools.click_replay import held_out_clicks
+from devtools.embedded_broker import EmbeddedBroker, free_port
 from tests.deploy_tools import dashboard_queries, metric_names, required_binary, rule_queries, write_rule_file
 
 pytestmark = pytest.mark.broker

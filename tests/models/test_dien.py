@@ -13,14 +13,14 @@ from models.export import export_dien
 from stream_app.settings import get_settings
 from tests.real_slices import yoochoose_slice
 from training.data import EncodedSplit, Sessions, read_event_log, read_item_categories
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 from training.dien_trainer import DIENTraining, fit_prior_weight, train_dien
 from training.evaluate import pairwise_auc, reranked_ranks, retrieve, step_model_scores
 from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
 from training.pipeline import reranker_inputs, stacked_training_data
 from training.prefixes import Prefixes
 from training.progress import StageClock
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = {"item_dim": 16, "category_dim": 8, "mlp": (32, 16), "batch_size": 128, "n_epochs": 1, "n_candidates": 20}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stream_app import artifact_store
-from stream_app.artifact_store import ArtifactStore, Canary, StoreError
 from stream_app.artifact_format import ArtifactError
+from stream_app.artifact_store import ArtifactStore, Canary, StoreError
 from stream_app.scoring import Scorer
 from tests.artifact_versions import renamed
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from devtools.embedded_broker import EmbeddedBroker
 from devtools.click_replay import (
     LoggedClick,
     held_out_clicks,
@@ -27,6 +26,7 @@ from devtools.click_replay import (
     send_clicks,
     suggestion_consumer,
 )
+from devtools.embedded_broker import EmbeddedBroker
 from stream_app.settings import get_settings
 
 pytestmark = pytest.mark.broker

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from devtools.click_replay import held_out_clicks
+from devtools.embedded_broker import EmbeddedBroker
 from stream_app.artifact_store import ArtifactStore
 from stream_app.artifacts import canary_checked, promote_and_announce, rollback_and_announce, stop_canary_and_announce
-from devtools.embedded_broker import EmbeddedBroker
-from devtools.click_replay import held_out_clicks
 from stream_app.hot_swap import canary_position
 from stream_app.scoring import Scorer
 from stream_app.settings import get_settings

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
-
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.events import Reason
 from stream_app.metrics import ERROR_STAGES, WorkerMetrics

@@ -16,8 +16,8 @@ from devtools.embedded_broker import EmbeddedBroker
 from stream_app import artifacts
 from stream_app.artifact_store import ArtifactStore
 from stream_app.quality_gate import quality_gate
-from stream_app.served_quality import served_top_k_metrics
 from stream_app.scoring import Scorer
+from stream_app.served_quality import served_top_k_metrics
 from stream_app.settings import Settings, get_settings
 from tests.artifact_versions import renamed, shuffled_vocabulary
 from training.datasets import load_dataset

@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from tests.real_slices import yoochoose_slice
-from training.baselines import (BASELINES, ItemKNNParams, STANParams, VSKNNParams, baseline_ranks, build_baseline,
-                                dense_scores, ranks_of, session_start_times)
+from training.baselines import (
+    BASELINES,
+    ItemKNNParams,
+    STANParams,
+    VSKNNParams,
+    baseline_ranks,
+    build_baseline,
+    dense_scores,
+    ranks_of,
+    session_start_times,
+)
 from training.data import EncodedSplit, ItemMap, Sessions
 from training.datasets import load_dataset
 from training.evaluate import RankingMetrics, popularity_ranks

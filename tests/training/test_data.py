@@ -8,7 +8,7 @@ import json
 import os
 import pickle
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 
 import numpy as np
@@ -16,10 +16,20 @@ import pandas as pd
 import pytest
 
 from stream_app.settings import get_settings
-from training.data import (ClickLog, DataError, ItemMap, encode_sessions, item_popularity, load_pickle_restricted,
-                           Sessions, read_event_log, read_srgnn_test, read_srgnn_train)
-from training.datasets import custom_dataset, dataset_names, load_dataset
 from tests.real_slices import yoochoose_slice
+from training.data import (
+    ClickLog,
+    DataError,
+    ItemMap,
+    Sessions,
+    encode_sessions,
+    item_popularity,
+    load_pickle_restricted,
+    read_event_log,
+    read_srgnn_test,
+    read_srgnn_train,
+)
+from training.datasets import custom_dataset, dataset_names, load_dataset
 
 DATA = get_settings().data_dir
 RSC15 = "yoochoose_rsc15_100k/yoochoose-clicks-100k_{}.txt.gz"
@@ -75,7 +85,7 @@ def tsv(tmp_path, frame: pd.DataFrame):
 
 
 def utc(t: float, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime(fmt)
+    return datetime.fromtimestamp(t, UTC).strftime(fmt)
 
 
 # --- yoochoose_rsc15_100k (TSV with real times) ---

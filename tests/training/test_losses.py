@@ -51,7 +51,8 @@ def test_bpr_max(scores, elu_param):
     def row(t, neg):
         t, neg = act(t), [act(n) for n in neg]
         s = softmax(neg)  # over the negatives only: the target is not in its own softmax
-        return -math.log(sum(sj * sigmoid(t - n) for sj, n in zip(s, neg))) + bpreg * sum(sj * n * n for sj, n in zip(s, neg))
+        return (-math.log(sum(sj * sigmoid(t - n) for sj, n in zip(s, neg)))
+                + bpreg * sum(sj * n * n for sj, n in zip(s, neg)))
 
     loss = make_loss(LossConfig("bpr-max", bpreg=bpreg, elu_param=elu_param))
     assert loss(scores, None).item() == pytest.approx(per_row(scores, row), rel=1e-9)
@@ -63,7 +64,8 @@ def test_top1_max(scores):
         s = softmax(neg)
         return sum(sj * (sigmoid(n - t) + sigmoid(n * n)) for sj, n in zip(s, neg))
 
-    assert make_loss(LossConfig("top1-max", elu_param=1.0))(scores, None).item() == pytest.approx(per_row(scores, row), rel=1e-9)
+    top1_max = make_loss(LossConfig("top1-max", elu_param=1.0))
+    assert top1_max(scores, None).item() == pytest.approx(per_row(scores, row), rel=1e-9)
 
 
 @pytest.mark.parametrize("logq", [0.0, 1.0])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.real_slices import yoochoose_slice
 from training.data import Sessions
 from training.session_batches import apply_resets, session_parallel_steps
-from tests.real_slices import yoochoose_slice
 
 
 def consecutive_pairs(sessions: Sessions) -> Counter:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream_app.artifact_store import ArtifactStore
-from devtools.embedded_broker import EmbeddedBroker
-from stream_app.kafka_security import aiokafka_client_kwargs
 from devtools.click_replay import kafka_producer
+from devtools.embedded_broker import EmbeddedBroker
+from stream_app.artifact_store import ArtifactStore
+from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.settings import Settings
 from training.data import ClickLog
 from training.datasets import load_dataset

@@ -12,8 +12,8 @@ from training import datasets
 from training.baselines import ItemKNNParams, VSKNNParams
 from training.data import ClickLog
 from training.datasets import DATASETS, load_dataset
-from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
 from training.evaluate import model_ranks
+from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
 from training.progress import StageClock
 from training.retrain import main as retrain
 from training.tuning import Trials, TuningSettings, tune, validation_split
