@@ -3,10 +3,13 @@
     python -m stream_app worker -l info        # settings from NEXTCLICK_* (stream_app.settings)
 
 Clicks (JSON, keyed by session id) are read in micro-batches; each session's recent items and
-GRU hidden state live in the `sessions` table, whose changelog lets a restarted or rebalanced
-worker carry on. Suggestions go to the recommendations topic keyed by session id; refused clicks
-go unchanged to the dead-letter topic (format: `stream_app.dead_letters`). Delivery is
-at-least-once: a crash can repeat suggestions, never lose clicks.
+GRU hidden state live in the `sessions` table (one compact record per session, written once per
+batch: `stream_app.sessions.SessionState`), whose changelog lets a restarted or rebalanced worker
+carry on. Suggestions go to the recommendations topic keyed by session id, encoded once and handed
+to the producer without waiting for each delivery; refused clicks go unchanged to the dead-letter
+topic (format: `stream_app.dead_letters`). Delivery is at-least-once: faust commits a batch's
+offsets only after flushing the producer (the suggestions and changelog records handed to it), so
+a crash can repeat suggestions, never lose clicks.
 
 A suggestion is a JSON object (`stream_app.suggestion.Suggestion`).
 """
@@ -20,12 +23,12 @@ from collections.abc import Sequence
 
 import faust
 
-from stream_app.dead_letters import dead_letter_headers
+from stream_app.dead_letters import dead_letter
 from stream_app.events import InvalidClick, Reason, check_partition, parse_click
 from stream_app.faust_app import KeyPartitionedTable, TunedApp, event_context
 from stream_app.hot_swap import ServedModel
 from stream_app.kafka_security import faust_credentials
-from stream_app.metrics import WorkerMetrics, add_web_endpoints
+from stream_app.metrics import WorkerMetrics, add_web_endpoints, latency_observable
 from stream_app.partitioning import partition_for_key
 from stream_app.sessions import SessionState
 from stream_app.settings import get_settings
@@ -70,7 +73,7 @@ clicks_topic = app.topic(
 recommendations_topic = app.topic(
     settings.recommendations_topic,
     key_serializer="raw",
-    value_serializer="json",
+    value_serializer="raw",  # suggestions arrive as JSON bytes (`Suggestion.encoded`)
     partitions=settings.partitions,
 )
 dead_letter_topic = app.topic(
@@ -82,7 +85,7 @@ dead_letter_topic = app.topic(
 sessions = app.Table(
     "sessions",
     key_type=bytes,  # the session id in UTF-8, exactly the clicks' message key
-    value_type=SessionState,
+    value_type=bytes,  # SessionState.dumps(), held as it is; faust reads `bytes` as the raw codec
     partitions=settings.partitions,
 )
 
@@ -116,11 +119,12 @@ async def load_model() -> None:
 
 
 async def send_dead_letter(message: faust.types.Message, refusal: InvalidClick) -> None:
-    headers = dead_letter_headers(
-        refusal, topic=message.topic, partition=message.partition, offset=message.offset
+    letter = dead_letter(
+        message.key, message.value, refusal, topic=message.topic, partition=message.partition,
+        offset=message.offset,
     )
     try:
-        await dead_letter_topic.send(key=message.key, value=message.value, headers=headers)
+        await dead_letter_topic.send(key=letter.key, value=letter.value, headers=letter.headers)
     except Exception:
         metrics.errors.labels(stage="dead_letter").inc()
         logger.exception("dead-lettering %s[%d]@%d failed", message.topic, message.partition, message.offset)
@@ -134,23 +138,43 @@ def validated(message: faust.types.Message) -> SourcedClick:
     return SourcedClick(click, message.partition, message.offset)
 
 
-async def send_suggestion(suggestion: Suggestion) -> None:
-    produced_at = time.time()
-    sourced = suggestion.answers
-    try:
-        await recommendations_topic.send(
-            key=sourced.click.session_id.encode("utf-8"), value=suggestion.as_json(produced_at)
-        )
-    except Exception:
+def delivered(delivery: asyncio.Future) -> None:
+    if delivery.cancelled() or delivery.exception() is not None:
         metrics.errors.labels(stage="publish").inc()
-        logger.exception("publishing the suggestion for session %r failed", sourced.click.session_id)
-        return
-    metrics.suggestions_published.inc()
-    metrics.end_to_end_latency.observe(max(0.0, produced_at - sourced.click.timestamp))
+        logger.error("a suggestion was not delivered: %r", None if delivery.cancelled() else delivery.exception())
+
+
+async def send_suggestions(suggestions: Sequence[Suggestion], fetched_at: Sequence[float]) -> None:
+    """Hand each suggestion to the producer, in click order, and observe its latencies.
+
+    The delivery is not awaited here: the producer batches the records, and faust flushes it before
+    committing the offsets of the clicks they answer (at least once); a failed delivery is counted.
+    """
+    topic = recommendations_topic.get_topic_name()
+    producer = app.producer
+    for suggestion, fetched in zip(suggestions, fetched_at, strict=True):
+        produced_at = time.time()
+        click = suggestion.answers.click
+        try:
+            delivery = await producer.send(
+                topic, click.session_id.encode("utf-8"), suggestion.encoded(produced_at), None, None, None
+            )
+        except Exception:
+            metrics.errors.labels(stage="publish").inc()
+            logger.exception("publishing the suggestion for session %r failed", click.session_id)
+            continue
+        delivery.add_done_callback(delivered)
+        metrics.processing_latency.observe(time.monotonic() - fetched)
+        metrics.suggestions_published.inc()
+        if latency_observable(produced_at, click.timestamp):
+            metrics.end_to_end_latency.observe(max(0.0, produced_at - click.timestamp))
+        else:
+            metrics.latency_unobserved.inc()
 
 
 async def serve_batch(events: Sequence[faust.EventT]) -> None:
     """Validate, score and publish one micro-batch; nothing in it may stop the worker."""
+    started = time.monotonic()
     metrics.batch_size.observe(len(events))
     metrics.events_consumed.inc(len(events))
     clicks: list[tuple[SourcedClick, faust.EventT]] = []
@@ -179,9 +203,10 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
     last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
     for session_key, state in result.states.items():
         with event_context(last_event_of[session_key]):  # same partition as the key: check_partition
-            sessions[session_key] = state
-    for suggestion in result.suggestions:
-        await send_suggestion(suggestion)
+            sessions[session_key] = state.dumps()
+    # faust's monitor stamps each message when the consumer hands it over (monotonic clock)
+    fetched_at = [event.message.time_in or started for _, event in clicks]
+    await send_suggestions(result.suggestions, fetched_at)
 
 
 @app.agent(clicks_topic)
@@ -201,10 +226,10 @@ async def evict_idle_sessions() -> None:
     }
     deadline = time.time() - settings.session_ttl
     active = 0
-    for session_key, state in list(sessions.items()):
+    for session_key, record in list(sessions.items()):
         if partition_for_key(session_key, settings.partitions) not in owned:
             continue
-        if state.last_seen < deadline:
+        if SessionState.last_seen_of(record) < deadline:
             del sessions[session_key]
         else:
             active += 1

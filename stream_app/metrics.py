@@ -15,10 +15,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 INFERENCE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 QUALITY_CUTOFFS = (5, 10, 20)  # live hit-rate@K and MRR@K are exported for these K (those <= top_k)
 VERSION_LABELS = ("model", "artifact_version", "variant")  # variant: "current" or "canary"
+# A click's own timestamp is the producer's claim: the end-to-end latency is observed only for clicks
+# stamped within the last hour (the top bucket is 30 s) and at most a minute ahead of the worker's
+# clock. Older or later stamps (a replayed log, a wrong clock, 0 or 1e308) would fill the top bucket
+# and fire the latency alert; they are counted in nextclick_latency_unobserved instead.
+LATENCY_HORIZON = (3600.0, 60.0)  # seconds before, after the worker's clock
+
+
+def latency_observable(now: float, click_timestamp: float) -> bool:
+    before, after = LATENCY_HORIZON
+    return now - before <= click_timestamp <= now + after
 
 
 class WorkerMetrics:
@@ -43,6 +54,19 @@ class WorkerMetrics:
             "nextclick_end_to_end_latency_seconds",
             "From the click's own timestamp to its suggestion being handed to the producer.",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency_unobserved = Counter(
+            "nextclick_latency_unobserved",
+            "Suggestions whose click timestamp lies outside LATENCY_HORIZON of the worker's clock, left out "
+            "of nextclick_end_to_end_latency_seconds.",
+            registry=r,
+        )
+        self.processing_latency = Histogram(
+            "nextclick_processing_latency_seconds",
+            "The worker's own time per click: from the consumer handing the record over to its suggestion "
+            "being handed to the producer (the broker's long poll and the delivery excluded).",
+            buckets=PROCESSING_BUCKETS,
             registry=r,
         )
         self.inference_latency = Histogram(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,10 @@ class Suggestion:
             "variant": self.variant,
             "produced_at": produced_at,
         }
+
+    def encoded(self, produced_at: float) -> bytes:
+        """`as_json` as the record's value: ASCII JSON (every id is valid UTF-8: `stream_app.events`)."""
+        return json.dumps(self.as_json(produced_at), separators=(",", ":")).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
