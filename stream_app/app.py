@@ -51,6 +51,7 @@ app = TunedApp(
     topic_replication_factor=settings.topic_replication_factor,
     processing_guarantee="at_least_once",
     producer_acks=-1,
+    producer_linger=settings.producer_linger,
     consumer_auto_offset_reset="earliest",
     web_port=settings.web_port,
     broker_session_timeout=settings.broker_session_timeout,

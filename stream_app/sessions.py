@@ -32,7 +32,6 @@ batch costs. The same rule covers a state that reaches a worker still serving an
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings
@@ -76,13 +76,12 @@ class SessionState:
     _HEAD = b'{"last_seen":'
 
     def dumps(self) -> bytes:
-        fields = {name: getattr(self, name) for name in _HEADER_FIELDS}
-        return json.dumps(fields, separators=(",", ":")).encode("ascii") + b"\n" + self.hidden
+        return orjson.dumps({name: getattr(self, name) for name in _HEADER_FIELDS}) + b"\n" + self.hidden
 
     @classmethod
     def loads(cls, record: bytes) -> SessionState:
         header, _, hidden = record.partition(b"\n")  # JSON escapes every newline inside the line
-        fields = json.loads(header)
+        fields = orjson.loads(header)
         if "hidden" in fields:  # the format before this one, still in a changelog after an upgrade
             fields.pop("__faust", None)
             hidden = base64.b64decode(fields.pop("hidden"))

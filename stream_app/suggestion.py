@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 from stream_app.events import Click
 
@@ -60,8 +61,9 @@ class Suggestion:
         }
 
     def encoded(self, produced_at: float) -> bytes:
-        """`as_json` as the record's value: ASCII JSON (every id is valid UTF-8: `stream_app.events`)."""
-        return json.dumps(self.as_json(produced_at), separators=(",", ":")).encode("ascii")
+        """`as_json` as the record's value, UTF-8 JSON (every id is text UTF-8 carries: `stream_app.events`).
+        orjson: the standard library's encoder took a twentieth of the worker's time per click."""
+        return orjson.dumps(self.as_json(produced_at))
 
 
 @dataclass(frozen=True, slots=True)
