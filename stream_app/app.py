@@ -142,7 +142,7 @@ def validated(message: faust.types.Message) -> SourcedClick:
 def delivered(delivery: asyncio.Future) -> None:
     if delivery.cancelled() or delivery.exception() is not None:
         metrics.errors.labels(stage="publish").inc()
-        logger.error("a suggestion was not delivered: %r", None if delivery.cancelled() else delivery.exception())
+        logger.error("a record was not delivered: %r", None if delivery.cancelled() else delivery.exception())
 
 
 async def send_suggestions(suggestions: Sequence[Suggestion], fetched_at: Sequence[float]) -> None:
@@ -171,6 +171,31 @@ async def send_suggestions(suggestions: Sequence[Suggestion], fetched_at: Sequen
             metrics.end_to_end_latency.observe(max(0.0, produced_at - click.timestamp))
         else:
             metrics.latency_unobserved.inc()
+
+
+async def write_states(states: dict[bytes, SessionState], last_event_of: dict[bytes, faust.EventT]) -> None:
+    """Store each session's new state and hand its changelog record to the producer ourselves.
+
+    Not `sessions[key] = record`: faust queues that changelog record in its own buffer, and flushing
+    that buffer (before a commit, on a rebalance) gives up after 0.1 s without a send, so on a busy
+    worker offsets got committed and partitions handed over while the records were still queued; the
+    next owner then served those sessions from an older state. Handed to the producer here, a record
+    is in what faust's flush waits for before the batch's offsets are committed.
+    """
+    changelog = sessions.changelog_topic.get_topic_name()
+    producer = app.producer
+    for session_key, state in states.items():
+        record = state.dumps()
+        event = last_event_of[session_key]
+        with event_context(event):  # a RocksDB store files the entry under the event's partition
+            sessions.data[session_key] = record
+        try:  # to the session's partition: check_partition made every click arrive on it
+            delivery = await producer.send(changelog, session_key, record, event.message.partition, None, None)
+        except Exception:
+            metrics.errors.labels(stage="changelog").inc()
+            logger.exception("writing the changelog record of session %r failed", session_key)
+            continue
+        delivery.add_done_callback(delivered)
 
 
 async def serve_batch(events: Sequence[faust.EventT]) -> None:
@@ -202,9 +227,7 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
         return
     served.live_quality.observe(result.judgements)
     last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
-    for session_key, state in result.states.items():
-        with event_context(last_event_of[session_key]):  # same partition as the key: check_partition
-            sessions[session_key] = state.dumps()
+    await write_states(result.states, last_event_of)
     # faust's monitor stamps each message when the consumer hands it over (monotonic clock)
     fetched_at = [event.message.time_in or started for _, event in clicks]
     await send_suggestions(result.suggestions, fetched_at)
@@ -217,23 +240,33 @@ async def recommend(stream: faust.StreamT[bytes]) -> None:
         await serve_batch(events)
 
 
+EVICTION_SLICE = 500  # sessions examined between two yields to the event loop (a few ms)
+
+
 @app.timer(interval=settings.eviction_interval)
 async def evict_idle_sessions() -> None:
-    """Forget sessions idle for longer than the TTL, on the partitions this worker owns."""
-    owned = {
-        tp.partition
-        for tp in app.assignor.assigned_actives()
-        if tp.topic == sessions.changelog_topic.get_topic_name()
-    }
+    """Forget sessions idle for longer than the TTL, on the partitions this worker owns.
+
+    In slices, letting batches run in between: one pass over 100,000 sessions would hold the clicks
+    back for a good part of a second, every `eviction_interval`. A rebalance may land between two
+    slices: each slice reads the partitions owned afresh, and the sweep stops during a rebalance."""
     deadline = time.time() - settings.session_ttl
     active = 0
-    for session_key, record in list(sessions.items()):
-        if partition_for_key(session_key, settings.partitions) not in owned:
-            continue
-        if SessionState.last_seen_of(record) < deadline:
-            del sessions[session_key]
-        else:
-            active += 1
+    keys = list(sessions.keys())
+    for start in range(0, len(keys), EVICTION_SLICE):
+        if app.rebalancing:
+            return  # the count would be partial: the next sweep sets the gauge
+        changelog = sessions.changelog_topic.get_topic_name()
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
+        for session_key in keys[start : start + EVICTION_SLICE]:
+            record = sessions.get(session_key)  # a batch in between may have written or dropped it
+            if record is None or partition_for_key(session_key, settings.partitions) not in owned:
+                continue
+            if SessionState.last_seen_of(record) < deadline:
+                del sessions[session_key]
+            else:
+                active += 1
+        await asyncio.sleep(0)
     metrics.active_sessions.set(active)
 
 

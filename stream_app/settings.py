@@ -161,7 +161,10 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(default=256, ge=1, description="Most clicks scored in one model call.")
     batch_window: float = Field(
-        default=0.01, gt=0, description="Seconds to wait for a batch to fill before scoring it."
+        default=0.002,
+        gt=0,
+        description="Seconds to wait for a batch to fill before scoring it (a fetch hands over clicks in "
+        "chunks already; a longer wait adds to every click's time in the worker).",
     )
 
     # --- Streaming worker: operations and broker tuning ---------------------------------------

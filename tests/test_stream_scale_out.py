@@ -115,4 +115,8 @@ def test_workers_joining_crashing_and_leaving_answer_every_click_as_one_worker_w
     for (session_id, sent_at), click in sent.items():  # in sending order
         history[session_id].append(click.item_id)
         for suggestion in by_click[(session_id, sent_at)]:
-            assert suggestion["items"] == offline_items(history[session_id]), (session_id, history[session_id])
+            assert suggestion["items"] == offline_items(history[session_id]), (
+                session_id,
+                history[session_id],
+                [(s["click"], s["items"][:2], s["produced_at"]) for s in suggestions if s["session_id"] == session_id],
+            )
