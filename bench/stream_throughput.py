@@ -1,7 +1,7 @@
 """Stream benchmark: what one worker serves against what its hardware allows, in one run.
 
     PYTHONPATH=. python bench/stream_throughput.py [--artifact DIR] [--clicks 20000] [--repeat 2]
-        [--rate 1000] [--rate-seconds 15] [--memory-sessions 100000]
+        [--rate 1000] [--rate-seconds 15] [--memory-sessions 200000] [--rebalance-every 10]
 
 The clicks come from the artifact's own data set (metrics.json's `dataset`: the test sessions of
 Diginetica for a Diginetica model; the demo's YOOCHOOSE test day for the demo's artifact, the
@@ -17,9 +17,12 @@ worker's NEXTCLICK_* settings plus the embedded broker's tuning. Prints:
 (c) latency at a fixed `--rate`: the worker's own time per click (p50/p99 of
     nextclick_processing_latency_seconds, interpolated in its buckets) and click → suggestion read
     back (end to end, through the broker's fetch wait);
-(d) memory per active session: the worker's RSS growth over `--memory-sessions` new sessions of one
-    click each, against the raw state (hidden float32s and 4 bytes per kept item id); and a table of
-    as many records holding 50 kept clicks each (the most the worker keeps by default), in this process.
+(d) memory per active session: the worker's RSS growth from `--memory-sessions`/2 to `--memory-sessions`
+    new sessions of one click each, against the raw state (hidden float32s and 4 bytes per kept item id); and a table of
+    as many records holding 50 kept clicks each (the most the worker keeps by default), in this process;
+(e) the pause each rebalance causes: clicks at `--rebalance-rate` while a second worker joins, the first
+    is SIGKILLed, a third joins and the second leaves (the worker's broker session timeout bounds the
+    SIGKILL's pause: the embedded broker's tuning sets 2 s).
 """
 
 from __future__ import annotations
@@ -75,7 +78,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=2, help="bare loop + worker runs, alternating")
     parser.add_argument("--rate", type=float, default=1_000.0, help="clicks/s of the latency run")
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of the latency run")
-    parser.add_argument("--memory-sessions", type=int, default=100_000, help="sessions of the memory run")
+    parser.add_argument("--memory-sessions", type=int, default=200_000, help="sessions of the memory run")
+    parser.add_argument("--rebalance-rate", type=float, default=200.0, help="clicks/s of the rebalance run")
+    parser.add_argument("--rebalance-every", type=float, default=10.0,
+                        help="seconds between membership changes in the rebalance run (0: no such run)")
     return parser.parse_args()
 
 
@@ -308,13 +314,18 @@ async def latency_run(args: argparse.Namespace, worker: WorkerProcess, clicks: l
 
 
 async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None:
-    rss_before = rss_bytes(worker.process.pid)
-    await feed(worker.settings, sessions, None, worker.check_alive)
+    """RSS growth over the second half of `sessions`: the first half also grows the pools that serving
+    itself needs (producer batches, delivery futures, onnxruntime's arena), which do not grow again."""
+    half = len(sessions) // 2
+    await feed(worker.settings, sessions[:half], None, worker.check_alive)
     await asyncio.sleep(2.0)
-    grown = (rss_bytes(worker.process.pid) - rss_before) / len(sessions)
+    rss_before = rss_bytes(worker.process.pid)
+    await feed(worker.settings, sessions[half:], None, worker.check_alive)
+    await asyncio.sleep(2.0)
+    grown = (rss_bytes(worker.process.pid) - rss_before) / (len(sessions) - half)
     scorer = Scorer(worker.settings.serving_artifact_dir)
     raw = 4 * scorer.layers * scorer.hidden_size + 4
-    print(f"(d) worker RSS growth over {len(sessions)} new sessions of 1 click: {grown:.0f} B per session;"
+    print(f"(d) worker RSS growth from {half} to {len(sessions)} sessions of 1 click: {grown:.0f} B per session;"
           f" raw state {raw} B (hidden float32s + one 4-byte item id): {grown / raw:.2f}x", flush=True)
 
 
@@ -340,6 +351,80 @@ def kept_clicks_table(scorer: Scorer, sessions: list[list[str]], count: int) -> 
           f" record {record:.0f} B, RSS {grown:.0f} B per session; raw {raw_items} B (hidden + item ids):"
           f" {grown / raw_items:.2f}x, {raw_items + 4 * KEPT_CLICKS} B with 4-byte offsets:"
           f" {grown / (raw_items + 4 * KEPT_CLICKS):.2f}x")
+
+
+MEMBERSHIP_CHANGES = ("a second worker joins", "the first is SIGKILLed", "a third joins", "the second leaves")
+
+
+async def rebalance_pauses(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path,
+                           clicks: Iterator[LoggedClick], tmp: Path) -> None:
+    """(e) Clicks at `--rebalance-rate` while workers join, crash and leave (`MEMBERSHIP_CHANGES`, one every
+    `--rebalance-every` s); for each change, the worst click -> suggestion latency of the clicks sent in the
+    interval after it, next to the p99 before the first."""
+    tag = uuid.uuid4().hex[:6]
+    fields = run_fields(broker, artifact, f"scale-{tag}")
+    settings = Settings(**fields)
+    await create_topics(settings, settings.clicks_topic, settings.recommendations_topic)
+    workers: dict[str, WorkerProcess] = {}
+
+    def launch(name: str) -> None:
+        workers[name] = WorkerProcess(fields | {"web_port": free_port()}, tmp / f"scale-{name}.log").start()
+        workers[name].wait_ready(timeout=120)
+
+    every, count = args.rebalance_every, int(args.rebalance_rate * args.rebalance_every * (len(MEMBERSHIP_CHANGES) + 1))
+    producer, consumer = kafka_producer(settings, linger_ms=0), suggestion_consumer(settings)
+    latency: dict[tuple[str, float], float] = {}  # (session, sent at) -> first suggestion's latency
+
+    async def receive() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            received_at = time.time()
+            for record in (r for records in batches.values() for r in records):
+                suggestion = json.loads(record.value)
+                key = (suggestion["session_id"], suggestion["click"]["timestamp"])
+                latency.setdefault(key, received_at - key[1])
+
+    await asyncio.to_thread(launch, "first")
+    await producer.start()
+    await consumer.start()
+    receiving = asyncio.create_task(receive())
+    sent: list[tuple[str, float]] = []
+    try:
+        started = time.time()
+        sending = asyncio.create_task(send_clicks(
+            producer, settings.clicks_topic, take(clicks, count, tag), rate_schedule(count, args.rebalance_rate),
+            lambda click, sent_at: sent.append((click.session_id, sent_at)),
+        ))
+        changes = []
+        for number, change in enumerate(MEMBERSHIP_CHANGES, start=1):
+            await asyncio.sleep(max(0.0, started + number * every - time.time()))
+            changes.append(time.time())
+            if number in (1, 3):
+                await asyncio.to_thread(launch, "second" if number == 1 else "third")
+            elif number == 2:
+                workers["first"].kill()
+            else:
+                await asyncio.to_thread(workers["second"].stop)
+        await sending
+        deadline = time.monotonic() + 120
+        while len(latency) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        await producer.stop()
+        await consumer.stop()
+        for worker in workers.values():
+            worker.stop()
+    unanswered = len(sent) - sum(key in latency for key in sent)
+    steady = [latency[k] for k in sent if k in latency and k[1] < changes[0]]
+    print(f"(e) {len(sent)} clicks at {args.rebalance_rate:.0f} clicks/s over 4 partitions, a change every {every:.0f} s"
+          f" ({unanswered} unanswered); before any change: p99 {1000 * percentiles(steady, 99)[0]:.0f} ms")
+    bounds = [*changes, float("inf")]
+    for change, start, end in zip(MEMBERSHIP_CHANGES, bounds, bounds[1:]):
+        window = [latency[k] for k in sent if start <= k[1] < end and k in latency]
+        print(f"    {change}: worst click -> suggestion {max(window, default=float('nan')):.2f} s"
+              f" (p99 {percentiles(window, 99)[0]:.2f} s) over the {len(window)} clicks sent until the next change")
 
 
 async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path, clicks: Iterator[LoggedClick],
@@ -381,6 +466,8 @@ def main() -> None:
     clicks = interleaved(sessions, args.sessions)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         asyncio.run(measure(args, broker, artifact, clicks, Path(tmp), ort_rate))
+        if args.rebalance_every > 0:
+            asyncio.run(rebalance_pauses(args, broker, artifact, clicks, Path(tmp)))
     if args.memory_sessions > 0:
         kept_clicks_table(scorer, sessions, args.memory_sessions)
 
