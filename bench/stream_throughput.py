@@ -98,7 +98,8 @@ def test_sessions(artifact: Path, settings: Settings) -> tuple[str, list[list[st
         for click in day:
             sessions.setdefault(click.session_id, []).append(click.item_id)
         return "yoochoose_rsc15_100k (the demo's test day)", list(sessions.values())
-    from training.datasets import load_dataset  # the trainer's readers, for a data set other than the demo's
+    # the trainer's readers, only for a data set other than the demo's
+    from training.datasets import load_dataset
     from training.publish import held_out_sessions
 
     return dataset, held_out_sessions(load_dataset(dataset)[1])

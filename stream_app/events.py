@@ -64,12 +64,12 @@ MAX_ID_CHARS: int = click_schema()["properties"]["session_id"]["maxLength"]
 
 def _is_id(value: Any) -> bool:
     # JSON Schema's "integer" counts 3.0 too; a JSON boolean is neither a string nor an integer.
-    return isinstance(value, str) or (
-        isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
-    )
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, str | int) and not isinstance(value, bool)
 
 
-def _as_id(value: str | int | float) -> str:
+def _as_id(value: str | float) -> str:
     # JSON Schema counts 3.0 as an integer; read it as "3" like 3.
     return value if isinstance(value, str) else str(int(value))
 

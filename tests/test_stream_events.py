@@ -167,6 +167,7 @@ def test_the_hand_check_gives_the_schemas_verdict(fields: dict) -> None:
     [
         b'{"session_id": "s1", "item_id": 1' + b"0" * 4400 + b', "timestamp": 1}',  # more digits than Python reads
         click_bytes(item_id=10**300),  # an integer's decimal string is held to the 256 characters too
+        click_bytes(session_id=10**400),  # more than a float can hold
         click_bytes(item_id=1e300),
         b'{"session_id": "s1", "item_id": "a\\ud800", "timestamp": 1}',  # a lone surrogate UTF-8 cannot carry
         b'{"session_id": "\\udc00", "item_id": "1", "timestamp": 1}',
