@@ -1,13 +1,28 @@
-"""Stream benchmark: the embedded broker and one worker serving the demo's artifact, fed real test clicks.
+"""Stream benchmark: what one worker serves against what its hardware allows, in one run.
 
-    python bench/stream_throughput.py [--clicks 20000] [--rate 200] [--rate-seconds 15]
+    PYTHONPATH=. python bench/stream_throughput.py [--artifact DIR] [--clicks 20000] [--repeat 2]
+        [--rate 1000] [--rate-seconds 15] [--memory-sessions 200000] [--rebalance-every 10]
 
-Prints the machine and settings, then (a) seconds from starting the worker to the first suggestion
-(a click waits in the topic meanwhile), (b) sustained clicks/s served while the producer pushes
-`--clicks` test-day clicks as fast as it can (the day's sessions in time order, again with new
-session ids once they run out), (c) click→suggestion latency at a fixed `--rate` (send time to the
-suggestion being read back by a consumer) and (d) the worker's batch sizes, from its /metrics.
-The worker uses NEXTCLICK_* settings from the environment plus the embedded broker's tuning.
+The clicks come from the artifact's own data set (metrics.json's `dataset`: the test sessions of
+Diginetica for a Diginetica model; the demo's YOOCHOOSE test day for the demo's artifact, the
+default), `--sessions` of them interleaved click by click, each with its own id; a session that
+ends is followed by the next test session. The broker is the embedded Tansu, with the
+worker's NEXTCLICK_* settings plus the embedded broker's tuning. Prints:
+
+(a) onnxruntime alone: the serving graph's clicks/s at the worker's batch size and threads;
+(b) per repetition, on fresh topics holding `--clicks` clicks before the server starts: a bare
+    aiokafka loop (`bench/bare_loop.py`, the ceiling), then the worker; clicks/s from the first
+    suggestion read back to the last, the server's CPU µs per click, and the worker's ratio to both
+    (ratios within one repetition: the machine may be shared);
+(c) latency at a fixed `--rate`: the worker's own time per click (p50/p99 of
+    nextclick_processing_latency_seconds, interpolated in its buckets) and click → suggestion read
+    back (end to end, through the broker's fetch wait);
+(d) memory per active session: the worker's RSS growth from `--memory-sessions`/2 to `--memory-sessions`
+    new sessions of one click each, against the raw state (hidden float32s and 4 bytes per kept item id); and a table of
+    as many records holding 50 kept clicks each (the most the worker keeps by default), in this process;
+(e) the pause each rebalance causes: clicks at `--rebalance-rate` while a second worker joins, the first
+    is SIGKILLed, a third joins and the second leaves (the worker's broker session timeout bounds the
+    SIGKILL's pause: the embedded broker's tuning sets 2 s).
 """
 
 from __future__ import annotations
@@ -16,13 +31,18 @@ import argparse
 import asyncio
 import dataclasses
 import itertools
+import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -40,125 +60,131 @@ from devtools.click_replay import (
 )
 from devtools.demo import QUICK_EPOCHS, demo_artifact
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from stream_app.artifact_format import METRICS
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.scoring import Scorer
-from stream_app.settings import Settings, get_settings
+from stream_app.sessions import SessionState
+from stream_app.settings import REPO_ROOT, Settings, get_settings
+
+BARE_LOOP = Path(__file__).with_name("bare_loop.py")
+KEPT_CLICKS = 50
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--clicks", type=int, default=20_000, help="clicks pushed as fast as possible")
-    parser.add_argument("--rate", type=float, default=200.0, help="clicks/s of the latency run")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", type=Path, help="default: the demo's artifact (trained when missing)")
+    parser.add_argument("--clicks", type=int, default=20_000, help="clicks served per throughput run")
+    parser.add_argument("--sessions", type=int, default=2_000, help="sessions interleaved")
+    parser.add_argument("--repeat", type=int, default=2, help="bare loop + worker runs, alternating")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="clicks/s of the latency run")
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of the latency run")
+    parser.add_argument("--memory-sessions", type=int, default=200_000, help="sessions of the memory run")
+    parser.add_argument("--rebalance-rate", type=float, default=200.0, help="clicks/s of the rebalance run")
+    parser.add_argument("--rebalance-every", type=float, default=10.0,
+                        help="seconds between membership changes in the rebalance run (0: no such run)")
     return parser.parse_args()
 
 
-def endless_sessions(day: list[LoggedClick]) -> Iterator[LoggedClick]:
-    """The test day's clicks in time order, over and over, each pass with its own session ids."""
-    for replay in itertools.count():
+# --- clicks ------------------------------------------------------------------------------------
+
+
+def test_sessions(artifact: Path, settings: Settings) -> tuple[str, list[list[str]]]:
+    """The test sessions (external item ids) of the data set the artifact was trained on."""
+    metrics = artifact / METRICS
+    dataset = json.loads(metrics.read_text()).get("dataset") if metrics.is_file() else None
+    if dataset in (None, "yoochoose_rsc15_100k"):
+        day = held_out_clicks(settings)
+        sessions: dict[str, list[str]] = {}
         for click in day:
-            yield dataclasses.replace(click, session_id=f"{click.session_id}~{replay}")
+            sessions.setdefault(click.session_id, []).append(click.item_id)
+        return "yoochoose_rsc15_100k (the demo's test day)", list(sessions.values())
+    # the trainer's readers, only for a data set other than the demo's
+    from training.datasets import load_dataset
+    from training.publish import held_out_sessions
+
+    return dataset, held_out_sessions(load_dataset(dataset)[1])
 
 
-def take(clicks: Iterator[LoggedClick], count: int) -> list[LoggedClick]:
-    return [next(clicks) for _ in range(count)]
+def interleaved(sessions: list[list[str]], width: int) -> Iterator[LoggedClick]:
+    """`width` sessions at a time, one click each in turn; an ended session makes way for the next
+    test session (over and over, each pass with new ids)."""
+    queue = ((f"{number}~{rerun}", items) for rerun in itertools.count() for number, items in enumerate(sessions))
+    live = [(sid, iter(items)) for sid, items in itertools.islice(queue, width)]
+    while True:
+        for slot, (session_id, items) in enumerate(live):
+            item = next(items, None)
+            while item is None:
+                session_id, fresh = next(queue)
+                items = iter(fresh)
+                live[slot] = (session_id, items)
+                item = next(items, None)
+            yield LoggedClick(session_id, item, 0.0)
 
 
-async def create_topics(settings: Settings) -> None:
-    """The worker's input and output topics, made up front so a click can wait for the worker."""
+def take(clicks: Iterator[LoggedClick], count: int, tag: str = "") -> list[LoggedClick]:
+    """The next `count` clicks, their session ids suffixed with `tag` (a run of their own)."""
+    return [dataclasses.replace(c, session_id=c.session_id + tag) for c in itertools.islice(clicks, count)]
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def create_topics(settings: Settings, *topics: str) -> None:
     admin = AIOKafkaAdminClient(**aiokafka_client_kwargs(settings))
     await admin.start()
     try:
         await admin.create_topics(
-            [
-                NewTopic(topic, settings.partitions, settings.topic_replication_factor)
-                for topic in (settings.clicks_topic, settings.recommendations_topic)
-            ]
+            [NewTopic(topic, settings.partitions, settings.topic_replication_factor) for topic in topics]
         )
     finally:
         await admin.close()
 
 
-def batch_counts(worker: WorkerProcess) -> dict[str, float]:
-    """Cumulative counts of the batch-size histogram, by upper bound (`le`)."""
-    return {labels["le"]: value for labels, value in worker.metric_samples("nextclick_batch_size_bucket")}
-
-
-def batch_distribution(before: dict[str, float], after: dict[str, float]) -> str:
-    """Batches per size bucket between two snapshots, e.g. `1: 12, 2-4: 3`, and the mean size."""
-    parts, lower, below = [], 1, 0.0
-    for bound, cumulative in after.items():
-        total = cumulative - before.get(bound, 0.0)
-        count, below = total - below, total
-        upper = "inf" if bound == "+Inf" else str(int(float(bound)))
-        if count:
-            parts.append(f"{upper if str(lower) == upper else f'{lower}-{upper}'}: {count:.0f}")
-        lower = int(float(bound)) + 1 if bound != "+Inf" else lower
-    return ", ".join(parts) or "none"
-
-
-async def wait_answered(
-    stats: OnlineStats, count: int, worker: WorkerProcess, timeout: float = 300.0
-) -> float:
+async def wait_answered(stats: OnlineStats, count: int, alive, timeout: float = 600.0) -> float:
     """Block until `count` distinct clicks have their suggestion; return when (monotonic)."""
     deadline = time.monotonic() + timeout
     while stats.answered < count:
-        worker.check_alive()
+        alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {stats.answered} of {count} clicks answered after {timeout} s")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.002)
     return time.monotonic()
 
 
-async def measure(args: argparse.Namespace, worker: WorkerProcess, day: list[LoggedClick]) -> None:
-    settings = worker.settings
-    await create_topics(settings)
-    stats = OnlineStats()
-    clicks = endless_sessions(day)
+@dataclasses.dataclass
+class Served:
+    clicks_per_s: float
+    cpu_us_per_click: float
+
+
+async def serve_backlog(settings: Settings, clicks: list[LoggedClick], start, pid, alive) -> tuple[Served, OnlineStats]:
+    """Fill the clicks topic, start the server, and time it from its first suggestion to its last."""
     producer, consumer = kafka_producer(settings, linger_ms=5), suggestion_consumer(settings)
     await producer.start()
     await consumer.start()
+    stats = OnlineStats()
     receiving = asyncio.create_task(receive_suggestions(consumer, stats))
     try:
-        started = time.monotonic()
-        worker.start()
-        await send_clicks(producer, settings.clicks_topic, take(clicks, 1), None, stats.clicked)
-        first = await wait_answered(stats, 1, worker, timeout=120)
-        print(f"(a) worker start -> first suggestion: {first - started:.2f} s")
-
-        before = batch_counts(worker)
-        pushed = take(clicks, args.clicks)
-        pushing = time.monotonic()
-        await send_clicks(producer, settings.clicks_topic, pushed, None, stats.clicked)
-        sent = time.monotonic()
-        served = await wait_answered(stats, 1 + args.clicks, worker)
-        print(
-            f"(b) {args.clicks} clicks pushed at {args.clicks / (sent - pushing):.0f} clicks/s;"
-            f" served at {args.clicks / (served - pushing):.0f} clicks/s"
-            f" (last suggestion {served - pushing:.1f} s after the first click)"
-        )
-        print(f"    batch sizes: {batch_distribution(before, batch_counts(worker))}")
-
-        before = batch_counts(worker)
-        count = int(args.rate * args.rate_seconds)
-        measured_from = len(stats.latencies)
-        paced = take(clicks, count)
-        await send_clicks(
-            producer, settings.clicks_topic, paced, rate_schedule(count, args.rate), stats.clicked
-        )
-        await wait_answered(stats, 1 + args.clicks + count, worker)
-        p50, p95, p99 = (1000 * p for p in percentiles(stats.latencies[measured_from:], 50, 95, 99))
-        print(
-            f"(c) {count} clicks at {args.rate:.0f} clicks/s: click->suggestion latency"
-            f" p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms"
-        )
-        print(f"    batch sizes: {batch_distribution(before, batch_counts(worker))}")
-        print(f"(d) batch sizes over the whole run: {batch_distribution({}, batch_counts(worker))}")
-        print(
-            f"    online hit-rate@{settings.top_k} over all clicks: {stats.hit_rate:.3f} ({stats.judged} judged)"
-        )
+        await send_clicks(producer, settings.clicks_topic, clicks, None, stats.clicked)
+        start()
+        first = await wait_answered(stats, 1, alive)
+        cpu_first = cpu_seconds(pid())
+        last = await wait_answered(stats, len(clicks), alive)
+        cpu_used = cpu_seconds(pid()) - cpu_first
+        served = Served((len(clicks) - 1) / (last - first), 1e6 * cpu_used / (len(clicks) - 1))
+        return served, stats
     finally:
         receiving.cancel()
         await asyncio.gather(receiving, return_exceptions=True)
@@ -166,38 +192,286 @@ async def measure(args: argparse.Namespace, worker: WorkerProcess, day: list[Log
         await consumer.stop()
 
 
+def histogram_quantiles(before: dict[str, float], after: dict[str, float], *qs: float) -> list[float]:
+    """Quantiles of a Prometheus histogram's increase, interpolated linearly within buckets (as
+    `histogram_quantile` does)."""
+    bounds = sorted((float(le), after[le] - before.get(le, 0.0)) for le in after)
+    total = bounds[-1][1]
+    results = []
+    for q in qs:
+        rank, lower, below = q * total, 0.0, 0.0
+        for upper, cumulative in bounds:
+            if cumulative >= rank:
+                upper = lower if upper == float("inf") else upper
+                share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+                results.append(lower + (upper - lower) * share)
+                break
+            lower, below = upper, cumulative
+    return results
+
+
+def processing_buckets(worker: WorkerProcess) -> dict[str, float]:
+    return {
+        labels["le"]: value for labels, value in worker.metric_samples("nextclick_processing_latency_seconds_bucket")
+    }
+
+
+# --- the measurements ----------------------------------------------------------------------------
+
+
+def onnxruntime_alone(scorer: Scorer, settings: Settings, indices: list[int], seconds: float = 3.0) -> float:
+    batch = settings.batch_size
+    items = np.array((indices * (batch // max(1, len(indices)) + 1))[:batch], dtype=np.int64)
+    hidden = np.random.default_rng(0).standard_normal((scorer.layers, batch, scorer.hidden_size)).astype(np.float32)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        scorer.step(items, hidden)
+        calls += 1
+    return calls * batch / (time.perf_counter() - started)
+
+
+def run_fields(broker: EmbeddedBroker, artifact: Path, tag: str) -> dict:
+    return {
+        **TANSU_WORKER_TUNING,
+        "bootstrap_servers": broker.bootstrap_servers,
+        "serving_artifact_dir": artifact,
+        "web_port": free_port(),
+        "app_id": f"bench-{tag}",
+        "clicks_topic": f"clicks-{tag}",
+        "recommendations_topic": f"suggestions-{tag}",
+        "dead_letter_topic": f"dlq-{tag}",
+    }
+
+
+async def bare_loop_run(fields: dict, artifact: Path, clicks: list[LoggedClick], log: Path) -> Served:
+    settings = Settings(**fields)
+    await create_topics(settings, settings.clicks_topic, settings.recommendations_topic)
+    env = os.environ | {f"NEXTCLICK_{k.upper()}": str(v) for k, v in fields.items()} | {"PYTHONPATH": str(REPO_ROOT)}
+    process: list[subprocess.Popen] = []
+
+    def start() -> None:
+        with log.open("ab") as out:
+            process.append(subprocess.Popen(
+                [sys.executable, str(BARE_LOOP), "--artifact", str(artifact), "--clicks-topic",
+                 settings.clicks_topic, "--out-topic", settings.recommendations_topic, "--group", fields["app_id"]],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            ))
+
+    def alive() -> None:
+        if process and process[0].poll() is not None:
+            raise RuntimeError(f"the bare loop exited; see {log}")
+
+    try:
+        served, _ = await serve_backlog(settings, clicks, start, lambda: process[0].pid, alive)
+        return served
+    finally:
+        if process:
+            process[0].kill()
+            process[0].wait()
+
+
+async def worker_runs(args: argparse.Namespace, worker: WorkerProcess, clicks: Iterator[LoggedClick],
+                      tag: str, measure_all: bool) -> Served:
+    settings = worker.settings
+    await create_topics(settings, settings.clicks_topic, settings.recommendations_topic)
+    pid = lambda: worker.process.pid
+    served, _ = await serve_backlog(settings, take(clicks, args.clicks, tag), worker.start, pid, worker.check_alive)
+    if measure_all and args.rate_seconds > 0:
+        await latency_run(args, worker, take(clicks, int(args.rate * args.rate_seconds), tag + "r"))
+    if measure_all and args.memory_sessions > 0:
+        sessions = [LoggedClick(f"m{n}{tag}", c.item_id, 0.0) for n, c in enumerate(take(clicks, args.memory_sessions))]
+        await memory_run(worker, sessions)
+    return served
+
+
+async def feed(settings: Settings, clicks: list[LoggedClick], schedule: list[float] | None, alive) -> OnlineStats:
+    """Send `clicks` (on `schedule`, or as fast as possible) and wait until each has its suggestion."""
+    producer, consumer = kafka_producer(settings, linger_ms=0 if schedule else 5), suggestion_consumer(settings)
+    await producer.start()
+    await consumer.start()
+    stats = OnlineStats()
+    receiving = asyncio.create_task(receive_suggestions(consumer, stats))
+    try:
+        await send_clicks(producer, settings.clicks_topic, clicks, schedule, stats.clicked)
+        await wait_answered(stats, len(clicks), alive)
+        return stats
+    finally:
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        await producer.stop()
+        await consumer.stop()
+
+
+async def latency_run(args: argparse.Namespace, worker: WorkerProcess, clicks: list[LoggedClick]) -> None:
+    before = processing_buckets(worker)
+    stats = await feed(worker.settings, clicks, rate_schedule(len(clicks), args.rate), worker.check_alive)
+    after = processing_buckets(worker)
+    own = "not exported" if not after else "p50 {:.2f} ms, p99 {:.2f} ms".format(
+        *(1000 * q for q in histogram_quantiles(before, after, 0.5, 0.99))
+    )
+    e50, e99 = (1000 * q for q in percentiles(stats.latencies, 50, 99))
+    print(f"(c) {len(clicks)} clicks at {args.rate:.0f} clicks/s: the worker's own time per click {own};"
+          f" click -> suggestion read back p50 {e50:.1f} ms, p99 {e99:.1f} ms", flush=True)
+
+
+async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None:
+    """RSS growth over the second half of `sessions`: the first half also grows the pools that serving
+    itself needs (producer batches, delivery futures, onnxruntime's arena), which do not grow again."""
+    half = len(sessions) // 2
+    await feed(worker.settings, sessions[:half], None, worker.check_alive)
+    await asyncio.sleep(2.0)
+    rss_before = rss_bytes(worker.process.pid)
+    await feed(worker.settings, sessions[half:], None, worker.check_alive)
+    await asyncio.sleep(2.0)
+    grown = (rss_bytes(worker.process.pid) - rss_before) / (len(sessions) - half)
+    scorer = Scorer(worker.settings.serving_artifact_dir)
+    raw = 4 * scorer.layers * scorer.hidden_size + 4
+    print(f"(d) worker RSS growth from {half} to {len(sessions)} sessions of 1 click: {grown:.0f} B per session;"
+          f" raw state {raw} B (hidden float32s + one 4-byte item id): {grown / raw:.2f}x", flush=True)
+
+
+def kept_clicks_table(scorer: Scorer, sessions: list[list[str]], count: int) -> None:
+    """RSS of `count` session records of KEPT_CLICKS clicks each, held as the worker's table holds them."""
+    items = [item for session in sessions for item in session]
+    suggested = scorer.item_ids[: get_settings().top_k]
+    hidden = np.random.default_rng(0).standard_normal((scorer.layers, scorer.hidden_size)).astype("<f4").tobytes()
+    before = rss_bytes(os.getpid())
+    table = {}
+    for n in range(count):
+        start = (n * 7) % (len(items) - KEPT_CLICKS)
+        state = SessionState(
+            items=items[start : start + KEPT_CLICKS], last_seen=time.time(), hidden=hidden,
+            artifact_version=scorer.version, offsets=list(range(10_000_000 + n, 10_000_000 + n + 50 * 97, 97)),
+            suggested=suggested, suggested_by=[scorer.name, scorer.version, "current"],
+        )
+        table[f"{n}~0".encode()] = state.dumps()
+    grown = (rss_bytes(os.getpid()) - before) / count
+    record = np.mean([len(r) for r in itertools.islice(table.values(), 1000)])
+    raw_items = 4 * scorer.layers * scorer.hidden_size + 4 * KEPT_CLICKS
+    print(f"    {count} records of {KEPT_CLICKS} kept clicks (and offsets, and a {len(suggested)}-item suggestion):"
+          f" record {record:.0f} B, RSS {grown:.0f} B per session; raw {raw_items} B (hidden + item ids):"
+          f" {grown / raw_items:.2f}x, {raw_items + 4 * KEPT_CLICKS} B with 4-byte offsets:"
+          f" {grown / (raw_items + 4 * KEPT_CLICKS):.2f}x")
+
+
+MEMBERSHIP_CHANGES = ("a second worker joins", "the first is SIGKILLed", "a third joins", "the second leaves")
+
+
+async def rebalance_pauses(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path,
+                           clicks: Iterator[LoggedClick], tmp: Path) -> None:
+    """(e) Clicks at `--rebalance-rate` while workers join, crash and leave (`MEMBERSHIP_CHANGES`, one every
+    `--rebalance-every` s); for each change, the worst click -> suggestion latency of the clicks sent in the
+    interval after it, next to the p99 before the first."""
+    tag = uuid.uuid4().hex[:6]
+    fields = run_fields(broker, artifact, f"scale-{tag}")
+    settings = Settings(**fields)
+    await create_topics(settings, settings.clicks_topic, settings.recommendations_topic)
+    workers: dict[str, WorkerProcess] = {}
+
+    def launch(name: str) -> None:
+        workers[name] = WorkerProcess(fields | {"web_port": free_port()}, tmp / f"scale-{name}.log").start()
+        workers[name].wait_ready(timeout=120)
+
+    every, count = args.rebalance_every, int(args.rebalance_rate * args.rebalance_every * (len(MEMBERSHIP_CHANGES) + 1))
+    producer, consumer = kafka_producer(settings, linger_ms=0), suggestion_consumer(settings)
+    latency: dict[tuple[str, float], float] = {}  # (session, sent at) -> first suggestion's latency
+
+    async def receive() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            received_at = time.time()
+            for record in (r for records in batches.values() for r in records):
+                suggestion = json.loads(record.value)
+                key = (suggestion["session_id"], suggestion["click"]["timestamp"])
+                latency.setdefault(key, received_at - key[1])
+
+    await asyncio.to_thread(launch, "first")
+    await producer.start()
+    await consumer.start()
+    receiving = asyncio.create_task(receive())
+    sent: list[tuple[str, float]] = []
+    try:
+        started = time.time()
+        sending = asyncio.create_task(send_clicks(
+            producer, settings.clicks_topic, take(clicks, count, tag), rate_schedule(count, args.rebalance_rate),
+            lambda click, sent_at: sent.append((click.session_id, sent_at)),
+        ))
+        changes = []
+        for number, _change in enumerate(MEMBERSHIP_CHANGES, start=1):
+            await asyncio.sleep(max(0.0, started + number * every - time.time()))
+            changes.append(time.time())
+            if number in (1, 3):
+                await asyncio.to_thread(launch, "second" if number == 1 else "third")
+            elif number == 2:
+                workers["first"].kill()
+            else:
+                await asyncio.to_thread(workers["second"].stop)
+        await sending
+        deadline = time.monotonic() + 120
+        while len(latency) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        await producer.stop()
+        await consumer.stop()
+        for worker in workers.values():
+            worker.stop()
+    unanswered = len(sent) - sum(key in latency for key in sent)
+    steady = [latency[k] for k in sent if k in latency and k[1] < changes[0]]
+    print(f"(e) {len(sent)} clicks at {args.rebalance_rate:.0f} clicks/s over 4 partitions, "
+          f"a change every {every:.0f} s"
+          f" ({unanswered} unanswered); before any change: p99 {1000 * percentiles(steady, 99)[0]:.0f} ms")
+    bounds = [*changes, float("inf")]
+    for change, start, end in zip(MEMBERSHIP_CHANGES, bounds, bounds[1:]):
+        window = [latency[k] for k in sent if start <= k[1] < end and k in latency]
+        print(f"    {change}: worst click -> suggestion {max(window, default=float('nan')):.2f} s"
+              f" (p99 {percentiles(window, 99)[0]:.2f} s) over the {len(window)} clicks sent until the next change")
+
+
+async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path, clicks: Iterator[LoggedClick],
+                  tmp: Path, ort_rate: float) -> None:
+    for repetition in range(args.repeat):
+        tag = uuid.uuid4().hex[:6]
+        batch = take(clicks, args.clicks, tag)
+        bare = await bare_loop_run(run_fields(broker, artifact, f"bare-{tag}"), artifact, batch, tmp / "bare.log")
+        worker = WorkerProcess(run_fields(broker, artifact, f"worker-{tag}"), tmp / f"worker-{tag}.log")
+        try:
+            served = await worker_runs(args, worker, clicks, tag, measure_all=repetition == args.repeat - 1)
+        finally:
+            worker.stop()
+        print(f"(b) run {repetition + 1}: bare loop {bare.clicks_per_s:,.0f} clicks/s ({bare.cpu_us_per_click:.0f} µs"
+              f" CPU/click); worker {served.clicks_per_s:,.0f} clicks/s ({served.cpu_us_per_click:.0f} µs CPU/click);"
+              f" worker / bare loop {served.clicks_per_s / bare.clicks_per_s:.2f}"
+              f" (CPU per click {bare.cpu_us_per_click / served.cpu_us_per_click:.2f});"
+              f" worker / onnxruntime alone {served.clicks_per_s / ort_rate:.2f}", flush=True)
+
+
 def main() -> None:
     args = parse_args()
     settings = get_settings()
-    artifact = demo_artifact(settings, QUICK_EPOCHS)
-    scorer = Scorer(artifact)
-    day = held_out_clicks(settings)
+    artifact = args.artifact or demo_artifact(settings, QUICK_EPOCHS)
+    scorer = Scorer(artifact, settings.inference_threads, settings.serving_model)
+    dataset, sessions = test_sessions(artifact, settings)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
+          f" Python {platform.python_version()}, onnxruntime {onnxruntime.__version__} ({scorer.provider});"
+          f" {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"model: {scorer.name} artifact {scorer.version} ({artifact.name}), hidden {scorer.hidden_size},"
+          f" {len(scorer.item_ids)} items, top_k {settings.top_k}; clicks: {dataset} test sessions,"
+          f" {args.sessions} interleaved")
+    print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}, batch_window"
+          f" {settings.batch_window} s, inference_threads {settings.inference_threads}, table"
+          f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING}")
+    indices = scorer.known_indices([item for session in sessions[:2000] for item in session])
+    ort_rate = onnxruntime_alone(scorer, settings, indices)
+    print(f"(a) onnxruntime alone, batch {settings.batch_size}: {ort_rate:,.0f} clicks/s")
+    clicks = interleaved(sessions, args.sessions)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        fields = {
-            **TANSU_WORKER_TUNING,
-            "bootstrap_servers": broker.bootstrap_servers,
-            "serving_artifact_dir": artifact,
-            "web_port": free_port(),
-        }
-        worker = WorkerProcess(fields, Path(tmp) / "worker.log")
-        s = worker.settings
-        print(
-            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-            f" Python {platform.python_version()}, onnxruntime {onnxruntime.__version__} ({scorer.provider})"
-        )
-        print(
-            f"model: {scorer.name} artifact {scorer.version} ({artifact}), hidden {scorer.hidden_size},"
-            f" {len(scorer.item_ids)} items, top_k {s.top_k}"
-        )
-        print(
-            f"worker: 1 process, {s.partitions} partitions, batch_size {s.batch_size}, batch_window"
-            f" {s.batch_window} s, consumer_fetch_max_wait {s.consumer_fetch_max_wait} s, inference_threads"
-            f" {s.inference_threads}, table {s.table_store}; broker: embedded Tansu (memory)"
-        )
-        try:
-            asyncio.run(measure(args, worker, day))
-        finally:
-            worker.stop()
+        asyncio.run(measure(args, broker, artifact, clicks, Path(tmp), ort_rate))
+        if args.rebalance_every > 0:
+            asyncio.run(rebalance_pauses(args, broker, artifact, clicks, Path(tmp)))
+    if args.memory_sessions > 0:
+        kept_clicks_table(scorer, sessions, args.memory_sessions)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
     python -m stream_app worker -l info        # settings from NEXTCLICK_* (stream_app.settings)
 
 Clicks (JSON, keyed by session id) are read in micro-batches; each session's recent items and
-GRU hidden state live in the `sessions` table, whose changelog lets a restarted or rebalanced
-worker carry on. Suggestions go to the recommendations topic keyed by session id; refused clicks
-go unchanged to the dead-letter topic (format: `stream_app.dead_letters`). Delivery is
-at-least-once: a crash can repeat suggestions, never lose clicks.
+GRU hidden state live in the `sessions` table (one compact record per session, written once per
+batch: `stream_app.sessions.SessionState`), whose changelog lets a restarted or rebalanced worker
+carry on. Suggestions go to the recommendations topic keyed by session id, encoded once and handed
+to the producer without waiting for each delivery; refused clicks go unchanged to the dead-letter
+topic (format: `stream_app.dead_letters`). Delivery is at-least-once: faust commits a batch's
+offsets only after flushing the producer (the suggestions and changelog records handed to it), so
+a crash can repeat suggestions, never lose clicks.
 
 A suggestion is a JSON object (`stream_app.suggestion.Suggestion`).
 """
@@ -20,12 +23,12 @@ from collections.abc import Sequence
 
 import faust
 
-from stream_app.dead_letters import dead_letter_headers
+from stream_app.dead_letters import dead_letter
 from stream_app.events import InvalidClick, Reason, check_partition, parse_click
 from stream_app.faust_app import KeyPartitionedTable, TunedApp, event_context
 from stream_app.hot_swap import ServedModel
 from stream_app.kafka_security import faust_credentials
-from stream_app.metrics import ActiveSessionCount, WorkerMetrics, add_web_endpoints
+from stream_app.metrics import ActiveSessionCount, WorkerMetrics, add_web_endpoints, latency_observable
 from stream_app.partitioning import partition_for_key
 from stream_app.sessions import SessionState
 from stream_app.settings import get_settings
@@ -47,6 +50,7 @@ app = TunedApp(
     topic_replication_factor=settings.topic_replication_factor,
     processing_guarantee="at_least_once",
     producer_acks=-1,
+    producer_linger=settings.producer_linger,
     consumer_auto_offset_reset="earliest",
     web_port=settings.web_port,
     broker_session_timeout=settings.broker_session_timeout,
@@ -69,7 +73,7 @@ clicks_topic = app.topic(
 recommendations_topic = app.topic(
     settings.recommendations_topic,
     key_serializer="raw",
-    value_serializer="json",
+    value_serializer="raw",  # suggestions arrive as JSON bytes (`Suggestion.encoded`)
     partitions=settings.partitions,
 )
 dead_letter_topic = app.topic(
@@ -81,11 +85,11 @@ dead_letter_topic = app.topic(
 sessions = app.Table(
     "sessions",
     key_type=bytes,  # the session id in UTF-8, exactly the clicks' message key
-    value_type=SessionState,
+    value_type=bytes,  # SessionState.dumps(), held as it is; faust reads `bytes` as the raw codec
     partitions=settings.partitions,
 )
 
-app.sensors.add(ActiveSessionCount(sessions, metrics.active_sessions))  # sessions added between sweeps
+app.sensors.add(ActiveSessionCount(sessions, metrics.active_sessions))  # sessions evicted between sweeps
 
 model_loaded = asyncio.Event()
 served = ServedModel(settings, metrics, loaded=model_loaded)
@@ -117,11 +121,12 @@ async def load_model() -> None:
 
 
 async def send_dead_letter(message: faust.types.Message, refusal: InvalidClick) -> None:
-    headers = dead_letter_headers(
-        refusal, topic=message.topic, partition=message.partition, offset=message.offset
+    letter = dead_letter(
+        message.key, message.value, refusal, topic=message.topic, partition=message.partition,
+        offset=message.offset,
     )
     try:
-        await dead_letter_topic.send(key=message.key, value=message.value, headers=headers)
+        await dead_letter_topic.send(key=letter.key, value=letter.value, headers=letter.headers)
     except Exception:
         metrics.errors.labels(stage="dead_letter").inc()
         logger.exception("dead-lettering %s[%d]@%d failed", message.topic, message.partition, message.offset)
@@ -135,23 +140,70 @@ def validated(message: faust.types.Message) -> SourcedClick:
     return SourcedClick(click, message.partition, message.offset)
 
 
-async def send_suggestion(suggestion: Suggestion) -> None:
-    produced_at = time.time()
-    sourced = suggestion.answers
-    try:
-        await recommendations_topic.send(
-            key=sourced.click.session_id.encode("utf-8"), value=suggestion.as_json(produced_at)
-        )
-    except Exception:
+def delivered(delivery: asyncio.Future) -> None:
+    if delivery.cancelled() or delivery.exception() is not None:
         metrics.errors.labels(stage="publish").inc()
-        logger.exception("publishing the suggestion for session %r failed", sourced.click.session_id)
-        return
-    metrics.suggestions_published.inc()
-    metrics.end_to_end_latency.observe(max(0.0, produced_at - sourced.click.timestamp))
+        logger.error("a record was not delivered: %r", None if delivery.cancelled() else delivery.exception())
+
+
+async def send_suggestions(suggestions: Sequence[Suggestion], fetched_at: Sequence[float]) -> None:
+    """Hand each suggestion to the producer, in click order, and observe its latencies.
+
+    The delivery is not awaited here: the producer batches the records, and faust flushes it before
+    committing the offsets of the clicks they answer (at least once); a failed delivery is counted.
+    """
+    topic = recommendations_topic.get_topic_name()
+    producer = app.producer
+    for suggestion, fetched in zip(suggestions, fetched_at, strict=True):
+        produced_at = time.time()
+        click = suggestion.answers.click
+        try:
+            delivery = await producer.send(
+                topic, click.session_id.encode("utf-8"), suggestion.encoded(produced_at), None, None, None
+            )
+        except Exception:
+            metrics.errors.labels(stage="publish").inc()
+            logger.exception("publishing the suggestion for session %r failed", click.session_id)
+            continue
+        delivery.add_done_callback(delivered)
+        metrics.processing_latency.observe(time.monotonic() - fetched)
+        metrics.suggestions_published.inc()
+        if latency_observable(produced_at, click.timestamp):
+            metrics.end_to_end_latency.observe(max(0.0, produced_at - click.timestamp))
+        else:
+            metrics.latency_unobserved.inc()
+
+
+async def write_states(states: dict[bytes, SessionState], last_event_of: dict[bytes, faust.EventT]) -> None:
+    """Store each session's new state and hand its changelog record to the producer ourselves.
+
+    Not `sessions[key] = record`: faust queues that changelog record in its own buffer, and flushing
+    that buffer (before a commit, on a rebalance) gives up after 0.1 s without a send, so on a busy
+    worker offsets got committed and partitions handed over while the records were still queued; the
+    next owner then served those sessions from an older state. Handed to the producer here, a record
+    is in what faust's flush waits for before the batch's offsets are committed.
+    """
+    changelog = sessions.changelog_topic.get_topic_name()
+    producer = app.producer
+    for session_key, state in states.items():
+        record = state.dumps()
+        event = last_event_of[session_key]
+        if session_key not in sessions.data:
+            metrics.active_sessions.inc()  # a new session (ActiveSessionCount counts the deletes)
+        with event_context(event):  # a RocksDB store files the entry under the event's partition
+            sessions.data[session_key] = record
+        try:  # to the session's partition: check_partition made every click arrive on it
+            delivery = await producer.send(changelog, session_key, record, event.message.partition, None, None)
+        except Exception:
+            metrics.errors.labels(stage="changelog").inc()
+            logger.exception("writing the changelog record of session %r failed", session_key)
+            continue
+        delivery.add_done_callback(delivered)
 
 
 async def serve_batch(events: Sequence[faust.EventT]) -> None:
     """Validate, score and publish one micro-batch; nothing in it may stop the worker."""
+    started = time.monotonic()
     metrics.batch_size.observe(len(events))
     metrics.events_consumed.inc(len(events))
     clicks: list[tuple[SourcedClick, faust.EventT]] = []
@@ -178,11 +230,10 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
         return
     served.live_quality.observe(result.judgements)
     last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
-    for session_key, state in result.states.items():
-        with event_context(last_event_of[session_key]):  # same partition as the key: check_partition
-            sessions[session_key] = state
-    for suggestion in result.suggestions:
-        await send_suggestion(suggestion)
+    await write_states(result.states, last_event_of)
+    # faust's monitor stamps each message when the consumer hands it over (monotonic clock)
+    fetched_at = [event.message.time_in or started for _, event in clicks]
+    await send_suggestions(result.suggestions, fetched_at)
 
 
 @app.agent(clicks_topic)
@@ -192,33 +243,43 @@ async def recommend(stream: faust.StreamT[bytes]) -> None:
         await serve_batch(events)
 
 
+EVICTION_SLICE = 500  # sessions examined between two yields to the event loop (a few ms)
+
+
 @app.timer(interval=settings.eviction_interval)
 async def evict_idle_sessions() -> None:
-    sweep_sessions()
+    await sweep_sessions()
 
 
 @app.on_rebalance_complete.connect
 async def count_recovered_sessions(sender: faust.App, **kwargs: object) -> None:
     """After a (re)start or rebalance the table holds what its changelog restored: count it now."""
-    sweep_sessions()
+    await sweep_sessions()
 
 
-def sweep_sessions() -> None:
-    """Forget sessions idle for longer than the TTL, on the partitions this worker owns; count the rest."""
-    owned = {
-        tp.partition
-        for tp in app.assignor.assigned_actives()
-        if tp.topic == sessions.changelog_topic.get_topic_name()
-    }
+async def sweep_sessions() -> None:
+    """Forget sessions idle for longer than the TTL, on the partitions this worker owns; count the rest.
+
+    In slices, letting batches run in between: one pass over 100,000 sessions would hold the clicks
+    back for a good part of a second, every `eviction_interval`. A rebalance may land between two
+    slices: each slice reads the partitions owned afresh, and the sweep stops during a rebalance."""
     deadline = time.time() - settings.session_ttl
     active = 0
-    for session_key, state in list(sessions.items()):
-        if partition_for_key(session_key, settings.partitions) not in owned:
-            continue
-        if state.last_seen < deadline:
-            del sessions[session_key]
-        else:
-            active += 1
+    keys = list(sessions.keys())
+    for start in range(0, len(keys), EVICTION_SLICE):
+        if app.rebalancing:
+            return  # the count would be partial: the next sweep sets the gauge
+        changelog = sessions.changelog_topic.get_topic_name()
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
+        for session_key in keys[start : start + EVICTION_SLICE]:
+            record = sessions.get(session_key)  # a batch in between may have written or dropped it
+            if record is None or partition_for_key(session_key, settings.partitions) not in owned:
+                continue
+            if SessionState.last_seen_of(record) < deadline:
+                del sessions[session_key]
+            else:
+                active += 1
+        await asyncio.sleep(0)
     metrics.active_sessions.set(active)
 
 

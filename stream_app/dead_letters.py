@@ -9,15 +9,33 @@ fixed message with any Kafka tool, and mirrors Kafka Connect's dead-letter queue
     nextclick.dlq.partition  source partition (decimal)
     nextclick.dlq.offset     source offset (decimal)
     nextclick.dlq.failed_at  Unix seconds when the worker refused it
+
+A key or value longer than `KEPT_BYTES` (256 KiB) is cut to its first `KEPT_BYTES` bytes, so that
+the broker takes the dead letter whatever was refused: a message of 1 MB or more, readable from a
+topic whose limit is higher, would exceed the producer's and Kafka's default 1 MB record limit and be
+lost. The original's size and sha256 then travel in
+
+    nextclick.dlq.key_bytes, nextclick.dlq.key_sha256        (a cut key)
+    nextclick.dlq.value_bytes, nextclick.dlq.value_sha256    (a cut value)
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import dataclass
 
 from stream_app.events import InvalidClick
 
 HEADER_PREFIX = "nextclick.dlq."
+KEPT_BYTES = 256 * 1024  # of a key and of a value: a dead letter stays far below 1 MB
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
 
 
 def dead_letter_headers(error: InvalidClick, *, topic: str, partition: int, offset: int) -> dict[str, bytes]:
@@ -30,3 +48,19 @@ def dead_letter_headers(error: InvalidClick, *, topic: str, partition: int, offs
         "failed_at": f"{time.time():.3f}",
     }
     return {HEADER_PREFIX + name: value.encode("utf-8") for name, value in fields.items()}
+
+
+def dead_letter(
+    key: bytes | None, value: bytes | None, error: InvalidClick, *, topic: str, partition: int, offset: int,
+    max_bytes: int = KEPT_BYTES,
+) -> DeadLetter:
+    """The record that carries a refused message to the dead-letter topic (module docstring)."""
+    headers = dead_letter_headers(error, topic=topic, partition=partition, offset=offset)
+    kept = []
+    for name, data in (("key", key), ("value", value)):
+        if data is not None and len(data) > max_bytes:
+            headers[f"{HEADER_PREFIX}{name}_bytes"] = str(len(data)).encode()
+            headers[f"{HEADER_PREFIX}{name}_sha256"] = hashlib.sha256(data).hexdigest().encode()
+            data = data[:max_bytes]
+        kept.append(data)
+    return DeadLetter(kept[0], kept[1], headers)

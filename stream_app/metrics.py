@@ -17,6 +17,7 @@ from prometheus_client.exposition import generate_latest
 from stream_app.events import Reason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 INFERENCE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 QUALITY_CUTOFFS = (5, 10, 20)  # live hit-rate@K and MRR@K are exported for these K (those <= top_k)
@@ -25,8 +26,19 @@ VERSION_LABELS = ("model", "artifact_version", "variant")  # variant: "current" 
 # and alerts work before the first error (a test checks that the code counts no other stage).
 ERROR_STAGES = (
     "validate", "score", "publish", "dead_letter", "consumer_lag",
-    "model_watch", "model_updates", "model_fetch", "model_load",
+    "model_watch", "model_updates", "model_fetch", "model_load", "changelog",
 )
+
+# A click's own timestamp is the producer's claim: the end-to-end latency is observed only for clicks
+# stamped within the last hour (the top bucket is 30 s) and at most a minute ahead of the worker's
+# clock. Older or later stamps (a replayed log, a wrong clock, 0 or 1e308) would fill the top bucket
+# and fire the latency alert; they are counted in nextclick_latency_unobserved instead.
+LATENCY_HORIZON = (3600.0, 60.0)  # seconds before, after the worker's clock
+
+
+def latency_observable(now: float, click_timestamp: float) -> bool:
+    before, after = LATENCY_HORIZON
+    return now - before <= click_timestamp <= now + after
 
 
 class WorkerMetrics:
@@ -55,6 +67,19 @@ class WorkerMetrics:
             "nextclick_end_to_end_latency_seconds",
             "From the click's own timestamp to its suggestion being handed to the producer.",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency_unobserved = Counter(
+            "nextclick_latency_unobserved",
+            "Suggestions whose click timestamp lies outside LATENCY_HORIZON of the worker's clock, left out "
+            "of nextclick_end_to_end_latency_seconds.",
+            registry=r,
+        )
+        self.processing_latency = Histogram(
+            "nextclick_processing_latency_seconds",
+            "The worker's own time per click: from the consumer handing the record over to its suggestion "
+            "being handed to the producer (the broker's long poll and the delivery excluded).",
+            buckets=PROCESSING_BUCKETS,
             registry=r,
         )
         self.inference_latency = Histogram(
@@ -142,17 +167,14 @@ class WorkerMetrics:
 
 
 class ActiveSessionCount(faust.Sensor):
-    """Keeps nextclick_active_sessions current between the eviction sweeps (which count exactly): one more
-    when a write adds a session to `table`, one less when one is deleted. Restored sessions come from the
-    changelog, not through writes: the worker counts them after each recovery."""
+    """Keeps nextclick_active_sessions current between the eviction sweeps (which count exactly): one less
+    when a session is deleted from `table`. New sessions are counted where the worker writes states
+    (`stream_app.app.write_states`, which bypasses faust's table writes); restored sessions come from the
+    changelog: the worker counts them after each recovery."""
 
     def __init__(self, table: faust.types.CollectionT, gauge: Gauge) -> None:
         super().__init__()
         self.table, self.gauge = table, gauge
-
-    def on_table_set(self, table: faust.types.CollectionT, key: object, value: object) -> None:
-        if table is self.table and key not in table.data:  # called before the write
-            self.gauge.inc()
 
     def on_table_del(self, table: faust.types.CollectionT, key: object) -> None:
         if table is self.table:

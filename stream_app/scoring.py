@@ -80,10 +80,14 @@ class Scorer:
                 f"popularity.npy has shape {popularity.shape}, expected ({len(self.item_ids)},)"
             )
         self.popularity = popularity.astype(np.float32)
-        self._popular_order = np.argsort(-popularity, kind="stable")
+        self._popular_order: list[int] = np.argsort(-popularity, kind="stable").tolist()
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        # Idle onnxruntime threads sleep instead of spinning: a spinning thread takes a core from the
+        # event loop that feeds it (the worker's batches are small and come between Kafka calls).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.artifact_dir / spec["file"]), sess_options=options, providers=preferred_providers()
         )
@@ -194,14 +198,23 @@ class Scorer:
             hidden[:, rows, :] = self.step(items, hidden[:, rows, :]).next_hidden
         return hidden
 
+    @staticmethod
     def select(
-        self, top_items: np.ndarray, top_scores: np.ndarray, k: int, exclude: Collection[int] = ()
+        top_items: Sequence[int] | np.ndarray,
+        top_scores: Sequence[float] | np.ndarray,
+        k: int,
+        exclude: Collection[int] = (),
     ) -> tuple[list[int], list[float]]:
-        """The best k of one row of the graph's over-fetched top-K, leaving out `exclude`."""
-        keep = ~np.isin(top_items, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
-        return top_items[keep][:k].tolist(), top_scores[keep][:k].tolist()
+        """The best k of one row of the graph's over-fetched top-K, leaving out `exclude`. The worker
+        passes lists (one `tolist()` per batch costs less than numpy per row)."""
+        if isinstance(top_items, np.ndarray):
+            top_items, top_scores = top_items.tolist(), np.asarray(top_scores).tolist()
+        if not exclude:
+            return list(top_items[:k]), list(top_scores[:k])
+        kept = [(item, score) for item, score in zip(top_items, top_scores) if item not in exclude][:k]
+        return [item for item, _ in kept], [score for _, score in kept]
 
     def popular(self, k: int, exclude: Collection[int] = ()) -> tuple[list[int], list[float]]:
         """Cold start: the k most clicked training items (click counts as scores), minus `exclude`."""
         order = self._popular_order[: k + len(exclude)]
-        return self.select(order, self.popularity[order], k, exclude)
+        return self.select(order, self.popularity[order].tolist(), k, exclude)

@@ -38,16 +38,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import faust
 import numpy as np
+import orjson
 
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings
 from stream_app.suggestion import Judgement, SourcedClick, Suggestion
 
 
-class SessionState(faust.Record, serializer="json"):
-    """One session in the table. JSON, so any Kafka tool can read the changelog.
+@dataclass(slots=True)
+class SessionState:
+    """One session in the table, and its changelog record (`dumps`, `loads`).
+
+    The record is one line of JSON, a newline, then the hidden state as raw little-endian float32
+    (`layers * hidden_size * 4` bytes; none until a known item is clicked):
+
+        {"last_seen":1733331234.5,"artifact_version":"20261204-...","items":["81766","31331"],
+         "offsets":[1207,1219],"suggested":["2743",...],"suggested_by":["gru4rec","20261204-...","current"]}
+        <400 bytes for 1 layer of 100 units>
+
+    Any Kafka tool shows the first line as text; the floats stay exact (a restarted worker serves what
+    it would have served without the restart) at a third of base64's size. The worker's table holds
+    these records as they are, one bytes object per session, and decodes a session when it clicks.
 
     `items` holds external ids, not model indices: indices belong to one artifact, ids survive a
     model change, when the hidden state is rebuilt by replaying them.
@@ -55,11 +67,35 @@ class SessionState(faust.Record, serializer="json"):
 
     items: list[str]  # last `max_history` clicked item ids, oldest first
     last_seen: float  # worker clock (Unix s) at the session's latest click
-    hidden: str  # base64 of float32 [layers, hidden_size]; "" until a known item is clicked
+    hidden: bytes  # float32 [layers, hidden_size], little-endian; b"" until a known item is clicked
     artifact_version: str  # the artifact whose model produced `hidden`
-    offsets: list[int] = []  # clicks-topic offset of each entry of `items` (one partition per session)
-    suggested: list[str] = []  # the items of the session's last suggestion, best first
-    suggested_by: list[str] = []  # [model, artifact_version, variant] of that suggestion
+    offsets: list[int] = field(default_factory=list)  # clicks-topic offset of each entry of `items`
+    suggested: list[str] = field(default_factory=list)  # the items of the session's last suggestion
+    suggested_by: list[str] = field(default_factory=list)  # [model, artifact_version, variant] of it
+
+    _HEAD = b'{"last_seen":'
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({name: getattr(self, name) for name in _HEADER_FIELDS}) + b"\n" + self.hidden
+
+    @classmethod
+    def loads(cls, record: bytes) -> SessionState:
+        header, _, hidden = record.partition(b"\n")  # JSON escapes every newline inside the line
+        fields = orjson.loads(header)
+        if "hidden" in fields:  # the format before this one, still in a changelog after an upgrade
+            fields.pop("__faust", None)
+            hidden = base64.b64decode(fields.pop("hidden"))
+        return cls(hidden=hidden, **fields)
+
+    @classmethod
+    def last_seen_of(cls, record: bytes) -> float:
+        """`last_seen` without decoding the rest: the eviction sweep reads it for every session."""
+        if not record.startswith(cls._HEAD):
+            return cls.loads(record).last_seen
+        return float(record[len(cls._HEAD) : record.index(b",")])
+
+
+_HEADER_FIELDS = ("last_seen", "artifact_version", "items", "offsets", "suggested", "suggested_by")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +115,8 @@ class _Session:
     suggested_by: list[str] = field(default_factory=list)
 
 
-def _encode_hidden(hidden: np.ndarray | None) -> str:
-    return "" if hidden is None else base64.b64encode(hidden.astype(np.float32).tobytes()).decode("ascii")
+def _encode_hidden(hidden: np.ndarray | None) -> bytes:
+    return b"" if hidden is None else hidden.astype("<f4").tobytes()
 
 
 class SessionRecommender:
@@ -118,12 +154,13 @@ class SessionRecommender:
         return cls(scorer, **options | overrides)
 
     def recommend(
-        self, clicks: Sequence[SourcedClick], table: Mapping[bytes, SessionState], now: float
+        self, clicks: Sequence[SourcedClick], table: Mapping[bytes, SessionState | bytes], now: float
     ) -> BatchResult:
         """One suggestion per click, in click order, and the new state of each session touched.
 
-        `table` is keyed like the clicks topic (the session id in UTF-8) and only read: the
-        caller writes `BatchResult.states` back, in whatever context its store needs.
+        `table` is keyed like the clicks topic (the session id in UTF-8), holds states or their
+        records (`SessionState.dumps`, as the worker's table does) and is only read: the caller
+        writes `BatchResult.states` back, in whatever context and form its store needs.
         """
         session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
         sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
@@ -166,7 +203,9 @@ class SessionRecommender:
             rounds[ordinal].append(position)
         return rounds
 
-    def _load(self, state: SessionState | None, now: float) -> _Session:
+    def _load(self, state: SessionState | bytes | None, now: float) -> _Session:
+        if isinstance(state, bytes):
+            state = SessionState.loads(state)
         if state is None or now - state.last_seen > self.session_ttl:
             return _Session(items=[], offsets=[], hidden=None)
         session = _Session(
@@ -180,7 +219,7 @@ class SessionRecommender:
             return session
         if state.artifact_version == self.scorer.version and state.hidden:
             shape = (self.scorer.layers, self.scorer.hidden_size)
-            session.hidden = np.frombuffer(base64.b64decode(state.hidden), dtype=np.float32).reshape(shape).copy()
+            session.hidden = np.frombuffer(state.hidden, dtype="<f4").reshape(shape).astype(np.float32)
         else:
             session.stale = True
         return session
@@ -237,6 +276,7 @@ class SessionRecommender:
             started = time.perf_counter()
             result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows)
             self.observe_inference(time.perf_counter() - started)
+            top_items, top_scores = result.top_items.tolist(), result.top_scores.tolist()
         rows = {p: row for row, p in enumerate(stepped)}
 
         for p in positions:
@@ -253,9 +293,7 @@ class SessionRecommender:
                 row = rows[p]
                 if result.next_hidden is not None:
                     session.hidden = result.next_hidden[:, row, :].copy()
-                items, scores = scorer.select(
-                    result.top_items[row], result.top_scores[row], self.top_k, exclude
-                )
+                items, scores = scorer.select(top_items[row], top_scores[row], self.top_k, exclude)
                 source = "model"
             else:
                 items, scores = scorer.popular(self.top_k, exclude)

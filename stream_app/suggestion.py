@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from stream_app.events import Click
 
 
@@ -57,6 +59,11 @@ class Suggestion:
             "variant": self.variant,
             "produced_at": produced_at,
         }
+
+    def encoded(self, produced_at: float) -> bytes:
+        """`as_json` as the record's value, UTF-8 JSON (every id is text UTF-8 carries: `stream_app.events`).
+        orjson: the standard library's encoder took a twentieth of the worker's time per click."""
+        return orjson.dumps(self.as_json(produced_at))
 
 
 @dataclass(frozen=True, slots=True)

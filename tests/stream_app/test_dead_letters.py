@@ -5,18 +5,23 @@ Runs a real worker against the embedded broker. No model is loaded: refusals mus
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from stream_app.dead_letters import HEADER_PREFIX
+from stream_app.dead_letters import HEADER_PREFIX, KEPT_BYTES
+from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.partitioning import partition_for_key
 
 pytestmark = pytest.mark.broker
 
-MAX_PAYLOAD = 512
+MAX_PAYLOAD = 8192  # room for an integer of more digits than Python reads
 PARTITIONS = 2
 
 
@@ -41,6 +46,10 @@ MALFORMED: list[tuple[str, str, bytes | None, bytes | None]] = [
     ("NaN time", "bad_timestamp", b"s1", click(timestamp=float("nan"))),
     ("infinite time", "bad_timestamp", b"s1", click(timestamp=float("inf"))),
     ("key is another session", "key_mismatch", b"s2", click()),
+    ("integer id of 4,400 digits", "bad_value", b"s1", click(item_id=0).replace(b"0", b"1" + b"0" * 4400, 1)),
+    ("integer id of 300 digits", "bad_value", b"s1", click(item_id=10**300)),
+    ("lone surrogate in the session id", "bad_value", b"s1", click(session_id="\udc00")),
+    ("lone surrogate in the item id", "bad_value", b"s1", click(item_id="a\ud800")),
 ]
 
 
@@ -84,6 +93,47 @@ def test_each_malformed_click_is_dead_lettered_with_reason_and_source(worker: An
     for reason in reasons:
         expected = sum(1 for _, r, _, _ in MALFORMED if r == reason)
         assert worker.metric("nextclick_dead_letters_total", reason=reason) == expected, reason
+
+
+def test_a_message_too_big_for_any_dead_letter_arrives_cut_with_its_size_and_hash(worker: Any) -> None:
+    """A 1.2 MB value or key is refused (oversize, key mismatch); sent whole, its dead letter would
+    exceed the producer's 1 MB limit and be lost: it arrives as its first 256 KiB."""
+    huge_value = click(pad="x" * 1_200_000)
+    huge_key = b"k" * 1_200_000
+    sent = [
+        (b"s1", huge_value, "oversize", "value"),
+        (huge_key, click(), "key_mismatch", "key"),
+    ]
+
+    async def send_large() -> list[Any]:
+        producer = AIOKafkaProducer(max_request_size=4 << 20, **aiokafka_client_kwargs(worker.settings))
+        await producer.start()
+        try:
+            return [
+                await producer.send_and_wait(worker.settings.clicks_topic, value, key=key,
+                                             partition=partition_for_key(key, PARTITIONS))
+                for key, value, _, _ in sent
+            ]
+        finally:
+            await producer.stop()
+
+    metadata = asyncio.run(send_large())
+    wanted = {(m.partition, m.offset) for m in metadata}
+    found: dict[tuple[int, int], Any] = {}
+    deadline = time.monotonic() + 30
+    while len(found) < len(wanted) and time.monotonic() < deadline:
+        for record in worker.consume(worker.settings.dead_letter_topic, 1000, timeout=3):
+            source = (int(headers_of(record)["partition"]), int(headers_of(record)["offset"]))
+            if source in wanted:
+                found[source] = record
+    assert found.keys() == wanted
+    for (key, value, reason, cut), m in zip(sent, metadata, strict=True):
+        record, headers = found[(m.partition, m.offset)], headers_of(found[(m.partition, m.offset)])
+        original = {"key": key, "value": value}[cut]
+        assert headers["reason"] == reason
+        assert getattr(record, cut) == original[:KEPT_BYTES]
+        assert headers[f"{cut}_bytes"] == str(len(original))
+        assert headers[f"{cut}_sha256"] == hashlib.sha256(original).hexdigest()
 
 
 def test_a_click_on_the_wrong_partition_is_dead_lettered(worker: Any) -> None:

@@ -124,3 +124,81 @@ def test_plaintext_needs_no_tls_and_refuses_unknown_protocols(monkeypatch: pytes
     monkeypatch.setenv("NEXTCLICK_SECURITY_PROTOCOL", "TLS")
     with pytest.raises(ValueError):
         Settings()
+
+
+def _schema_reason(document: dict) -> Reason | None:
+    """What `click.schema.json` itself refuses a document for (None: valid), the most basic problem first."""
+    errors = list(jsonschema.Draft202012Validator(click_schema()).iter_errors(document))
+    reasons = [
+        Reason.MISSING_FIELD if e.validator == "required"
+        else Reason.WRONG_TYPE if e.validator == "type"
+        else Reason.BAD_TIMESTAMP if list(e.absolute_path)[:1] == ["timestamp"]
+        else Reason.BAD_VALUE
+        for e in errors
+    ]
+    return min(reasons, key=list(Reason).index) if reasons else None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {}, {"session_id": None}, {"item_id": 3.0}, {"item_id": 3.5}, {"item_id": False}, {"item_id": ""},
+        {"item_id": "x" * 256}, {"item_id": "x" * 257}, {"session_id": ["s1"]}, {"timestamp": 0},
+        {"timestamp": -0.5}, {"timestamp": True}, {"timestamp": "1"}, {"timestamp": 10**400},
+        {"item_id": {}, "timestamp": -1}, {"session_id": "", "timestamp": -1}, {"item_id": "é" * 256},
+    ],
+)
+def test_the_hand_check_gives_the_schemas_verdict(fields: dict) -> None:
+    document = {"session_id": "s1", "item_id": "214536502", "timestamp": 1396321357.5} | fields
+    expected = _schema_reason(document)
+    if expected is None and isinstance(document["timestamp"], int) and document["timestamp"] > 1e308:
+        expected = Reason.BAD_TIMESTAMP  # valid JSON Schema, but no finite time
+    value = json.dumps(document).encode()
+    if expected is None:
+        parse_click(value, key=str(document["session_id"]).encode(), max_bytes=1 << 20)
+    else:
+        with pytest.raises(InvalidClick) as caught:
+            parse_click(value, key=b"s1", max_bytes=1 << 20)
+        assert caught.value.reason == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"session_id": "s1", "item_id": 1' + b"0" * 4400 + b', "timestamp": 1}',  # more digits than Python reads
+        click_bytes(item_id=10**300),  # an integer's decimal string is held to the 256 characters too
+        click_bytes(session_id=10**400),  # more than a float can hold
+        click_bytes(item_id=1e300),
+        b'{"session_id": "s1", "item_id": "a\\ud800", "timestamp": 1}',  # a lone surrogate UTF-8 cannot carry
+        b'{"session_id": "\\udc00", "item_id": "1", "timestamp": 1}',
+    ],
+)
+def test_ids_no_suggestion_could_echo_are_bad_values(value: bytes) -> None:
+    with pytest.raises(InvalidClick) as caught:
+        parse_click(value, key=b"s1", max_bytes=1 << 20)
+    assert caught.value.reason == Reason.BAD_VALUE
+
+
+def test_a_refused_message_too_big_for_the_broker_is_dead_lettered_as_a_prefix_with_its_size_and_hash() -> None:
+    import hashlib
+
+    from stream_app.dead_letters import dead_letter
+
+    key, value = b"k" * 3000, b"v" * (2 << 20)
+    letter = dead_letter(key, value, InvalidClick(Reason.OVERSIZE, "big"), topic="clicks", partition=0, offset=1,
+                         max_bytes=1024)
+    assert (letter.key, letter.value) == (key[:1024], value[:1024])
+    fields = {name.removeprefix(HEADER_PREFIX): v.decode() for name, v in letter.headers.items()}
+    assert (fields["key_bytes"], fields["value_bytes"]) == ("3000", str(2 << 20))
+    assert fields["value_sha256"] == hashlib.sha256(value).hexdigest()
+    small = dead_letter(b"s1", b"{}", InvalidClick(Reason.BAD_JSON, "x"), topic="c", partition=0, offset=2,
+                        max_bytes=1024)
+    assert (small.key, small.value) == (b"s1", b"{}") and "value_bytes" not in str(small.headers)
+
+
+def test_only_plausible_click_times_are_observed_as_latency() -> None:
+    from stream_app.metrics import latency_observable
+
+    now = 1_800_000_000.0
+    assert latency_observable(now, now - 0.2) and latency_observable(now, now + 1)
+    assert not any(latency_observable(now, stamp) for stamp in (0.0, 1e308, now - 86_400, now + 3_600))

@@ -143,3 +143,20 @@ def test_idle_sessions_are_evicted_by_the_timer(
         records = worker.consume(changelog, 2)
         assert [(r.key, r.value is None) for r in records] == [(b"idle-1", False), (b"idle-1", True)]
         worker.wait_until(lambda: worker.metric("nextclick_active_sessions") == 0, what="active sessions 0")
+
+
+def test_a_click_time_no_clock_could_give_is_answered_but_not_observed_as_latency(worker: Any) -> None:
+    """Timestamps of 0 or 1e308 are valid JSON Schema; as latencies they would be 10^9 s and fire alerts."""
+    observed = worker.metric("nextclick_end_to_end_latency_seconds_count")
+    own = worker.metric("nextclick_processing_latency_seconds_count")
+    published = worker.metric("nextclick_suggestions_published_total")
+    stamps = {"t-epoch": 0, "t-far": 1e308}
+    worker.produce(
+        worker.settings.clicks_topic,
+        [(s.encode(), json.dumps({"session_id": s, "item_id": "1", "timestamp": t}).encode())
+         for s, t in stamps.items()],
+    )
+    worker.wait_until(lambda: worker.metric("nextclick_suggestions_published_total") == published + 2, what="answers")
+    assert worker.metric("nextclick_latency_unobserved_total") == 2
+    assert worker.metric("nextclick_end_to_end_latency_seconds_count") == observed
+    assert worker.metric("nextclick_processing_latency_seconds_count") == own + 2

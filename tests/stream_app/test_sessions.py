@@ -4,7 +4,9 @@ repeated deliveries."""
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 
 import numpy as np
 
@@ -99,7 +101,7 @@ def test_an_idle_session_starts_over(scorer: Scorer) -> None:
 
 def test_state_from_another_artifact_is_rebuilt_by_replaying_the_items(scorer: Scorer) -> None:
     a, b, c = scorer.item_ids[:3]
-    stale = SessionState(items=[a, "gone-item", b], last_seen=1000.0, hidden="AAAA", artifact_version="older")
+    stale = SessionState(items=[a, "gone-item", b], last_seen=1000.0, hidden=bytes(3), artifact_version="older")
     table = {b"s1": stale}
     [suggestion] = serve(recommender(scorer), [sourced("s1", c)], table, now=1001.0)
     assert suggestion.items == expected_for_prefix(scorer, [a, b, c])
@@ -109,7 +111,7 @@ def test_stale_sessions_of_one_batch_are_replayed_together_each_as_on_its_own(sc
     """After a swap every session of a batch may need a replay; they share model calls, not results."""
     histories = {f"s{n}": scorer.item_ids[n : n + length] for n, length in enumerate([1, 4, 2, 7, 3])}
     table = {
-        session.encode(): SessionState(items=items, last_seen=1000.0, hidden="", artifact_version="older")
+        session.encode(): SessionState(items=items, last_seen=1000.0, hidden=b"", artifact_version="older")
         for session, items in histories.items()
     }
     clicked = scorer.item_ids[40]
@@ -140,3 +142,23 @@ def test_a_repeated_click_gets_its_first_answer_and_leaves_the_state_alone(score
     assert [s.items for s in again[:2]] == [s.items for s in first[1:]]
     assert again[2].items == expected_for_prefix(scorer, [a, b, c, d])
     assert table[b"s1"].items == [a, b, c, d] and table[b"s1"].offsets == [10, 11, 12, 13]
+
+
+def test_a_state_record_is_a_json_line_then_the_exact_float32_hidden_state(scorer: Scorer) -> None:
+    table: dict[bytes, SessionState] = {}
+    serve(recommender(scorer), [sourced("s1", item) for item in scorer.item_ids[:3]], table, now=1000.0)
+    record = table[b"s1"].dumps()
+    header, _, hidden = record.partition(b"\n")
+    assert json.loads(header)["items"] == scorer.item_ids[:3]
+    assert len(hidden) == 4 * scorer.layers * scorer.hidden_size and SessionState.loads(record) == table[b"s1"]
+    assert SessionState.last_seen_of(record) == 1000.0
+
+
+def test_a_state_written_by_the_previous_format_is_still_read() -> None:
+    hidden = np.arange(6, dtype=np.float32).tobytes()
+    old = {"items": ["1", "2"], "last_seen": 5.0, "hidden": base64.b64encode(hidden).decode(),
+           "artifact_version": "v1", "offsets": [3, 4], "__faust": {"ns": "stream_app.sessions.SessionState"}}
+    record = json.dumps(old).encode()
+    state = SessionState.loads(record)
+    assert (state.items, state.hidden, state.offsets, state.suggested) == (["1", "2"], hidden, [3, 4], [])
+    assert SessionState.last_seen_of(record) == 5.0
