@@ -26,7 +26,7 @@ from pathlib import Path
 from stream_app.artifact_format import MANIFEST
 from stream_app.events import Click
 from stream_app.scoring import Scorer
-from stream_app.served_quality import format_served, servable_pipelines, served_evaluation
+from stream_app.served_quality import format_served, served_evaluation
 from stream_app.sessions import SessionRecommender, SessionState
 from stream_app.settings import Settings
 from stream_app.suggestion import SourcedClick
@@ -71,6 +71,9 @@ def main() -> None:
                         help="the data set the artifact was trained on: its test sessions are replayed")
     parser.add_argument("--pipelines", nargs="+", help="default: every pipeline the artifact serves")
     parser.add_argument("--max-sessions", type=int, help="the first N test sessions only")
+    parser.add_argument("--state-pipelines", nargs="*",
+                        help="the pipelines whose session state is measured (default: those judged; a re-ranker "
+                             "adds nothing to the state, so a retriever alone tells it, faster)")
     args = parser.parse_args()
 
     print(f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}; artifact "
@@ -82,13 +85,12 @@ def main() -> None:
     manifest = json.loads((args.artifact / MANIFEST).read_text())
     settings = Settings(exclude_seen="auto")
     started = time.perf_counter()
-    served = served_evaluation(args.artifact, manifest, sessions, settings)
-    if args.pipelines:
-        served["pipelines"] = {p: served["pipelines"][p] for p in args.pipelines}
+    served = served_evaluation(args.artifact, manifest, sessions, settings, args.pipelines)
     print(format_served(served) + f"\n({time.perf_counter() - started:.0f} s)\n")
 
     print("session state per session (mean over the test sessions' final states):")
-    for pipeline in args.pipelines or servable_pipelines(manifest):
+    state_pipelines = args.state_pipelines if args.state_pipelines is not None else list(served["pipelines"])
+    for pipeline in state_pipelines:
         scorer = Scorer(args.artifact, pipeline=pipeline)
         states = final_states(scorer, sessions, settings)
         raw = statistics.fmean(scorer.layers * scorer.hidden_size * 4 + 4 * len(s.items) for s in states)

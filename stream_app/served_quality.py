@@ -105,12 +105,18 @@ def servable_pipelines(manifest: dict) -> list[str]:
 
 
 def served_evaluation(
-    directory: Path, manifest: dict, sessions: Sequence[Sequence[str]], settings: Settings
+    directory: Path,
+    manifest: dict,
+    sessions: Sequence[Sequence[str]],
+    settings: Settings,
+    only: Sequence[str] | None = None,
 ) -> dict:
-    """metrics.json's `served`: each servable pipeline judged keeping and excluding clicked items, and the
-    better policy (higher Recall@20, then MRR@20; keeping them on a tie)."""
+    """metrics.json's `served`: each servable pipeline (or those of `only`) judged keeping and excluding
+    clicked items, and the better policy (higher Recall@20, then MRR@20; keeping them on a tie)."""
     pipelines = {}
     for pipeline in servable_pipelines(manifest):
+        if only is not None and pipeline not in only:
+            continue
         scorer = Scorer(directory, pipeline=pipeline)
         figures = {
             policy: served_top_k_metrics(scorer, sessions, settings, exclude_seen=policy == "exclude_seen")
