@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from stream_app.artifact_format import EXCLUSION_POLICIES
 from stream_app.events import Click
 from stream_app.metrics import QUALITY_CUTOFFS, WorkerMetrics
 from stream_app.scoring import PIPELINES, Scorer
-from stream_app.sessions import SessionRecommender
+from stream_app.sessions import BatchResult, SessionRecommender
 from stream_app.settings import Settings
 from stream_app.suggestion import Judgement, SourcedClick
 
@@ -51,8 +51,8 @@ class ServedMetrics:
     @classmethod
     def of(cls, version: str, judgements: Sequence[Judgement]) -> ServedMetrics:
         ranks = [j.rank for j in judgements if j.rank is not None and j.rank <= CUTOFF]
-        n = len(judgements)
-        return cls(version, len(ranks) / n if n else 0.0, sum(1.0 / r for r in ranks) / n if n else 0.0, n)
+        n = len(judgements)  # fsum: the same figure whatever order the judgements come in
+        return cls(version, len(ranks) / n if n else 0.0, math.fsum(1.0 / r for r in ranks) / n if n else 0.0, n)
 
     def to_dict(self) -> dict:
         return {
@@ -63,9 +63,11 @@ class ServedMetrics:
         }
 
 
-def served_judgements(recommender: SessionRecommender, sessions: Sequence[Sequence[str]]) -> list[Judgement]:
-    """Every suggestion `recommender` serves along `sessions` (external ids), judged by the next click."""
-    judgements: list[Judgement] = []
+def replayed(
+    recommender: SessionRecommender, sessions: Sequence[Sequence[str]]
+) -> Iterator[tuple[Sequence[Sequence[str]], BatchResult]]:
+    """`sessions` (external ids) served by `recommender` click by click, a chunk of sessions per call: each
+    chunk and its result (suggestions in click order)."""
     for start in range(0, len(sessions), SESSIONS_PER_CALL):
         chunk = sessions[start : start + SESSIONS_PER_CALL]
         clicks = [
@@ -73,8 +75,12 @@ def served_judgements(recommender: SessionRecommender, sessions: Sequence[Sequen
             for number, session in enumerate(chunk)
             for offset, item in enumerate(session)
         ]
-        judgements += recommender.recommend(clicks, {}, now=0.0).judgements
-    return judgements
+        yield chunk, recommender.recommend(clicks, {}, now=0.0)
+
+
+def served_judgements(recommender: SessionRecommender, sessions: Sequence[Sequence[str]]) -> list[Judgement]:
+    """Every suggestion `recommender` serves along `sessions` (external ids), judged by the next click."""
+    return [judgement for _, result in replayed(recommender, sessions) for judgement in result.judgements]
 
 
 def served_top_k_metrics(
@@ -91,6 +97,36 @@ def served_top_k_metrics(
         overrides["exclude_seen"] = exclude_seen
     recommender = SessionRecommender.from_settings(scorer, settings, **overrides)
     return ServedMetrics.of(scorer.version, served_judgements(recommender, sessions))
+
+
+def served_both_ways(scorer: Scorer, sessions: Sequence[Sequence[str]], settings: Settings) -> dict[str, ServedMetrics]:
+    """`served_top_k_metrics` keeping and excluding clicked items, from one pass through the recommender.
+
+    The exclusion policy changes which items are picked from the pipeline's list, never the model's
+    state or scores: keeping clicked items and asked for a list long enough to hold either policy's top
+    20 (the pipeline's whole list, and 20 + the kept clicks of popular items), the recommender serves the
+    keep policy's suggestion as its first 20 items and the exclude policy's as its first 20 the session
+    has not clicked (among the items the model knows, as `SessionRecommender` leaves out)."""
+    width = max(scorer.graph_top_k, CUTOFF + settings.max_history)
+    recommender = SessionRecommender.from_settings(
+        scorer, settings, top_k=width, session_ttl=math.inf, exclude_seen=False
+    )
+    labels = (scorer.name, scorer.version, recommender.variant)
+    judged: dict[str, list[Judgement]] = {policy: [] for policy in EXCLUSION_POLICIES}
+    for chunk, result in replayed(recommender, sessions):
+        suggestions = result.suggestions  # one per click, in click order
+        position = 0
+        for session in chunk:
+            for j in range(1, len(session)):
+                served = suggestions[position + j - 1].items  # after click j - 1, judged by click j
+                kept = [str(item) for item in session[:j]][-settings.max_history :]
+                seen = {item for item in kept if scorer.index_of(item) is not None}
+                target = str(session[j])
+                judged["keep_seen"].append(Judgement.of(served[:CUTOFF], target, labels))
+                unseen = [item for item in served if item not in seen][:CUTOFF]
+                judged["exclude_seen"].append(Judgement.of(unseen, target, labels))
+            position += len(session)
+    return {policy: ServedMetrics.of(scorer.version, judged[policy]) for policy in EXCLUSION_POLICIES}
 
 
 def servable_pipelines(manifest: dict) -> list[str]:
@@ -117,11 +153,7 @@ def served_evaluation(
     for pipeline in servable_pipelines(manifest):
         if only is not None and pipeline not in only:
             continue
-        scorer = Scorer(directory, pipeline=pipeline)
-        figures = {
-            policy: served_top_k_metrics(scorer, sessions, settings, exclude_seen=policy == "exclude_seen")
-            for policy in EXCLUSION_POLICIES
-        }
+        figures = served_both_ways(Scorer(directory, pipeline=pipeline), sessions, settings)
         best = max(EXCLUSION_POLICIES, key=lambda policy: (figures[policy].recall, figures[policy].mrr))
         pipelines[pipeline] = {policy: figures[policy].to_dict() for policy in EXCLUSION_POLICIES} | {"policy": best}
     return {"protocol": PROTOCOL, "cutoff": CUTOFF, "sessions": len(sessions), "pipelines": pipelines}
