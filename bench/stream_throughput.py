@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -39,11 +40,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devtools.click_replay import (
@@ -169,14 +171,26 @@ class Served:
     cpu_us_per_click: float
 
 
-async def serve_backlog(settings: Settings, clicks: list[LoggedClick], start, pid, alive) -> tuple[Served, OnlineStats]:
-    """Fill the clicks topic, start the server, and time it from its first suggestion to its last."""
-    producer, consumer = kafka_producer(settings, linger_ms=5), suggestion_consumer(settings)
+@contextlib.asynccontextmanager
+async def clients(settings: Settings, linger_ms: int) -> AsyncIterator[tuple[AIOKafkaProducer, OnlineStats]]:
+    """A click producer, and the suggestions read back into an `OnlineStats` while the block runs."""
+    producer, consumer = kafka_producer(settings, linger_ms=linger_ms), suggestion_consumer(settings)
     await producer.start()
     await consumer.start()
     stats = OnlineStats()
     receiving = asyncio.create_task(receive_suggestions(consumer, stats))
     try:
+        yield producer, stats
+    finally:
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        await producer.stop()
+        await consumer.stop()
+
+
+async def serve_backlog(settings: Settings, clicks: list[LoggedClick], start, pid, alive) -> tuple[Served, OnlineStats]:
+    """Fill the clicks topic, start the server, and time it from its first suggestion to its last."""
+    async with clients(settings, linger_ms=5) as (producer, stats):
         await send_clicks(producer, settings.clicks_topic, clicks, None, stats.clicked)
         start()
         first = await wait_answered(stats, 1, alive)
@@ -185,11 +199,6 @@ async def serve_backlog(settings: Settings, clicks: list[LoggedClick], start, pi
         cpu_used = cpu_seconds(pid()) - cpu_first
         served = Served((len(clicks) - 1) / (last - first), 1e6 * cpu_used / (len(clicks) - 1))
         return served, stats
-    finally:
-        receiving.cancel()
-        await asyncio.gather(receiving, return_exceptions=True)
-        await producer.stop()
-        await consumer.stop()
 
 
 def histogram_quantiles(before: dict[str, float], after: dict[str, float], *qs: float) -> list[float]:
@@ -286,20 +295,10 @@ async def worker_runs(args: argparse.Namespace, worker: WorkerProcess, clicks: I
 
 async def feed(settings: Settings, clicks: list[LoggedClick], schedule: list[float] | None, alive) -> OnlineStats:
     """Send `clicks` (on `schedule`, or as fast as possible) and wait until each has its suggestion."""
-    producer, consumer = kafka_producer(settings, linger_ms=0 if schedule else 5), suggestion_consumer(settings)
-    await producer.start()
-    await consumer.start()
-    stats = OnlineStats()
-    receiving = asyncio.create_task(receive_suggestions(consumer, stats))
-    try:
+    async with clients(settings, linger_ms=0 if schedule else 5) as (producer, stats):
         await send_clicks(producer, settings.clicks_topic, clicks, schedule, stats.clicked)
         await wait_answered(stats, len(clicks), alive)
         return stats
-    finally:
-        receiving.cancel()
-        await asyncio.gather(receiving, return_exceptions=True)
-        await producer.stop()
-        await consumer.stop()
 
 
 async def latency_run(args: argparse.Namespace, worker: WorkerProcess, clicks: list[LoggedClick]) -> None:
