@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the validation figure to maximise (default: %(default)s)")
     tuning.add_argument("--tune-validation-fraction", type=float, default=0.1, metavar="F",
                         help="the latest F of the training sessions validate (default: %(default)s)")
+    tuning.add_argument("--tune-epochs", type=int, metavar="E",
+                        help="train each trial E epochs (default: each model's own n_epochs; the final training "
+                             "always trains its own)")
+    tuning.add_argument("--tune-sessions", type=float, default=1.0, metavar="F",
+                        help="each trial trains on the latest F of the split's training sessions (default: "
+                             "%(default)s, all of them)")
     tuning.add_argument("--tune-models", nargs="+", choices=TUNABLE, metavar="NAME",
                         help=f"search only these ({', '.join(TUNABLE)}; default: every model and baseline of the run)")
 
@@ -244,8 +250,8 @@ def plan_from_args(args: argparse.Namespace, params: dict[str, Any] | None = Non
 def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettings | None:
     """The search the flags ask for (validated), None for none."""
     if not args.tune:
-        if args.tune_timeout or args.tune_models:
-            raise SystemExit("--tune-timeout and --tune-models go with --tune N")
+        if args.tune_timeout or args.tune_models or args.tune_epochs or args.tune_sessions != 1.0:
+            raise SystemExit("--tune-timeout, --tune-epochs, --tune-sessions and --tune-models go with --tune N")
         return None
     if args.tune < 1:
         raise SystemExit("--tune takes a number of trials, at least 1")
@@ -255,7 +261,7 @@ def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettin
     try:
         return TuningSettings(args.tune, args.tune_timeout, args.tune_seed, args.tune_metric,
                               args.tune_validation_fraction, tuple(args.tune_models or TUNABLE), plan.progress,
-                              plan.device)
+                              plan.device, args.tune_epochs, args.tune_sessions)
     except ValueError as e:
         raise SystemExit(str(e)) from e
 

@@ -46,6 +46,17 @@ class Range:
                 value = round(value, 10)  # optuna's grid gives 0.30000000000000004: the setting is 0.3
         return (value,) if self.as_layers else value
 
+    def holds(self, value: object) -> bool:
+        """Whether a suggestion could give `value` (a one-layer tuple where `as_layers`)."""
+        if self.as_layers:
+            if not (isinstance(value, tuple) and len(value) == 1):
+                return False
+            value = value[0]
+        if not isinstance(value, int | float) or isinstance(value, bool) or not self.low <= value <= self.high:
+            return False
+        on_grid = not self.step or abs((k := (value - self.low) / self.step) - round(k)) < 1e-9
+        return on_grid and (isinstance(value, int) or not isinstance(self.low, int) or self.log)
+
     def describe(self) -> str:
         grid = f" step {self.step}" if self.step else ""
         return f"{self.name}: {self.low}..{self.high}{grid}{' log' if self.log else ''}{_when(self.when)}"
@@ -59,6 +70,9 @@ class Choice:
 
     def suggest(self, trial: optuna.Trial) -> object:
         return trial.suggest_categorical(self.name, self.choices)
+
+    def holds(self, value: object) -> bool:
+        return value in self.choices
 
     def describe(self) -> str:
         return f"{self.name}: one of {list(self.choices)}{_when(self.when)}"
@@ -150,8 +164,24 @@ def suggest(trial: optuna.Trial, space: list[Parameter], fixed: set[str], contex
     return chosen
 
 
+def starting_point(space: list[Parameter], fixed: set[str], context: dict) -> dict | None:
+    """The values of `space` that reproduce the base settings in `context` (optuna's params, for
+    `Study.enqueue_trial`), or None where one of them lies outside the space (the search then starts from TPE's
+    own proposals)."""
+    params = {}
+    for parameter in space:
+        if (parameter.name in fixed or isinstance(parameter, Fixed)
+                or (parameter.when and context.get(parameter.when[0]) != parameter.when[1])):
+            continue
+        value = context.get(parameter.name)
+        if not parameter.holds(value):
+            return None
+        params[parameter.name] = value[0] if getattr(parameter, "as_layers", False) else value
+    return params
+
+
 def describe(space: list[Parameter], fixed: set[str]) -> list[str]:
     return [p.describe() for p in space if p.name not in fixed]
 
 
-__all__ = ["Choice", "Fixed", "Parameter", "Range", "SEARCH_SPACES", "describe", "suggest"]
+__all__ = ["Choice", "Fixed", "Parameter", "Range", "SEARCH_SPACES", "describe", "starting_point", "suggest"]

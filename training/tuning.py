@@ -15,6 +15,13 @@ last epoch's score, the model the final training would give. A trial that diverg
 learning rate too high) is recorded as failed and the search goes on. Proposals come from optuna's TPESampler
 seeded with `seed`: the same command proposes the same trials (the trainers are seeded too).
 
+The search starts from the run's own settings (defaults, config, flags): trial 0 trains them, where the space
+holds them, so the best trial is never below them on the validation split. A trial's budget (`--tune-epochs`,
+`--tune-sessions`) may be smaller than the final training's: fewer epochs, and only the latest fraction of the
+split's training sessions (held-out clicks on items those sessions never saw are dropped, as above); settings are
+compared at that budget and the winner trains its model's own epochs on every training session. That is what
+makes a search of the full Diginetica split fit a working day on two cores (docs/training-on-your-own-clicks.md).
+
 Objective: MRR@20 by default (`--tune-metric`): the worker serves a short ranked list and MRR rewards the next
 click near its top, where Recall@20 cannot tell rank 1 from rank 20; the official GRU4Rec example tunes MRR@20 too
 (`paropt.py -pm mrr -m 20`). Recall@K is there for a use that shows all K items alike.
@@ -56,7 +63,7 @@ from training.evaluate import CUTOFFS, RankingMetrics, reranked_ranks, retrieve
 from training.pipeline import RETRIEVERS, fit_retriever, reranker_inputs, retriever_scores, stacked_training_data
 from training.plots import plot_search
 from training.progress import StageClock, TrainingDiverged
-from training.search_spaces import SEARCH_SPACES, describe, suggest
+from training.search_spaces import SEARCH_SPACES, describe, starting_point, suggest
 
 TUNABLE = (*RETRIEVERS, "dien", *BASELINES)  # the order of the searches
 METRICS = tuple(f"{kind}@{k}" for kind in ("mrr", "recall") for k in CUTOFFS)
@@ -72,12 +79,18 @@ class TuningSettings:
     models: tuple[str, ...] | None = None  # which to tune; None: every model and baseline of the run
     progress: bool = True
     device: torch.device = CPU  # where the trials train and are scored, like the final training
+    trial_epochs: int | None = None  # each trial's epochs (None: the model's own n_epochs)
+    trial_sessions: float = 1.0  # each trial trains on this latest fraction of the split's training sessions
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if not 0.0 < self.trial_sessions <= 1.0:
+            raise ValueError(f"trial_sessions must be in (0, 1], got {self.trial_sessions}")
+        if self.trial_epochs is not None and self.trial_epochs < 1:
+            raise ValueError(f"trial_epochs must be at least 1, got {self.trial_epochs}")
 
     def score(self, ranks: np.ndarray) -> float:
         kind, k = self.metric.split("@")
@@ -85,8 +98,10 @@ class TuningSettings:
         return (metrics.mrr if kind == "mrr" else metrics.recall)[int(k)]
 
 
-def validation_split(log: ClickLog, fraction: float) -> tuple[ClickLog, ClickLog, dict]:
-    """(the rest, the held-out sessions, how they were chosen): see the module docstring."""
+def validation_split(log: ClickLog, fraction: float, flag: str = "--tune-validation-fraction"
+                     ) -> tuple[ClickLog, ClickLog, dict]:
+    """(the rest, the held-out sessions, how they were chosen): see the module docstring. `flag`: the setting
+    that asked for `fraction`, named by the error where the log is too small for it."""
     offsets = log.session_offsets()
     n = len(offsets) - 1
     n_held = max(1, round(fraction * n))
@@ -101,8 +116,7 @@ def validation_split(log: ClickLog, fraction: float) -> tuple[ClickLog, ClickLog
         how = {"by": "order", "held_out": "the last sessions of the training log"}
     if held.all() or not held.any():
         raise SystemExit(f"{log.source}: {n:,} training sessions cannot give a validation split of "
-                         f"{fraction:.0%} with sessions on both sides; give more data or another "
-                         "--tune-validation-fraction")
+                         f"{fraction:.0%} with sessions on both sides; give more data or another {flag}")
     rest, held_out = log.take_sessions(~held), log.take_sessions(held)
     return rest, held_out, how | {"fraction": fraction, "train_sessions": rest.n_sessions,
                                   "validation_sessions": held_out.n_sessions}
@@ -119,10 +133,18 @@ class Trials:
         self.space = SEARCH_SPACES[name]
         self.context = dataclasses.asdict(base) | {"timestamps": has_times}
 
+    def starting_point(self) -> dict | None:
+        """The trial that trains the base settings (those the run would train without a search), if the space
+        holds them."""
+        return starting_point(self.space, self.fixed, self.context)
+
     def params(self, trial: optuna.Trial, **overrides) -> Any:
-        """The base settings with the trial's (kept as the trial's "settings": what a final training applies)."""
+        """The base settings with the trial's (kept as the trial's "settings": what a final training applies),
+        trained for the search's epochs per trial."""
         chosen = suggest(trial, self.space, self.fixed, self.context)
         trial.set_user_attr("settings", chosen)
+        if self.settings.trial_epochs and hasattr(self.base, "n_epochs"):
+            overrides.setdefault("n_epochs", self.settings.trial_epochs)
         return dataclasses.replace(self.base, **chosen, **overrides)
 
     def epoch_reporter(self, trial: optuna.Trial, scores: list[float],
@@ -184,10 +206,14 @@ def baseline_objective(trials: Trials, split: EncodedSplit, train_times: np.ndar
     return objective
 
 
-def run_study(name: str, objective: Objective, settings: TuningSettings) -> optuna.Study:
+def run_study(name: str, objective: Objective, settings: TuningSettings, start: dict | None = None
+              ) -> optuna.Study:
+    """`start`: the first trial's settings (the run's own: a search then never ends below them on validation)."""
     study = optuna.create_study(study_name=name, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=settings.seed),
                                 pruner=optuna.pruners.MedianPruner())
+    if start is not None:
+        study.enqueue_trial(start)
     study.optimize(objective, n_trials=settings.n_trials, timeout=settings.timeout, catch=(TrainingDiverged,),
                    show_progress_bar=settings.progress, gc_after_trial=True)
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -254,6 +280,9 @@ def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: di
     the settings of DIEN's retriever where this run does not train it (`--retriever-artifact`: that artifact's
     retriever saw the held-out sessions; one is trained on the rest with these settings instead)."""
     rest, held_out, validation = validation_split(train_log, settings.validation_fraction)
+    if settings.trial_sessions < 1.0:
+        _, rest, _ = validation_split(rest, settings.trial_sessions, "--tune-sessions")
+        validation |= {"trial_sessions": settings.trial_sessions, "train_sessions": rest.n_sessions}
     split = EncodedSplit.of(rest, held_out)
     times = session_start_times(rest)
     validation |= {"items": len(split.item_map), "validation_predictions": int(split.test.n_clicks
@@ -261,14 +290,18 @@ def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: di
     print(f"\ntuning on a validation split of the training log ({validation['by']}): "
           f"{validation['train_sessions']:,} sessions to train, {validation['validation_sessions']:,} to validate "
           f"({validation['validation_predictions']:,} predictions); {settings.metric}, {settings.n_trials} trials "
-          f"per model" + (f", at most {settings.timeout:,.0f} s each" if settings.timeout else ""))
+          f"per model" + (f", at most {settings.timeout:,.0f} s each" if settings.timeout else "")
+          + (f", {settings.trial_epochs} epoch(s) per trial" if settings.trial_epochs else ""))
     params, baselines = dict(params), dict(baselines)
     wanted = settings.models or TUNABLE
     searches: dict[str, ModelSearch] = {}
     for name in (m for m in TUNABLE if m in wanted and (m in params or m in baselines)):
         base = params.get(name) or baselines[name]
         trials = Trials(name, base, fixed.get(name, set()), settings, times is not None)
-        print(f"\nsearching {name}: " + "; ".join(describe(trials.space, trials.fixed)))
+        start = trials.starting_point()
+        print(f"\nsearching {name}: " + "; ".join(describe(trials.space, trials.fixed))
+              + ("\n  trial 0: the run's own settings" if start is not None
+                 else "\n  the run's own settings lie outside this space: every trial is the sampler's"))
         started = time.perf_counter()
         with clock.stage(f"tuning {name}"):
             if name in RETRIEVERS:
@@ -278,7 +311,7 @@ def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: di
                                                clock)
             else:
                 objective = baseline_objective(trials, split, times)
-            study = run_study(name, objective, settings)
+            study = run_study(name, objective, settings, start)
         searches[name] = ModelSearch(name, study, describe(trials.space, trials.fixed), time.perf_counter() - started)
         (params if name in params else baselines)[name] = trials.best(study)
     result = TuningResult(settings, validation, searches, params, baselines)

@@ -1,7 +1,9 @@
 """`python -m training.retrain --tune N`: the search on a validation split of the training log, end to end on a
 real slice; and the baselines' rows in every retrain's table."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -9,13 +11,15 @@ import pytest
 from stream_app.artifact_format import verify_artifact
 from tests.real_slices import yoochoose_slice
 from training import datasets
-from training.baselines import ItemKNNParams, VSKNNParams
+from training.baselines import ItemKNNParams, STANParams, VSKNNParams
 from training.data import ClickLog
 from training.datasets import DATASETS, load_dataset
 from training.evaluate import model_ranks
 from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
 from training.progress import StageClock
 from training.retrain import main as retrain
+from training.retrain import training_params
+from training.search_spaces import SEARCH_SPACES, starting_point
 from training.tuning import Trials, TuningSettings, tune, validation_split
 
 pytestmark = pytest.mark.training  # every test here runs training.retrain
@@ -47,7 +51,7 @@ def tuned(tmp_path_factory):
         patch.setitem(DATASETS, "yoochoose_rsc15_100k", datasets.DatasetSpec(
             spec.name, spec.train, spec.test, spec.read_train, read_test, spec.validation))
         patch.setattr(optuna.Study, "optimize", recorded_optimize)
-        out = retrain([*SMALL, "--tune", "3", "--tune-seed", "7", "--out", str(tmp_path_factory.mktemp("tuned") / "a")])
+        out = retrain([*SMALL, "--tune", "3", "--tune-seed", "7", "--tune-sessions", "0.8", "--out", str(tmp_path_factory.mktemp("tuned") / "a")])
     return out, events
 
 
@@ -72,7 +76,8 @@ def test_the_final_models_train_with_the_best_trials_settings(tuned):
     assert "layers" not in record["models"]["gru4rec"]["best_params"]
     assert config["narm"]["hidden_size"] == 16 and "hidden_size" not in record["models"]["narm"]["best_params"]
     assert record["validation"]["by"] == "time" and record["validation"]["validation_sessions"] == 150
-    assert record["settings"]["seed"] == 7
+    assert record["settings"]["seed"] == 7 and record["settings"]["trial_sessions"] == 0.8
+    assert record["validation"]["train_sessions"] == pytest.approx(0.8 * (1500 - 150), abs=1)
 
 
 def test_trials_and_plots_are_in_the_artifact_and_sealed_by_its_manifest(tuned):
@@ -141,3 +146,36 @@ def test_a_trial_below_the_pruners_bar_stops_after_the_epoch_it_reported():
                       on_epoch=trials.epoch_reporter(trial, scores, lambda model: model_ranks(model, test)))
     assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]  # epoch 1 only
     assert len(scores) == 1 and 0.0 <= scores[0] <= 1.0
+
+
+def test_the_first_trial_trains_the_runs_own_settings_and_trials_keep_their_budget():
+    train, _ = load_dataset("yoochoose_rsc15_100k")
+    train = train.head_sessions(1200)
+    base = GRU4RecTraining(layers=(64,), batch_size=48, n_sample=32, n_epochs=2, learning_rate=0.05,
+                           dropout_embed=0.5, dropout_hidden=0.3, momentum=0.15, sample_alpha=0.3, bpreg=0.9)
+    settings = TuningSettings(n_trials=2, seed=1, progress=False, trial_epochs=1, trial_sessions=0.5)
+    result = tune({"gru4rec": base}, {}, {}, train, settings, StageClock())
+    first, second = result.searches["gru4rec"].study.trials
+    assert dataclasses.replace(base, **first.user_attrs["settings"]) == base  # trial 0: the run's own settings
+    assert second.user_attrs["settings"] != first.user_attrs["settings"]  # then the sampler's
+    for trial in (first, second):
+        assert list(trial.intermediate_values) == [1]  # one epoch per trial ...
+    assert result.params["gru4rec"].n_epochs == 2  # ... the final training its own
+    whole = validation_split(train, settings.validation_fraction)[2]["train_sessions"]
+    assert result.validation["train_sessions"] == pytest.approx(whole / 2, abs=1)  # the latest half
+
+
+def test_a_search_starts_from_the_settings_only_where_its_space_holds_them():
+    space = SEARCH_SPACES["gru4rec"]
+    official = training_params("gru4rec", Path("configs/diginetica.toml"))
+    start = starting_point(space, set(), dataclasses.asdict(official))
+    assert start == {"loss": "bpr-max", "layers": 512, "batch_size": 128, "learning_rate": 0.05,
+                     "dropout_embed": 0.5, "dropout_hidden": 0.3, "momentum": 0.15, "sample_alpha": 0.3,
+                     "bpreg": 0.9, "elu_param": 1.0}
+    assert "layers" not in starting_point(space, {"layers"}, dataclasses.asdict(official))  # a flag fixed it
+    off_grid = dataclasses.asdict(dataclasses.replace(official, learning_rate=0.0512))
+    assert starting_point(space, set(), off_grid) is None
+    assert starting_point(space, set(), dataclasses.asdict(dataclasses.replace(official, layers=(64, 64)))) is None
+    stan = dataclasses.asdict(STANParams()) | {"timestamps": False}  # no decay: outside the decay's range
+    assert starting_point(SEARCH_SPACES["stan"], set(), stan) is None
+    assert starting_point(SEARCH_SPACES["stan"], set(), dataclasses.asdict(STANParams()) | {"timestamps": True})
