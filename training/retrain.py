@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--tune-sessions", type=float, default=1.0, metavar="F",
                         help="each trial trains on the latest F of the split's training sessions (default: "
                              "%(default)s, all of them)")
+    tuning.add_argument("--tune-finalists", type=int, default=1, metavar="K",
+                        help="where a trial's budget is below the final training's: train the K best trials and "
+                             "trial 0 (the run's own settings) again in full and keep the best of them on "
+                             "validation (default: %(default)s; 0: the short budget's best wins)")
     tuning.add_argument("--tune-models", nargs="+", choices=TUNABLE, metavar="NAME",
                         help=f"search only these ({', '.join(TUNABLE)}; default: every model and baseline of the run)")
 
@@ -261,7 +265,7 @@ def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettin
     try:
         return TuningSettings(args.tune, args.tune_timeout, args.tune_seed, args.tune_metric,
                               args.tune_validation_fraction, tuple(args.tune_models or TUNABLE), plan.progress,
-                              plan.device, args.tune_epochs, args.tune_sessions)
+                              plan.device, args.tune_epochs, args.tune_sessions, args.tune_finalists)
     except ValueError as e:
         raise SystemExit(str(e)) from e
 

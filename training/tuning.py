@@ -19,8 +19,11 @@ The search starts from the run's own settings (defaults, config, flags): trial 0
 holds them, so the best trial is never below them on the validation split. A trial's budget (`--tune-epochs`,
 `--tune-sessions`) may be smaller than the final training's: fewer epochs, and only the latest fraction of the
 split's training sessions (held-out clicks on items those sessions never saw are dropped, as above); settings are
-compared at that budget and the winner trains its model's own epochs on every training session. That is what
-makes a search of the full Diginetica split fit a working day on two cores (docs/training-on-your-own-clicks.md).
+compared at that budget. Short budgets favour settings that learn fast (a high learning rate, a small model), which
+need not win the full one (measured: docs/training-on-your-own-clicks.md), so a final round (`run_final_round`,
+`--tune-finalists K`) trains the K best trials and trial 0 again at the full budget (the model's own epochs on every
+session of the split) and the best of them there is chosen; the final training then trains it on all the training
+data. That is what makes a search of the full Diginetica split fit a working day on two cores.
 
 Objective: MRR@20 by default (`--tune-metric`): the worker serves a short ranked list and MRR rewards the next
 click near its top, where Recall@20 cannot tell rank 1 from rank 20; the official GRU4Rec example tunes MRR@20 too
@@ -81,6 +84,7 @@ class TuningSettings:
     device: torch.device = CPU  # where the trials train and are scored, like the final training
     trial_epochs: int | None = None  # each trial's epochs (None: the model's own n_epochs)
     trial_sessions: float = 1.0  # each trial trains on this latest fraction of the split's training sessions
+    finalists: int = 1  # with a smaller trial budget: the best this many trials (and trial 0) train again in full
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -91,6 +95,16 @@ class TuningSettings:
             raise ValueError(f"trial_sessions must be in (0, 1], got {self.trial_sessions}")
         if self.trial_epochs is not None and self.trial_epochs < 1:
             raise ValueError(f"trial_epochs must be at least 1, got {self.trial_epochs}")
+        if self.finalists < 0:
+            raise ValueError(f"finalists must be at least 0, got {self.finalists}")
+
+    def in_full(self) -> TuningSettings:
+        """These settings at the final training's budget: the model's own epochs on every training session."""
+        return dataclasses.replace(self, trial_epochs=None, trial_sessions=1.0)
+
+    def budget_below_full(self, base: Any) -> bool:
+        epochs = getattr(base, "n_epochs", None)
+        return self.trial_sessions < 1.0 or bool(self.trial_epochs and epochs and self.trial_epochs < epochs)
 
     def score(self, ranks: np.ndarray) -> float:
         kind, k = self.metric.split("@")
@@ -157,8 +171,8 @@ class Trials:
                 raise optuna.TrialPruned(f"{self.settings.metric} {scores[-1]:.4f} after epoch {epoch}")
         return on_epoch
 
-    def best(self, study: optuna.Study) -> Any:
-        return dataclasses.replace(self.base, **study.best_trial.user_attrs["settings"])
+    def best(self, search: ModelSearch) -> Any:
+        return dataclasses.replace(self.base, **search.chosen().user_attrs["settings"])
 
 
 def retriever_objective(trials: Trials, split: EncodedSplit) -> Objective:
@@ -216,10 +230,35 @@ def run_study(name: str, objective: Objective, settings: TuningSettings, start: 
         study.enqueue_trial(start)
     study.optimize(objective, n_trials=settings.n_trials, timeout=settings.timeout, catch=(TrainingDiverged,),
                    show_progress_bar=settings.progress, gc_after_trial=True)
+    return completed(study, "raise --tune or --tune-timeout, or fix the settings its trials failed on")
+
+
+def completed(study: optuna.Study, advice: str) -> optuna.Study:
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raise SystemExit(f"the search of {name} completed no trial ({len(study.trials)} tried): raise --tune or "
-                         "--tune-timeout, or fix the settings its trials failed on (see above)")
+        raise SystemExit(f"the search of {study.study_name} completed no trial ({len(study.trials)} tried): {advice}"
+                         " (see above)")
     return study
+
+
+def finalists_of(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
+    """The `n` best complete trials, and trial 0 (the run's own settings) when it completed."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = sorted(done, key=lambda t: t.value, reverse=True)[:n]
+    return best + [t for t in done if t.number == 0 and t not in best]
+
+
+def run_final_round(name: str, objective: Objective, finalists: list[optuna.trial.FrozenTrial],
+                    settings: TuningSettings) -> optuna.Study:
+    """Train each finalist's settings again at the full budget and score it on the validation split: settings
+    that win a short budget (a high learning rate, a small model) need not win the full one."""
+    study = optuna.create_study(study_name=f"{name} in full", direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                                pruner=optuna.pruners.NopPruner())
+    for trial in finalists:
+        study.enqueue_trial(trial.params, user_attrs={"search_trial": trial.number, "search_value": trial.value})
+    study.optimize(objective, n_trials=len(finalists), catch=(TrainingDiverged,),
+                   show_progress_bar=settings.progress, gc_after_trial=True)
+    return completed(study, "every finalist failed at the full budget")
 
 
 @dataclass
@@ -228,14 +267,24 @@ class ModelSearch:
     study: optuna.Study
     space: list[str]
     seconds: float
+    final_round: optuna.Study | None = None  # the finalists at the full budget, which chose (`run_final_round`)
+
+    def chosen(self) -> optuna.trial.FrozenTrial:
+        return (self.final_round or self.study).best_trial
 
     def record(self, metric: str) -> dict:
-        best = self.study.best_trial
+        best = self.chosen()
         states = [t.state.name.lower() for t in self.study.trials]
-        return {"metric": metric, "best_value": best.value, "best_trial": best.number,
-                "best_params": best.params, "best_settings": best.user_attrs["settings"],
-                "space": self.space, "trials": len(states), **{s: states.count(s) for s in sorted(set(states))},
-                "seconds": self.seconds}
+        record = {"metric": metric, "best_value": best.value, "best_trial": best.user_attrs.get("search_trial",
+                  best.number), "best_params": best.params, "best_settings": best.user_attrs["settings"],
+                  "space": self.space, "trials": len(states), **{s: states.count(s) for s in sorted(set(states))},
+                  "seconds": self.seconds}
+        if self.final_round:
+            record["chosen_by"] = "the finalists' validation score at the full budget"
+            record["finalists"] = [{"trial": t.user_attrs["search_trial"], "search_value": t.user_attrs[
+                "search_value"], "full_budget_value": t.value, "state": t.state.name.lower()}
+                for t in self.final_round.trials]
+        return record
 
 
 @dataclass
@@ -272,6 +321,22 @@ class TuningResult:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The data a trial trains on (and the held-out sessions it is scored on), with its sessions' start times."""
+
+    split: EncodedSplit
+    times: np.ndarray | None
+
+
+def objective_of(trials: Trials, budget: Budget, retriever_params: Any, clock: StageClock) -> Objective:
+    if trials.name in RETRIEVERS:
+        return retriever_objective(trials, budget.split)
+    if trials.name == "dien":
+        return reranker_objective(trials, retriever_params, budget.split, clock)
+    return baseline_objective(trials, budget.split, budget.times)
+
+
 def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: dict[str, set[str]],
          train_log: ClickLog, settings: TuningSettings, clock: StageClock,
          dien_retriever_params: Any = None) -> TuningResult:
@@ -280,40 +345,46 @@ def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: di
     the settings of DIEN's retriever where this run does not train it (`--retriever-artifact`: that artifact's
     retriever saw the held-out sessions; one is trained on the rest with these settings instead)."""
     rest, held_out, validation = validation_split(train_log, settings.validation_fraction)
+    full = Budget(EncodedSplit.of(rest, held_out), session_start_times(rest))
+    trial_budget = full
     if settings.trial_sessions < 1.0:
-        _, rest, _ = validation_split(rest, settings.trial_sessions, "--tune-sessions")
-        validation |= {"trial_sessions": settings.trial_sessions, "train_sessions": rest.n_sessions}
-    split = EncodedSplit.of(rest, held_out)
-    times = session_start_times(rest)
+        _, latest, _ = validation_split(rest, settings.trial_sessions, "--tune-sessions")
+        trial_budget = Budget(EncodedSplit.of(latest, held_out), session_start_times(latest))
+        validation |= {"trial_sessions": settings.trial_sessions, "trial_train_sessions": latest.n_sessions}
+    split = full.split
     validation |= {"items": len(split.item_map), "validation_predictions": int(split.test.n_clicks
                    - split.test.n_sessions), "validation_dropped_clicks": split.test.n_dropped_clicks}
     print(f"\ntuning on a validation split of the training log ({validation['by']}): "
           f"{validation['train_sessions']:,} sessions to train, {validation['validation_sessions']:,} to validate "
           f"({validation['validation_predictions']:,} predictions); {settings.metric}, {settings.n_trials} trials "
           f"per model" + (f", at most {settings.timeout:,.0f} s each" if settings.timeout else "")
-          + (f", {settings.trial_epochs} epoch(s) per trial" if settings.trial_epochs else ""))
+          + (f"; a trial trains {settings.trial_epochs} epoch(s)" if settings.trial_epochs else "")
+          + (f" on the latest {validation['trial_train_sessions']:,} sessions" if trial_budget is not full else ""))
     params, baselines = dict(params), dict(baselines)
     wanted = settings.models or TUNABLE
     searches: dict[str, ModelSearch] = {}
     for name in (m for m in TUNABLE if m in wanted and (m in params or m in baselines)):
         base = params.get(name) or baselines[name]
-        trials = Trials(name, base, fixed.get(name, set()), settings, times is not None)
+        trials = Trials(name, base, fixed.get(name, set()), settings, full.times is not None)
         start = trials.starting_point()
         print(f"\nsearching {name}: " + "; ".join(describe(trials.space, trials.fixed))
               + ("\n  trial 0: the run's own settings" if start is not None
                  else "\n  the run's own settings lie outside this space: every trial is the sampler's"))
         started = time.perf_counter()
+        retriever_params = params.get(getattr(base, "retriever", None), dien_retriever_params)
         with clock.stage(f"tuning {name}"):
-            if name in RETRIEVERS:
-                objective = retriever_objective(trials, split)
-            elif name == "dien":
-                objective = reranker_objective(trials, params.get(base.retriever, dien_retriever_params), split,
-                                               clock)
-            else:
-                objective = baseline_objective(trials, split, times)
-            study = run_study(name, objective, settings, start)
-        searches[name] = ModelSearch(name, study, describe(trials.space, trials.fixed), time.perf_counter() - started)
-        (params if name in params else baselines)[name] = trials.best(study)
+            study = run_study(name, objective_of(trials, trial_budget, retriever_params, clock), settings, start)
+        search = ModelSearch(name, study, describe(trials.space, trials.fixed), 0.0)
+        if settings.finalists and settings.budget_below_full(base):
+            finalists = finalists_of(study, settings.finalists)
+            print(f"\n{name}: trials {', '.join(str(t.number) for t in finalists)} again at the full budget")
+            in_full = Trials(name, base, trials.fixed, settings.in_full(), trials.context["timestamps"])
+            with clock.stage(f"tuning {name}: the finalists at the full budget"):
+                search.final_round = run_final_round(name, objective_of(in_full, full, retriever_params, clock),
+                                                     finalists, settings)
+        search.seconds = time.perf_counter() - started
+        searches[name] = search
+        (params if name in params else baselines)[name] = trials.best(search)
     result = TuningResult(settings, validation, searches, params, baselines)
     print("\n" + result.summary())
     return result

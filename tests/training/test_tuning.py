@@ -51,13 +51,16 @@ def tuned(tmp_path_factory):
         patch.setitem(DATASETS, "yoochoose_rsc15_100k", datasets.DatasetSpec(
             spec.name, spec.train, spec.test, spec.read_train, read_test, spec.validation))
         patch.setattr(optuna.Study, "optimize", recorded_optimize)
-        out = retrain([*SMALL, "--tune", "3", "--tune-seed", "7", "--tune-sessions", "0.8", "--out", str(tmp_path_factory.mktemp("tuned") / "a")])
+        out = retrain([*SMALL, "--tune", "3", "--tune-seed", "7", "--tune-sessions", "0.8",
+                       "--out", str(tmp_path_factory.mktemp("tuned") / "a")])
     return out, events
 
 
 def test_the_test_log_is_read_once_and_only_after_every_search_ended(tuned):
     _, events = tuned
-    assert events == [f"search of {name} ended" for name in TUNED] + ["test log read"]
+    # a trial trains on 80 % of the split's sessions: each search has its finalists trained again in full
+    searches = [f"search of {name}{stage} ended" for name in TUNED for stage in ("", " in full")]
+    assert events == searches + ["test log read"]
 
 
 def test_the_final_models_train_with_the_best_trials_settings(tuned):
@@ -77,7 +80,7 @@ def test_the_final_models_train_with_the_best_trials_settings(tuned):
     assert config["narm"]["hidden_size"] == 16 and "hidden_size" not in record["models"]["narm"]["best_params"]
     assert record["validation"]["by"] == "time" and record["validation"]["validation_sessions"] == 150
     assert record["settings"]["seed"] == 7 and record["settings"]["trial_sessions"] == 0.8
-    assert record["validation"]["train_sessions"] == pytest.approx(0.8 * (1500 - 150), abs=1)
+    assert record["validation"]["trial_train_sessions"] == pytest.approx(0.8 * (1500 - 150), abs=1)
 
 
 def test_trials_and_plots_are_in_the_artifact_and_sealed_by_its_manifest(tuned):
@@ -148,21 +151,36 @@ def test_a_trial_below_the_pruners_bar_stops_after_the_epoch_it_reported():
     assert len(scores) == 1 and 0.0 <= scores[0] <= 1.0
 
 
-def test_the_first_trial_trains_the_runs_own_settings_and_trials_keep_their_budget():
+def test_the_first_trial_trains_the_runs_own_settings_and_the_finalists_train_again_in_full():
     train, _ = load_dataset("yoochoose_rsc15_100k")
     train = train.head_sessions(1200)
     base = GRU4RecTraining(layers=(64,), batch_size=48, n_sample=32, n_epochs=2, learning_rate=0.05,
                            dropout_embed=0.5, dropout_hidden=0.3, momentum=0.15, sample_alpha=0.3, bpreg=0.9)
-    settings = TuningSettings(n_trials=2, seed=1, progress=False, trial_epochs=1, trial_sessions=0.5)
+    settings = TuningSettings(n_trials=3, seed=1, progress=False, trial_epochs=1, trial_sessions=0.5)
     result = tune({"gru4rec": base}, {}, {}, train, settings, StageClock())
-    first, second = result.searches["gru4rec"].study.trials
+    search = result.searches["gru4rec"]
+    first, *others = search.study.trials
     assert dataclasses.replace(base, **first.user_attrs["settings"]) == base  # trial 0: the run's own settings
-    assert second.user_attrs["settings"] != first.user_attrs["settings"]  # then the sampler's
-    for trial in (first, second):
-        assert list(trial.intermediate_values) == [1]  # one epoch per trial ...
-    assert result.params["gru4rec"].n_epochs == 2  # ... the final training its own
+    assert all(t.user_attrs["settings"] != first.user_attrs["settings"] for t in others)  # then the sampler's
+    for trial in search.study.trials:
+        assert list(trial.intermediate_values) == [1]  # one epoch per trial, ...
     whole = validation_split(train, settings.validation_fraction)[2]["train_sessions"]
-    assert result.validation["train_sessions"] == pytest.approx(whole / 2, abs=1)  # the latest half
+    assert result.validation["trial_train_sessions"] == pytest.approx(whole / 2, abs=1)  # ... on the latest half
+
+    # the best trial and trial 0 again, at the model's own epochs on every session; the better one there wins
+    best = max(search.study.trials, key=lambda t: t.value)
+    finals = search.final_round.trials
+    assert [t.user_attrs["search_trial"] for t in finals] == sorted({best.number, 0}, key=[best.number, 0].index)
+    for final in finals:
+        searched = search.study.trials[final.user_attrs["search_trial"]]
+        assert final.user_attrs["settings"] == searched.user_attrs["settings"]
+        assert list(final.intermediate_values) == [1, 2]
+    chosen = max(finals, key=lambda t: t.value)
+    assert result.params["gru4rec"] == dataclasses.replace(base, **chosen.user_attrs["settings"])
+    assert result.params["gru4rec"].n_epochs == 2  # the final training trains its own epochs
+    record = search.record(settings.metric)
+    assert record["best_trial"] == chosen.user_attrs["search_trial"] and record["best_value"] == chosen.value
+    assert [f["trial"] for f in record["finalists"]] == [t.user_attrs["search_trial"] for t in finals]
 
 
 def test_a_search_starts_from_the_settings_only_where_its_space_holds_them():
