@@ -140,10 +140,12 @@ Objective = Callable[[optuna.Trial], float]
 
 
 class Trials:
-    """What every model's objective shares: the trial's settings of the model's space, and the per-epoch report."""
+    """What every model's objective shares: the trial's settings of the model's space, and the per-epoch report
+    (`every_epoch`; False: the last epoch only, where nothing is pruned: scoring costs about a third of an epoch)."""
 
-    def __init__(self, name: str, base: Any, fixed: set[str], settings: TuningSettings, has_times: bool):
-        self.name, self.base, self.fixed, self.settings = name, base, fixed, settings
+    def __init__(self, name: str, base: Any, fixed: set[str], settings: TuningSettings, has_times: bool,
+                 every_epoch: bool = True):
+        self.name, self.base, self.fixed, self.settings, self.every_epoch = name, base, fixed, settings, every_epoch
         self.space = SEARCH_SPACES[name]
         self.context = dataclasses.asdict(base) | {"timestamps": has_times}
 
@@ -161,10 +163,12 @@ class Trials:
             overrides.setdefault("n_epochs", self.settings.trial_epochs)
         return dataclasses.replace(self.base, **chosen, **overrides)
 
-    def epoch_reporter(self, trial: optuna.Trial, scores: list[float],
-                       ranks_of_model: Callable[[Any], np.ndarray]) -> Callable[[int, Any], None]:
+    def epoch_reporter(self, trial: optuna.Trial, scores: list[float], ranks_of_model: Callable[[Any], np.ndarray],
+                       last_epoch: int) -> Callable[[int, Any], None]:
         """The trainers' `on_epoch`: score the model, report it, stop the trial if the pruner says so."""
         def on_epoch(epoch: int, model: Any) -> None:
+            if not self.every_epoch and epoch < last_epoch:
+                return
             scores.append(self.settings.score(ranks_of_model(model)))
             trial.report(scores[-1], epoch)
             if trial.should_prune():
@@ -181,7 +185,7 @@ def retriever_objective(trials: Trials, split: EncodedSplit) -> Objective:
         scores: list[float] = []
         ranks = lambda model: retrieve(retriever_scores(model, params), split.test).ranks
         fit_retriever(trials.name, params, split.train, split.popularity, trials.settings.progress,
-                      trials.settings.device, on_epoch=trials.epoch_reporter(trial, scores, ranks))
+                      trials.settings.device, on_epoch=trials.epoch_reporter(trial, scores, ranks, params.n_epochs))
         return scores[-1]
     return objective
 
@@ -206,7 +210,7 @@ def reranker_objective(trials: Trials, retriever_params: Any, split: EncodedSpli
         ranks = lambda dien: reranked_ranks(dien, params.max_len, split.test, validation,
                                             dien.prior_weight.item() if params.residual else None)
         train_dien(sessions, split.popularity, params, retrieved, categories, progress,
-                   on_epoch=trials.epoch_reporter(trial, scores, ranks), device=device)
+                   on_epoch=trials.epoch_reporter(trial, scores, ranks, params.n_epochs), device=device)
         return scores[-1]
     return objective
 
@@ -378,7 +382,8 @@ def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: di
         if settings.finalists and settings.budget_below_full(base):
             finalists = finalists_of(study, settings.finalists)
             print(f"\n{name}: trials {', '.join(str(t.number) for t in finalists)} again at the full budget")
-            in_full = Trials(name, base, trials.fixed, settings.in_full(), trials.context["timestamps"])
+            in_full = Trials(name, base, trials.fixed, settings.in_full(), trials.context["timestamps"],
+                             every_epoch=False)
             with clock.stage(f"tuning {name}: the finalists at the full budget"):
                 search.final_round = run_final_round(name, objective_of(in_full, full, retriever_params, clock),
                                                      finalists, settings)
