@@ -22,8 +22,8 @@ split's training sessions (held-out clicks on items those sessions never saw are
 compared at that budget. Short budgets favour settings that learn fast (a high learning rate, a small model), which
 need not win the full one (measured: docs/training-on-your-own-clicks.md), so a final round (`run_final_round`,
 `--tune-finalists K`) trains the K best trials and trial 0 again at the full budget (the model's own epochs on every
-session of the split) and the best of them there is chosen; the final training then trains it on all the training
-data. That is what makes a search of the full Diginetica split fit a working day on two cores.
+session of the split) and the best of them there is chosen (no round when trial 0 leads: nothing to choose); the
+final training then trains it on all the training data. That is what makes a search of the full Diginetica split fit a working day on two cores.
 
 Objective: MRR@20 by default (`--tune-metric`): the worker serves a short ranked list and MRR rewards the next
 click near its top, where Recall@20 cannot tell rank 1 from rank 20; the official GRU4Rec example tunes MRR@20 too
@@ -244,11 +244,13 @@ def completed(study: optuna.Study, advice: str) -> optuna.Study:
     return study
 
 
-def finalists_of(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
-    """The `n` best complete trials, and trial 0 (the run's own settings) when it completed."""
+def finalists_of(study: optuna.Study, n: int, own_first: bool) -> list[optuna.trial.FrozenTrial]:
+    """The `n` best complete trials, and trial 0 when it trained the run's own settings (`own_first`) and
+    completed."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     best = sorted(done, key=lambda t: t.value, reverse=True)[:n]
-    return best + [t for t in done if t.number == 0 and t not in best]
+    own = [t for t in done if own_first and t.number == 0 and t.number not in {b.number for b in best}]
+    return best + own
 
 
 def run_final_round(name: str, objective: Objective, finalists: list[optuna.trial.FrozenTrial],
@@ -379,8 +381,8 @@ def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: di
         with clock.stage(f"tuning {name}"):
             study = run_study(name, objective_of(trials, trial_budget, retriever_params, clock), settings, start)
         search = ModelSearch(name, study, describe(trials.space, trials.fixed), 0.0)
-        if settings.finalists and settings.budget_below_full(base):
-            finalists = finalists_of(study, settings.finalists)
+        finalists = finalists_of(study, settings.finalists, own_first=start is not None)
+        if len(finalists) > 1 and settings.budget_below_full(base):  # one alone: nothing to choose between
             print(f"\n{name}: trials {', '.join(str(t.number) for t in finalists)} again at the full budget")
             in_full = Trials(name, base, trials.fixed, settings.in_full(), trials.context["timestamps"],
                              every_epoch=False)
