@@ -39,9 +39,11 @@ def plot_training_curve(history: TrainingHistory, path: Path, title: str) -> Pat
     return path
 
 
-def plot_search(study: optuna.Study, path: Path, title: str, metric: str) -> Path:
+def plot_search(study: optuna.Study, path: Path, title: str, metric: str,
+                final_round: optuna.Study | None = None) -> Path:
     """A hyper-parameter search (`training.tuning`): each trial's value (a pruned one at its last reported epoch)
-    with the best so far, and the best trial's settings (its user attribute "settings")."""
+    with the best so far, and the chosen trial's settings (its user attribute "settings"): the best one, or the
+    best of the `final_round` (the finalists trained again at the full budget, listed with their values)."""
     from optuna.trial import TrialState
 
     fig, (ax, ax_text) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
@@ -61,10 +63,15 @@ def plot_search(study: optuna.Study, path: Path, title: str, metric: str) -> Pat
     ax.set_ylabel(f"validation {metric}")
     ax.legend()
     ax.grid(alpha=0.3)
-    best_trial = study.best_trial
-    lines = [f"best: trial {best_trial.number}, {metric} {best_trial.value:.4f}", ""]
+    chosen = (final_round or study).best_trial
+    if final_round:
+        lines = ["at the full budget:"] + [f"  trial {t.user_attrs['search_trial']}: {metric} {t.value:.4f}"
+                                           for t in final_round.trials if t.value is not None]
+        lines += [f"chosen: trial {chosen.user_attrs['search_trial']}", ""]
+    else:
+        lines = [f"best: trial {chosen.number}, {metric} {chosen.value:.4f}", ""]
     lines += [f"{name} = {value:.4g}" if isinstance(value, float) else f"{name} = {value}"
-              for name, value in best_trial.user_attrs["settings"].items()]
+              for name, value in chosen.user_attrs["settings"].items()]
     ax_text.axis("off")
     ax_text.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=9, transform=ax_text.transAxes)
     fig.suptitle(title)

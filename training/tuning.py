@@ -23,7 +23,8 @@ compared at that budget. Short budgets favour settings that learn fast (a high l
 need not win the full one (measured: docs/training-on-your-own-clicks.md), so a final round (`run_final_round`,
 `--tune-finalists K`) trains the K best trials and trial 0 again at the full budget (the model's own epochs on every
 session of the split) and the best of them there is chosen (no round when trial 0 leads: nothing to choose); the
-final training then trains it on all the training data. That is what makes a search of the full Diginetica split fit a working day on two cores.
+final training then trains it on all the training data. That is what makes a search of the full Diginetica split
+fit a working day on two cores.
 
 Objective: MRR@20 by default (`--tune-metric`): the worker serves a short ranked list and MRR rewards the next
 click near its top, where Recall@20 cannot tell rank 1 from rank 20; the official GRU4Rec example tunes MRR@20 too
@@ -313,7 +314,7 @@ class TuningResult:
         for name, search in self.searches.items():
             search.study.trials_dataframe().to_csv(out / f"tuning_{name}_trials.csv", index=False)
             plot_search(search.study, out / f"tuning_{name}.png", f"{name} on {data_name}: search on the "
-                        f"validation split", self.settings.metric)
+                        f"validation split", self.settings.metric, search.final_round)
 
     def summary(self) -> str:
         lines = [f"model | best validation {self.settings.metric} | trials (complete / pruned / failed) | "
