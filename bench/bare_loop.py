@@ -2,11 +2,12 @@
 
     PYTHONPATH=. python bench/bare_loop.py --artifact DIR --clicks-topic T --out-topic O [--group G]
 
-getmany → JSON → a dict of hidden states → the worker's own ONNX call (`Scorer.step`, GRU4Rec) →
-one JSON suggestion per click (popularity for an unknown item), sent without awaiting each delivery. No
+getmany → JSON → a dict of per-session state (GRU4Rec's hidden state, the last clicks NARM and DIEN
+read) → the worker's own model call for its pipeline (`Scorer.score`, NEXTCLICK_SERVING_MODEL) → one
+JSON suggestion per click (popularity for an unknown item), sent without awaiting each delivery. No
 validation, no changelog, no exclusion, no metrics, no commits that wait for the producer: what Python
 and Kafka cost at least.
-Connection and batch settings are the worker's (NEXTCLICK_*). Runs until killed.
+Connection, batch and pipeline settings are the worker's (NEXTCLICK_*). Runs until killed.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from stream_app.settings import get_settings
 
 async def serve(artifact: Path, clicks_topic: str, out_topic: str, group: str) -> None:
     settings = get_settings()
-    scorer = Scorer(artifact, settings.inference_threads)
+    scorer = Scorer(artifact, settings.inference_threads, settings.serving_model)
     zero = scorer.zero_hidden(1)[:, 0, :]
     popular = scorer.popular(settings.top_k)
-    hidden: dict[str, np.ndarray] = {}
+    hidden: dict[str, np.ndarray] = {}  # GRU4Rec's state after the session's last click
+    windows: dict[str, list[int]] = {}  # the session's last `scorer.window` known clicks
     consumer = AIOKafkaConsumer(
         clicks_topic,
         group_id=group,
@@ -55,16 +57,25 @@ async def serve(artifact: Path, clicks_topic: str, out_topic: str, group: str) -
                     rounds.append([])
                 rounds[position].append(click)
             for batch in rounds:
-                known = [c for c in batch if scorer.index_of(c["item_id"]) is not None]
+                known = [(c, index) for c in batch if (index := scorer.index_of(c["item_id"])) is not None]
                 answers = {id(c): popular for c in batch}  # items the model never saw: popularity
                 if known:
-                    result = scorer.step(
-                        np.array([scorer.index_of(c["item_id"]) for c in known], dtype=np.int64),
-                        np.stack([hidden.get(c["session_id"], zero) for c in known], axis=1),
+                    read = [
+                        (windows.get(c["session_id"], []) + [index])[-scorer.window :] if scorer.window else []
+                        for c, index in known
+                    ]
+                    result = scorer.score(
+                        np.array([index for _, index in known], dtype=np.int64),
+                        np.stack([hidden.get(c["session_id"], zero) for c, _ in known], axis=1)
+                        if scorer.stateful else None,
+                        read,
                     )
                     top_items, top_scores = result.top_items.tolist(), result.top_scores.tolist()
-                    for row, click in enumerate(known):
-                        hidden[click["session_id"]] = result.next_hidden[:, row, :].copy()
+                    for row, (click, _) in enumerate(known):
+                        if result.next_hidden is not None:
+                            hidden[click["session_id"]] = result.next_hidden[:, row, :].copy()
+                        if scorer.window:
+                            windows[click["session_id"]] = read[row]
                         answers[id(click)] = (top_items[row][: settings.top_k], top_scores[row][: settings.top_k])
                 for click in batch:
                     items, scores = answers[id(click)]

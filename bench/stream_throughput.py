@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -41,6 +42,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -228,13 +230,19 @@ def processing_buckets(worker: WorkerProcess) -> dict[str, float]:
 # --- the measurements ----------------------------------------------------------------------------
 
 
-def onnxruntime_alone(scorer: Scorer, settings: Settings, indices: list[int], seconds: float = 3.0) -> float:
+def onnxruntime_alone(scorer: Scorer, settings: Settings, sessions: list[list[int]], seconds: float = 3.0) -> float:
+    """The pipeline's model calls alone, a batch of test clicks each: a click with the session's clicks up to it
+    (what NARM and DIEN read) and random floats as GRU4Rec's state before it."""
+    clicks = [(items[p], items[: p + 1][-scorer.window :] if scorer.window else [])
+              for items in sessions for p in range(len(items))]
     batch = settings.batch_size
-    items = np.array((indices * (batch // max(1, len(indices)) + 1))[:batch], dtype=np.int64)
+    rows = (clicks * (batch // max(1, len(clicks)) + 1))[:batch]
+    items = np.array([item for item, _ in rows], dtype=np.int64)
+    windows = [window for _, window in rows]
     hidden = np.random.default_rng(0).standard_normal((scorer.layers, batch, scorer.hidden_size)).astype(np.float32)
     calls, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        scorer.step(items, hidden)
+        scorer.score(items, hidden if scorer.stateful else None, windows)
         calls += 1
     return calls * batch / (time.perf_counter() - started)
 
@@ -323,34 +331,45 @@ async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None
     await feed(worker.settings, sessions[half:], None, worker.check_alive)
     await asyncio.sleep(2.0)
     grown = (rss_bytes(worker.process.pid) - rss_before) / (len(sessions) - half)
-    scorer = Scorer(worker.settings.serving_artifact_dir)
+    scorer = Scorer(worker.settings.serving_artifact_dir, pipeline=worker.settings.serving_model)
     raw = 4 * scorer.layers * scorer.hidden_size + 4
     print(f"(d) worker RSS growth from {half} to {len(sessions)} sessions of 1 click: {grown:.0f} B per session;"
           f" raw state {raw} B (hidden float32s + one 4-byte item id): {grown / raw:.2f}x", flush=True)
 
 
 def kept_clicks_table(scorer: Scorer, sessions: list[list[str]], count: int) -> None:
-    """RSS of `count` session records of KEPT_CLICKS clicks each, held as the worker's table holds them."""
+    """RSS of `count` session records of KEPT_CLICKS clicks each, held as the worker's table holds them: once the
+    earlier clicks' offsets are committed, the record keeps the last click's offset only (`forget_committed`).
+    Built in a fresh process: this one's freed heap would take the records in and hide their size."""
     items = [item for session in sessions for item in session]
     suggested = scorer.item_ids[: get_settings().top_k]
     hidden = np.random.default_rng(0).standard_normal((scorer.layers, scorer.hidden_size)).astype("<f4").tobytes()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        record, grown = fresh.submit(
+            table_rss, items, suggested, hidden, [scorer.name, scorer.version, "current"], count
+        ).result()
+    raw_items = len(hidden) + 4 * KEPT_CLICKS
+    print(f"    {count} records of {KEPT_CLICKS} kept clicks (and the last one's offset, and a {len(suggested)}-item"
+          f" suggestion): record {record:.0f} B, RSS {grown:.0f} B per session; raw {raw_items} B (hidden + item ids):"
+          f" {grown / raw_items:.2f}x")
+
+
+def table_rss(items: list[str], suggested: list[str], hidden: bytes, suggested_by: list[str],
+              count: int) -> tuple[float, float]:
+    """(mean record bytes, RSS growth per session) of a table of `count` records; run in a fresh process."""
     before = rss_bytes(os.getpid())
     table = {}
     for n in range(count):
         start = (n * 7) % (len(items) - KEPT_CLICKS)
         state = SessionState(
             items=items[start : start + KEPT_CLICKS], last_seen=time.time(), hidden=hidden,
-            artifact_version=scorer.version, offsets=list(range(10_000_000 + n, 10_000_000 + n + 50 * 97, 97)),
-            suggested=suggested, suggested_by=[scorer.name, scorer.version, "current"],
+            artifact_version=suggested_by[1], offsets=list(range(10_000_000 + n, 10_000_000 + n + 50 * 97, 97)),
+            suggested=suggested, suggested_by=suggested_by,
         )
+        state.forget_committed(state.offsets[-1])
         table[f"{n}~0".encode()] = state.dumps()
     grown = (rss_bytes(os.getpid()) - before) / count
-    record = np.mean([len(r) for r in itertools.islice(table.values(), 1000)])
-    raw_items = 4 * scorer.layers * scorer.hidden_size + 4 * KEPT_CLICKS
-    print(f"    {count} records of {KEPT_CLICKS} kept clicks (and offsets, and a {len(suggested)}-item suggestion):"
-          f" record {record:.0f} B, RSS {grown:.0f} B per session; raw {raw_items} B (hidden + item ids):"
-          f" {grown / raw_items:.2f}x, {raw_items + 4 * KEPT_CLICKS} B with 4-byte offsets:"
-          f" {grown / (raw_items + 4 * KEPT_CLICKS):.2f}x")
+    return float(np.mean([len(r) for r in itertools.islice(table.values(), 1000)])), grown
 
 
 MEMBERSHIP_CHANGES = ("a second worker joins", "the first is SIGKILLed", "a third joins", "the second leaves")
@@ -461,9 +480,8 @@ def main() -> None:
     print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}, batch_window"
           f" {settings.batch_window} s, inference_threads {settings.inference_threads}, table"
           f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING}")
-    indices = scorer.known_indices([item for session in sessions[:2000] for item in session])
-    ort_rate = onnxruntime_alone(scorer, settings, indices)
-    print(f"(a) onnxruntime alone, batch {settings.batch_size}: {ort_rate:,.0f} clicks/s")
+    ort_rate = onnxruntime_alone(scorer, settings, [scorer.known_indices(items) for items in sessions[:2000]])
+    print(f"(a) onnxruntime alone ({scorer.name}), batch {settings.batch_size}: {ort_rate:,.0f} clicks/s")
     clicks = interleaved(sessions, args.sessions)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         asyncio.run(measure(args, broker, artifact, clicks, Path(tmp), ort_rate))
