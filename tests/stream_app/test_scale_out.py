@@ -22,13 +22,29 @@ from devtools.click_replay import click_message, held_out_clicks
 from devtools.embedded_broker import EmbeddedBroker, free_port
 from stream_app.partitioning import partition_for_key
 from stream_app.settings import get_settings
-from tests.stream_app.membership import Step, Workers, assert_answered_as_one_worker, serve_through
+from tests.stream_app.membership import (
+    Launch,
+    Step,
+    Workers,
+    assert_answered_as_one_worker,
+    serve_through,
+)
 
 pytestmark = pytest.mark.broker
 
 CLICKS = 1_200
 RATE = 40.0  # clicks/s: the stream lasts 30 s, long enough for three workers to start in it
 PARTITIONS = 4
+
+
+def side_by_side(launch_worker: Callable[..., Any], fields: dict[str, Any], tmp_path: Path) -> Launch:
+    """`launch(name)`: a worker of the same group with its own web port, table folder and log."""
+
+    def launch(name: str) -> contextlib.AbstractContextManager[Any]:
+        own = fields | {"web_port": free_port(), "table_dir": tmp_path / name / "tables"}
+        return launch_worker(own, tmp_path / f"{name}.log", require_model=True)
+
+    return launch
 
 
 def test_workers_joining_crashing_and_leaving_answer_every_click_as_one_worker_would(
@@ -42,10 +58,7 @@ def test_workers_joining_crashing_and_leaving_answer_every_click_as_one_worker_w
     clicks = held_out_clicks(get_settings(), CLICKS)
     fields = worker_fields(broker.bootstrap_servers, tmp_path, serving_artifact_dir=artifact, partitions=PARTITIONS)
 
-    def launch(name: str) -> contextlib.AbstractContextManager[Any]:
-        own = fields | {"web_port": free_port(), "table_dir": tmp_path / name / "tables"}
-        return launch_worker(own, tmp_path / f"{name}.log", require_model=True)
-
+    launch = side_by_side(launch_worker, fields, tmp_path)
     with contextlib.ExitStack() as stack:
         workers = Workers(launch, stack)
         served = asyncio.run(serve_through(clicks, RATE, workers, "first", [
@@ -73,10 +86,7 @@ def test_a_worker_lets_go_of_the_sessions_of_partitions_that_moved_away(
     fields = worker_fields(broker.bootstrap_servers, tmp_path, serving_artifact_dir=artifact, partitions=PARTITIONS,
                            table_standby_replicas=0, eviction_interval=0.5)
 
-    def launch(name: str) -> contextlib.AbstractContextManager[Any]:
-        own = fields | {"web_port": free_port(), "table_dir": tmp_path / name / "tables"}
-        return launch_worker(own, tmp_path / f"{name}.log", require_model=True)
-
+    launch = side_by_side(launch_worker, fields, tmp_path)
     def table(worker: Any) -> tuple[float, float]:
         return worker.metric("nextclick_active_sessions"), worker.metric("nextclick_table_sessions")
 
