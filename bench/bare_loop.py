@@ -41,7 +41,8 @@ async def serve(artifact: Path, clicks_topic: str, out_topic: str, group: str) -
         fetch_max_wait_ms=int(settings.consumer_fetch_max_wait * 1000),
         **aiokafka_client_kwargs(settings),
     )
-    producer = AIOKafkaProducer(acks="all", linger_ms=5, **aiokafka_client_kwargs(settings))
+    linger_ms = int(settings.producer_linger * 1000)
+    producer = AIOKafkaProducer(acks="all", linger_ms=linger_ms, **aiokafka_client_kwargs(settings))
     await consumer.start()
     await producer.start()
     try:

@@ -7,9 +7,10 @@ The clicks come from the artifact's own data set (metrics.json's `dataset`: the 
 Diginetica for a Diginetica model; the demo's YOOCHOOSE test day for the demo's artifact, the
 default), `--sessions` of them interleaved click by click, each with its own id; a session that
 ends is followed by the next test session. The broker is the embedded Tansu, with the
-worker's NEXTCLICK_* settings plus the embedded broker's tuning. Prints:
+worker's NEXTCLICK_* settings (NEXTCLICK_SERVING_MODEL chooses the pipeline) plus the embedded broker's
+tuning, except in (b)-(d) the producer's linger (`SERVING_LINGER`). Prints:
 
-(a) onnxruntime alone: the serving graph's clicks/s at the worker's batch size and threads;
+(a) onnxruntime alone: the pipeline's model calls' clicks/s at the worker's batch size and threads;
 (b) per repetition, on fresh topics holding `--clicks` clicks before the server starts: a bare
     aiokafka loop (`bench/bare_loop.py`, the ceiling), then the worker; clicks/s from the first
     suggestion read back to the last, the server's CPU µs per click, and the worker's ratio to both
@@ -447,13 +448,20 @@ async def rebalance_pauses(args: argparse.Namespace, broker: EmbeddedBroker, art
               f" (p99 {percentiles(window, 99)[0]:.2f} s) over the {len(window)} clicks sent until the next change")
 
 
+# The worker's own producer linger, for the worker and the bare loop alike: the embedded broker's tuning sets 0
+# only so that changelog recovery reads every state (TANSU_WORKER_TUNING), and these runs recover nothing.
+SERVING_LINGER = {"producer_linger": Settings.model_fields["producer_linger"].default}
+
+
 async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path, clicks: Iterator[LoggedClick],
                   tmp: Path, ort_rate: float) -> None:
     for repetition in range(args.repeat):
         tag = uuid.uuid4().hex[:6]
         batch = take(clicks, args.clicks, tag)
-        bare = await bare_loop_run(run_fields(broker, artifact, f"bare-{tag}"), artifact, batch, tmp / "bare.log")
-        worker = WorkerProcess(run_fields(broker, artifact, f"worker-{tag}"), tmp / f"worker-{tag}.log")
+        bare_fields = run_fields(broker, artifact, f"bare-{tag}") | SERVING_LINGER
+        bare = await bare_loop_run(bare_fields, artifact, batch, tmp / "bare.log")
+        worker_fields = run_fields(broker, artifact, f"worker-{tag}") | SERVING_LINGER
+        worker = WorkerProcess(worker_fields, tmp / f"worker-{tag}.log")
         try:
             served = await worker_runs(args, worker, clicks, tag, measure_all=repetition == args.repeat - 1)
         finally:
@@ -474,12 +482,14 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
           f" Python {platform.python_version()}, onnxruntime {onnxruntime.__version__} ({scorer.provider});"
           f" {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"model: {scorer.name} artifact {scorer.version} ({artifact.name}), hidden {scorer.hidden_size},"
+    state = f"hidden {scorer.hidden_size}" if scorer.stateful else f"reads the last {scorer.window} clicks"
+    print(f"model: {scorer.name} artifact {scorer.version} ({artifact.name}), {state},"
           f" {len(scorer.item_ids)} items, top_k {settings.top_k}; clicks: {dataset} test sessions,"
           f" {args.sessions} interleaved")
     print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}, batch_window"
           f" {settings.batch_window} s, inference_threads {settings.inference_threads}, table"
-          f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING}")
+          f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING};"
+          f" in (b)-(d) {SERVING_LINGER}")
     ort_rate = onnxruntime_alone(scorer, settings, [scorer.known_indices(items) for items in sessions[:2000]])
     print(f"(a) onnxruntime alone ({scorer.name}), batch {settings.batch_size}: {ort_rate:,.0f} clicks/s")
     clicks = interleaved(sessions, args.sessions)
