@@ -293,8 +293,7 @@ async def sweep_sessions() -> None:
             elif partition in owned:
                 active += 1
             elif partition not in standing_by and isinstance(sessions.data, faust.stores.memory.Store):
-                # moved away (a RocksDB store lists only the partitions it serves: its others stay on disk)
-                sessions.data.pop(session_key, None)
+                sessions.data.pop(session_key, None)  # a RocksDB store lists only the partitions it serves
                 gone += 1
         await asyncio.sleep(0)
     metrics.active_sessions.set(active)
