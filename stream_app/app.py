@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 
 import faust
-import faust.stores.memory
 
 from stream_app.dead_letters import dead_letter
 from stream_app.events import InvalidClick, Reason, check_partition, parse_click
@@ -47,7 +46,6 @@ app = TunedApp(
     broker_credentials=faust_credentials(settings),
     store=settings.table_store,
     datadir=settings.table_dir,
-    table_standby_replicas=settings.table_standby_replicas,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.topic_replication_factor,
     processing_guarantee="at_least_once",
@@ -266,38 +264,28 @@ async def count_recovered_sessions(sender: faust.App, **kwargs: object) -> None:
 
 async def sweep_sessions() -> None:
     """Forget sessions idle for longer than the TTL, on the partitions this worker owns; count the rest.
-    Forget, without a tombstone, the sessions of partitions it no longer serves or stands by for: their
-    new owner recovers them from the changelog, and faust's in-memory store keeps what the worker
-    wrote itself (`write_states`) after the partition moved, for as long as the worker runs.
 
     In slices, letting batches run in between: one pass over 100,000 sessions would hold the clicks
     back for a good part of a second, every `eviction_interval`. A rebalance may land between two
     slices: each slice reads the partitions owned afresh, and the sweep stops during a rebalance."""
     deadline = time.time() - settings.session_ttl
-    active = gone = 0
+    active = 0
     keys = list(sessions.keys())
     for start in range(0, len(keys), EVICTION_SLICE):
         if app.rebalancing:
-            return  # the count would be partial: the next sweep sets the gauges
+            return  # the count would be partial: the next sweep sets the gauge
         changelog = sessions.changelog_topic.get_topic_name()
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
-        standing_by = {tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == changelog}
         for session_key in keys[start : start + EVICTION_SLICE]:
             record = sessions.get(session_key)  # a batch in between may have written or dropped it
-            partition = partition_for_key(session_key, settings.partitions)
-            if record is None:
-                gone += 1
-            elif partition in owned and SessionState.last_seen_of(record) < deadline:
+            if record is None or partition_for_key(session_key, settings.partitions) not in owned:
+                continue
+            if SessionState.last_seen_of(record) < deadline:
                 del sessions[session_key]
-                gone += 1
-            elif partition in owned:
+            else:
                 active += 1
-            elif partition not in standing_by and isinstance(sessions.data, faust.stores.memory.Store):
-                sessions.data.pop(session_key, None)  # a RocksDB store lists only the partitions it serves
-                gone += 1
         await asyncio.sleep(0)
     metrics.active_sessions.set(active)
-    metrics.table_sessions.set(len(keys) - gone)
 
 
 @app.timer(interval=settings.consumer_lag_interval)

@@ -94,11 +94,6 @@ class WorkerMetrics:
         self.active_sessions = Gauge(
             "nextclick_active_sessions", "Sessions held in this worker's table.", registry=r
         )
-        self.table_sessions = Gauge(
-            "nextclick_table_sessions",
-            "Sessions in this worker's table at the last eviction sweep, on partitions it serves or stands by for.",
-            registry=r,
-        )
         self.model = Info(
             "nextclick_model",
             "A model being served: pipeline, artifact version, provider and exclusion policy, per variant.",

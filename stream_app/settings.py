@@ -118,13 +118,6 @@ class Settings(BaseSettings):
     table_dir: Path = Field(
         default=REPO_ROOT / "runs" / "tables", description="Where a RocksDB table store keeps files."
     )
-    table_standby_replicas: int = Field(
-        default=1,
-        ge=0,
-        description="Other workers that keep each partition's sessions up to date from the changelog (faust's "
-        "standbys): a RocksDB store takes a partition over from its copy. The in-memory store reads the "
-        "changelog from its start at every takeover anyway: 0 there spares each worker the copies' memory.",
-    )
     serving_artifact_dir: Path | None = Field(
         default=None,
         description="Serve this fixed artifact directory (see `stream_app.scoring`) and never swap; "

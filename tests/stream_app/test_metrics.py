@@ -24,7 +24,6 @@ EXPECTED = {
     "nextclick_inference_latency_seconds": "histogram",
     "nextclick_batch_size": "histogram",
     "nextclick_active_sessions": "gauge",
-    "nextclick_table_sessions": "gauge",
     "nextclick_model_info": "gauge",  # an Info, as the Prometheus text format writes it
     "nextclick_model_swaps": "counter",
     "nextclick_model_created_timestamp_seconds": "gauge",

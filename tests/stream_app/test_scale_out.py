@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devtools.click_replay import click_message, held_out_clicks
+from devtools.click_replay import held_out_clicks
 from devtools.embedded_broker import EmbeddedBroker, free_port
-from stream_app.partitioning import partition_for_key
 from stream_app.settings import get_settings
 from tests.stream_app.membership import (
     Launch,
@@ -71,36 +69,3 @@ def test_workers_joining_crashing_and_leaving_answer_every_click_as_one_worker_w
     assert {"second joins", "first killed"} <= set(served.under_load), served.under_load
     assert_answered_as_one_worker(served, offline_items)
 
-
-def test_a_worker_lets_go_of_the_sessions_of_partitions_that_moved_away(
-    broker: EmbeddedBroker,
-    artifact: Path,
-    launch_worker: Callable[..., Any],
-    worker_fields: Callable[..., dict[str, Any]],
-    tmp_path: Path,
-) -> None:
-    """faust's in-memory store keeps what the worker wrote itself after the partition moved: the sweep lets those
-    sessions go (their new owner recovered them from the changelog), so a worker's memory follows its share."""
-    clicks = held_out_clicks(get_settings(), 200)
-    sessions = {click.session_id for click in clicks}
-    fields = worker_fields(broker.bootstrap_servers, tmp_path, serving_artifact_dir=artifact, partitions=PARTITIONS,
-                           table_standby_replicas=0, eviction_interval=0.5)
-
-    launch = side_by_side(launch_worker, fields, tmp_path)
-    def table(worker: Any) -> tuple[float, float]:
-        return worker.metric("nextclick_active_sessions"), worker.metric("nextclick_table_sessions")
-
-    with launch("first") as first:
-        first.produce(first.settings.clicks_topic, [click_message(click, time.time()) for click in clicks])
-        first.wait_until(lambda: table(first) == (len(sessions), len(sessions)), what="every session in the table")
-        # Tansu answers ListOffsets with a partition's last batch's base offset + 1 (../shared/notes/tansu-broker.md),
-        # and recovery reads the changelog that far: one more click per partition makes each last batch one record
-        closing = {partition_for_key(c.session_id.encode(), PARTITIONS): c for c in clicks}
-        first.produce(first.settings.clicks_topic, [click_message(click, time.time()) for click in closing.values()])
-        answered = len(clicks) + len(closing)
-        first.wait_until(lambda: first.metric("nextclick_suggestions_published_total") == answered, what="answers")
-        with launch("second") as second:
-            second.wait_until(lambda: 0 < table(second)[0] < len(sessions), timeout=60, what="its share recovered")
-            first.wait_until(lambda: table(first)[0] + table(second)[0] == len(sessions), timeout=60,
-                             what="the first's share")
-            first.wait_until(lambda: table(first)[1] == table(first)[0], what="the moved sessions let go")
