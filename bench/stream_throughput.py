@@ -339,9 +339,8 @@ async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None
 
 
 def kept_clicks_table(scorer: Scorer, sessions: list[list[str]], count: int) -> None:
-    """RSS of `count` session records of KEPT_CLICKS clicks each, held as the worker's table holds them: once the
-    earlier clicks' offsets are committed, the record keeps the last click's offset only (`forget_committed`).
-    Built in a fresh process: this one's freed heap would take the records in and hide their size."""
+    """RSS of `count` session records of KEPT_CLICKS clicks each (and their offsets), held as the worker's table
+    holds them. Built in a fresh process: this one's freed heap would take the records in and hide their size."""
     items = [item for session in sessions for item in session]
     suggested = scorer.item_ids[: get_settings().top_k]
     hidden = np.random.default_rng(0).standard_normal((scorer.layers, scorer.hidden_size)).astype("<f4").tobytes()
@@ -350,7 +349,7 @@ def kept_clicks_table(scorer: Scorer, sessions: list[list[str]], count: int) -> 
             table_rss, items, suggested, hidden, [scorer.name, scorer.version, "current"], count
         ).result()
     raw_items = len(hidden) + 4 * KEPT_CLICKS
-    print(f"    {count} records of {KEPT_CLICKS} kept clicks (and the last one's offset, and a {len(suggested)}-item"
+    print(f"    {count} records of {KEPT_CLICKS} kept clicks (and their offsets, and a {len(suggested)}-item"
           f" suggestion): record {record:.0f} B, RSS {grown:.0f} B per session; raw {raw_items} B (hidden + item ids):"
           f" {grown / raw_items:.2f}x")
 
@@ -367,7 +366,6 @@ def table_rss(items: list[str], suggested: list[str], hidden: bytes, suggested_b
             artifact_version=suggested_by[1], offsets=list(range(10_000_000 + n, 10_000_000 + n + 50 * 97, 97)),
             suggested=suggested, suggested_by=suggested_by,
         )
-        state.forget_committed(state.offsets[-1])
         table[f"{n}~0".encode()] = state.dumps()
     grown = (rss_bytes(os.getpid()) - before) / count
     return float(np.mean([len(r) for r in itertools.islice(table.values(), 1000)])), grown

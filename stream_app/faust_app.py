@@ -25,24 +25,18 @@
    restores the read offsets the seek set, in case the fetch loop moved one on while stopping.
    At least once holds: records the agent already processed come again, and the worker answers
    repeats by offset (`stream_app.sessions`).
-5. faust's own view of the committed offsets (`Consumer._committed_offset`) moves on even when a
-   commit failed because the group rebalanced meanwhile. `TunedApp.committed_offsets` holds only
-   offsets the broker accepted: no click below its partition's entry is ever delivered again (unless
-   an operator resets the group's offsets), so a session's state need not remember those clicks'
-   offsets.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import aiokafka
 import faust
 import faust.streams
-import faust.tables
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -107,22 +101,12 @@ class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
-class _TableManager(faust.tables.TableManager):
-    def on_commit(self, offsets: MutableMapping[TP, int]) -> None:
-        """faust calls this only after the broker accepted a commit (docstring, item 5)."""
-        super().on_commit(offsets)
-        assigned = self.app.consumer.assignment()  # the partitions the commit request carried
-        self.app.committed_offsets.update((tp, offset) for tp, offset in offsets.items() if tp in assigned)
-
-
 class TunedApp(faust.App):
-    """faust.App plus `consumer_fetch_max_wait` (seconds) for the worker's consumer, and the offsets the
-    broker accepted as committed (`committed_offsets`: the next offset to read, per partition)."""
+    """faust.App plus `consumer_fetch_max_wait` (seconds) for the worker's consumer."""
 
     def __init__(self, *args: Any, consumer_fetch_max_wait: float = 1.5, **kwargs: Any) -> None:
         self.consumer_fetch_max_wait = consumer_fetch_max_wait
-        self.committed_offsets: dict[TP, int] = {}
-        super().__init__(*args, TableManager=_TableManager, **kwargs)
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)

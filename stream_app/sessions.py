@@ -7,10 +7,9 @@ clicks of one session are stepped in order while clicks of different sessions sh
 
 Delivery is at-least-once, and the table's changelog can be ahead of the committed offsets after a
 crash: a click may come again after the state already holds it. Each state remembers the offsets
-of its clicks that may still come again (those from its partition's committed offset on, the
-worker's `forget_committed`), so such a repeat is answered from the session's prefix up to that
-click (replayed from a zero hidden state, like the original answer) and leaves the state alone,
-instead of stepping the session a second time.
+of its clicks, so such a repeat is answered from the session's prefix up to that click (replayed
+from a zero hidden state, like the original answer) and leaves the state alone, instead of
+stepping the session a second time.
 
 Each state also keeps the session's last suggestion and what made it (model, version, variant), so
 that the session's next click judges it (`Judgement`: the click's position in it): the worker's live
@@ -63,15 +62,14 @@ class SessionState:
     these records as they are, one bytes object per session, and decodes a session when it clicks.
 
     `items` holds external ids, not model indices: indices belong to one artifact, ids survive a
-    model change, when the hidden state is rebuilt by replaying them. `offsets` belong to the last
-    entries of `items`, as many as may still be delivered again (`forget_committed`): usually one.
+    model change, when the hidden state is rebuilt by replaying them.
     """
 
     items: list[str]  # last `max_history` clicked item ids, oldest first
     last_seen: float  # worker clock (Unix s) at the session's latest click
     hidden: bytes  # float32 [layers, hidden_size], little-endian; b"" until a known item is clicked
     artifact_version: str  # the artifact whose model produced `hidden`
-    offsets: list[int] = field(default_factory=list)  # clicks-topic offsets of the last entries of `items`
+    offsets: list[int] = field(default_factory=list)  # clicks-topic offset of each entry of `items`
     suggested: list[str] = field(default_factory=list)  # the items of the session's last suggestion
     suggested_by: list[str] = field(default_factory=list)  # [model, artifact_version, variant] of it
 
@@ -88,13 +86,6 @@ class SessionState:
             fields.pop("__faust", None)
             hidden = base64.b64decode(fields.pop("hidden"))
         return cls(hidden=hidden, **fields)
-
-    def forget_committed(self, committed: int | None) -> None:
-        """Keep only the offsets from `committed` on (the partition's committed offset, None: unknown, keep
-        all): Kafka never delivers a click below it again, so no repeat can carry those offsets, and a
-        session of 50 clicks carries one or two offsets instead of 50."""
-        if committed is not None:
-            self.offsets = [offset for offset in self.offsets if offset >= committed]
 
     @classmethod
     def last_seen_of(cls, record: bytes) -> float:
