@@ -233,8 +233,8 @@ def main() -> None:
             f" {len(old.item_ids)} and {len(new.item_ids)} items; {size:.1f} MB)"
         )
         print(
-            f"worker: 1 process, {s.partitions} partitions, batch_size {s.batch_size}, batch_window"
-            f" {s.batch_window} s, max_history {s.max_history}, model_updates_topic"
+            f"worker: 1 process, {s.partitions} partitions, batch_size {s.batch_size}"
+            f", max_history {s.max_history}, model_updates_topic"
             f" {s.model_updates_topic!r}, model_poll_interval {s.model_poll_interval} s;"
             " broker: embedded Tansu (memory)"
         )

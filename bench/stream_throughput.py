@@ -484,8 +484,8 @@ def main() -> None:
     print(f"model: {scorer.name} artifact {scorer.version} ({artifact.name}), {state},"
           f" {len(scorer.item_ids)} items, top_k {settings.top_k}; clicks: {dataset} test sessions,"
           f" {args.sessions} interleaved")
-    print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}, batch_window"
-          f" {settings.batch_window} s, inference_threads {settings.inference_threads}, table"
+    print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}"
+          f", inference_threads {settings.inference_threads}, table"
           f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING};"
           f" in (b)-(d) {SERVING_LINGER}")
     ort_rate = onnxruntime_alone(scorer, settings, [scorer.known_indices(items) for items in sessions[:2000]])

@@ -25,7 +25,7 @@ import faust
 
 from stream_app.dead_letters import dead_letter
 from stream_app.events import InvalidClick, Reason, check_partition, parse_click
-from stream_app.faust_app import KeyPartitionedTable, TunedApp, event_context
+from stream_app.faust_app import KeyPartitionedTable, TunedApp, event_context, ready_batches
 from stream_app.hot_swap import ServedModel
 from stream_app.kafka_security import faust_credentials
 from stream_app.metrics import ActiveSessionCount, WorkerMetrics, add_web_endpoints, latency_observable
@@ -231,15 +231,15 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
     served.live_quality.observe(result.judgements)
     last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
     await write_states(result.states, last_event_of)
-    # faust's monitor stamps each message when the consumer hands it over (monotonic clock)
+    # stamped when the consumer hands the record over (monotonic clock: stream_app.faust_app._Consumer)
     fetched_at = [event.message.time_in or started for _, event in clicks]
     await send_suggestions(result.suggestions, fetched_at)
 
 
 @app.agent(clicks_topic)
 async def recommend(stream: faust.StreamT[bytes]) -> None:
-    """Serve clicks in micro-batches: one model call scores up to `batch_size` of them."""
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+    """Serve clicks in micro-batches of what has arrived: one model call scores up to `batch_size` of them."""
+    async for events in ready_batches(stream, settings.batch_size):
         await serve_batch(events)
 
 

@@ -9,8 +9,11 @@ clients (confluent-kafka) need `partitioner=murmur2_random`.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from aiokafka.partitioner import murmur2
 
 
+@lru_cache(maxsize=1 << 16)  # murmur2 is pure Python; a session's clicks ask for the same key again
 def partition_for_key(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -165,12 +165,8 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         default=16_384, ge=64, description="Larger click messages go to the dead-letter topic."
     )
-    batch_size: int = Field(default=256, ge=1, description="Most clicks scored in one model call.")
-    batch_window: float = Field(
-        default=0.002,
-        gt=0,
-        description="Seconds to wait for a batch to fill before scoring it (a fetch hands over clicks in "
-        "chunks already; a longer wait adds to every click's time in the worker).",
+    batch_size: int = Field(
+        default=256, ge=1, description="Most clicks scored in one model call (a batch is what has arrived, up to this)."
     )
 
     # --- Streaming worker: operations and broker tuning ---------------------------------------

@@ -138,7 +138,7 @@ def test_the_workers_live_figures_equal_the_offline_protocol_on_the_same_clicks(
 ) -> None:
     clicks = held_out_clicks(get_settings(), LIVE_CLICKS)
     sessions = day_sessions(LIVE_CLICKS)
-    fields = {"serving_artifact_dir": artifact, "exclude_seen": exclude_seen, "batch_window": 0.05}
+    fields = {"serving_artifact_dir": artifact, "exclude_seen": exclude_seen}
     with start_worker(f"live-quality-{exclude_seen}", require_model=True, **fields) as worker:
         messages = [
             (c.session_id.encode(), json.dumps({"session_id": c.session_id, "item_id": c.item_id,

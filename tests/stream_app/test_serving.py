@@ -43,7 +43,7 @@ def click_message(session_id: str, item_id: str) -> tuple[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def worker(artifact: Path, start_worker: Callable[..., Any]) -> Iterator[Any]:
-    fields = {"serving_artifact_dir": artifact, "batch_window": 0.05}
+    fields = {"serving_artifact_dir": artifact}
     with start_worker("serving-worker", require_model=True, **fields) as running:
         yield running
 
