@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,7 @@ class Scorer:
             top_items, top_scores = top_items.tolist(), np.asarray(top_scores).tolist()
         if not exclude:
             return list(top_items[:k]), list(top_scores[:k])
-        kept = [(item, score) for item, score in zip(top_items, top_scores) if item not in exclude][:k]
+        kept = list(islice(((item, score) for item, score in zip(top_items, top_scores) if item not in exclude), k))
         return [item for item, _ in kept], [score for _, score in kept]
 
     def popular(self, k: int, exclude: Collection[int] = ()) -> tuple[list[int], list[float]]:

@@ -272,11 +272,15 @@ class SessionRecommender:
                     ],
                     axis=1,
                 )
-            windows = [self._window(sessions[clicks[p].click.session_id], indices[p]) for p in stepped]
+            windows = []
+            if scorer.window:
+                windows = [self._window(sessions[clicks[p].click.session_id], indices[p]) for p in stepped]
             started = time.perf_counter()
             result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows)
             self.observe_inference(time.perf_counter() - started)
-            top_items, top_scores = result.top_items.tolist(), result.top_scores.tolist()
+            # a row's best `top_k` after leaving out at most `max_history` seen items: no need to read further
+            read = self.top_k + (self.max_history if self.exclude_seen else 0)
+            top_items, top_scores = result.top_items[:, :read].tolist(), result.top_scores[:, :read].tolist()
         rows = {p: row for row, p in enumerate(stepped)}
 
         for p in positions:
@@ -313,10 +317,8 @@ class SessionRecommender:
 
     def _window(self, session: _Session, clicked: int) -> list[int]:
         """The session's last known clicks up to and including `clicked` (model indices), as many as the
-        pipeline reads (`Scorer.window`; none for GRU4Rec alone). Unknown items are skipped, as the
-        offline evaluation drops them; at most `max_history` clicks are kept to choose from."""
-        if not self.scorer.window:
-            return []
+        pipeline reads (`Scorer.window`; GRU4Rec alone reads none, and is not asked). Unknown items are
+        skipped, as the offline evaluation drops them; at most `max_history` clicks are kept to choose from."""
         return (self.scorer.known_indices(session.items) + [clicked])[-self.scorer.window :]
 
     def _seen(self, session: _Session) -> set[int]:
