@@ -8,7 +8,7 @@ Diginetica for a Diginetica model; the demo's YOOCHOOSE test day for the demo's 
 default), `--sessions` of them interleaved click by click, each with its own id; a session that
 ends is followed by the next test session. The broker is the embedded Tansu, with the
 worker's NEXTCLICK_* settings (NEXTCLICK_SERVING_MODEL chooses the pipeline) plus the embedded broker's
-tuning, except in (b)-(d) the producer's linger (`SERVING_LINGER`). Prints:
+tuning, except in (b)-(d) the producer's linger (`SERVING_LINGER`) and the fetch wait (`--fetch-max-wait`). Prints:
 
 (a) onnxruntime alone: the pipeline's model calls' clicks/s at the worker's batch size and threads;
 (b) per repetition, on fresh topics holding `--clicks` clicks before the server starts: a bare
@@ -85,6 +85,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of the latency run")
     parser.add_argument("--memory-sessions", type=int, default=200_000, help="sessions of the memory run")
     parser.add_argument("--rebalance-rate", type=float, default=200.0, help="clicks/s of the rebalance run")
+    parser.add_argument("--fetch-max-wait", type=float, default=TANSU_WORKER_TUNING["consumer_fetch_max_wait"],
+                        help="seconds a fetch may wait for clicks in (b)-(d), worker and bare loop alike: the embedded"
+                        " broker answers a waiting fetch after up to half of it, so clicks sent at a steady rate"
+                        " arrive in bursts of that length (a real Kafka answers as soon as data is there)")
     parser.add_argument("--rebalance-every", type=float, default=10.0,
                         help="seconds between membership changes in the rebalance run (0: no such run)")
     return parser.parse_args()
@@ -456,9 +460,10 @@ async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Pa
     for repetition in range(args.repeat):
         tag = uuid.uuid4().hex[:6]
         batch = take(clicks, args.clicks, tag)
-        bare_fields = run_fields(broker, artifact, f"bare-{tag}") | SERVING_LINGER
+        serving = SERVING_LINGER | {"consumer_fetch_max_wait": args.fetch_max_wait}
+        bare_fields = run_fields(broker, artifact, f"bare-{tag}") | serving
         bare = await bare_loop_run(bare_fields, artifact, batch, tmp / "bare.log")
-        worker_fields = run_fields(broker, artifact, f"worker-{tag}") | SERVING_LINGER
+        worker_fields = run_fields(broker, artifact, f"worker-{tag}") | serving
         worker = WorkerProcess(worker_fields, tmp / f"worker-{tag}.log")
         try:
             served = await worker_runs(args, worker, clicks, tag, measure_all=repetition == args.repeat - 1)
@@ -487,7 +492,7 @@ def main() -> None:
     print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}"
           f", inference_threads {settings.inference_threads}, table"
           f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING};"
-          f" in (b)-(d) {SERVING_LINGER}")
+          f" in (b)-(d) {SERVING_LINGER | {'consumer_fetch_max_wait': args.fetch_max_wait}}")
     ort_rate = onnxruntime_alone(scorer, settings, [scorer.known_indices(items) for items in sessions[:2000]])
     print(f"(a) onnxruntime alone ({scorer.name}), batch {settings.batch_size}: {ort_rate:,.0f} clicks/s")
     clicks = interleaved(sessions, args.sessions)

@@ -1,7 +1,7 @@
 """Where nextclick's faust app differs from a stock one.
 
 1. faust files a table write under "the current event"'s partition (changelog and RocksDB
-   store alike), which an agent iterating `stream.take_events` does not have. `event_context`
+   store alike), which an agent taking batches (`ready_batches`) does not have. `event_context`
    supplies it for writes made on behalf of an event of the batch.
 2. The eviction timer deletes with no event at all: `KeyPartitionedTable` sends the tombstone
    to the key's own partition. faust's `use_partitioner=True` would ask the producer, which
