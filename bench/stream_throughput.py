@@ -8,7 +8,7 @@ Diginetica for a Diginetica model; the demo's YOOCHOOSE test day for the demo's 
 default), `--sessions` of them interleaved click by click, each with its own id; a session that
 ends is followed by the next test session. The broker is the embedded Tansu, with the
 worker's NEXTCLICK_* settings (NEXTCLICK_SERVING_MODEL chooses the pipeline) plus the embedded broker's
-tuning, except in (b)-(d) the producer's linger (`SERVING_LINGER`) and the fetch wait (`--fetch-max-wait`). Prints:
+tuning, except in (b)-(d) the producer's linger (`SERVING_PRODUCER`) and the fetch wait (`--fetch-max-wait`). Prints:
 
 (a) onnxruntime alone: the pipeline's model calls' clicks/s at the worker's batch size and threads;
 (b) per repetition, on fresh topics holding `--clicks` clicks before the server starts: a bare
@@ -450,9 +450,12 @@ async def rebalance_pauses(args: argparse.Namespace, broker: EmbeddedBroker, art
               f" (p99 {percentiles(window, 99)[0]:.2f} s) over the {len(window)} clicks sent until the next change")
 
 
-# The worker's own producer linger, for the worker and the bare loop alike: the embedded broker's tuning sets 0
-# only so that changelog recovery reads every state (TANSU_WORKER_TUNING), and these runs recover nothing.
-SERVING_LINGER = {"producer_linger": Settings.model_fields["producer_linger"].default}
+# The worker's own producer batching, for the worker and the bare loop alike: the embedded broker's tuning sends
+# one record at a time only so that changelog recovery reads every state (TANSU_WORKER_TUNING), and these runs
+# recover nothing.
+SERVING_PRODUCER = {
+    name: Settings.model_fields[name].default for name in ("producer_linger", "producer_max_batch_size")
+}
 
 
 async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path, clicks: Iterator[LoggedClick],
@@ -460,7 +463,7 @@ async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Pa
     for repetition in range(args.repeat):
         tag = uuid.uuid4().hex[:6]
         batch = take(clicks, args.clicks, tag)
-        serving = SERVING_LINGER | {"consumer_fetch_max_wait": args.fetch_max_wait}
+        serving = SERVING_PRODUCER | {"consumer_fetch_max_wait": args.fetch_max_wait}
         bare_fields = run_fields(broker, artifact, f"bare-{tag}") | serving
         bare = await bare_loop_run(bare_fields, artifact, batch, tmp / "bare.log")
         worker_fields = run_fields(broker, artifact, f"worker-{tag}") | serving
@@ -492,7 +495,7 @@ def main() -> None:
     print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}"
           f", inference_threads {settings.inference_threads}, table"
           f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING};"
-          f" in (b)-(d) {SERVING_LINGER | {'consumer_fetch_max_wait': args.fetch_max_wait}}")
+          f" in (b)-(d) {SERVING_PRODUCER | {'consumer_fetch_max_wait': args.fetch_max_wait}}")
     ort_rate = onnxruntime_alone(scorer, settings, [scorer.known_indices(items) for items in sessions[:2000]])
     print(f"(a) onnxruntime alone ({scorer.name}), batch {settings.batch_size}: {ort_rate:,.0f} clicks/s")
     clicks = interleaved(sessions, args.sessions)

@@ -51,6 +51,7 @@ app = TunedApp(
     processing_guarantee="at_least_once",
     producer_acks=-1,
     producer_linger=settings.producer_linger,
+    producer_max_batch_size=settings.producer_max_batch_size,
     consumer_auto_offset_reset="earliest",
     web_port=settings.web_port,
     broker_session_timeout=settings.broker_session_timeout,

@@ -196,6 +196,14 @@ class Settings(BaseSettings):
         description="Seconds the producer waits to fill a batch of suggestions and changelog records "
         "(faust's default 0 sends a request per few records: twice the CPU per click).",
     )
+    producer_max_batch_size: int = Field(
+        default=16_384,
+        ge=1,
+        description="Most bytes of records the producer gathers per partition in one batch (aiokafka's "
+        "max_batch_size; a batch always takes its first record). The embedded broker's tuning sets 1: "
+        "Tansu reports a partition's end as its last batch's first offset + 1, so changelog recovery "
+        "stops short of a last batch of several records.",
+    )
     consumer_fetch_max_wait: float = Field(
         default=1.5,
         gt=0,
