@@ -8,7 +8,7 @@ Diginetica for a Diginetica model; the demo's YOOCHOOSE test day for the demo's 
 default), `--sessions` of them interleaved click by click, each with its own id; a session that
 ends is followed by the next test session. The broker is the embedded Tansu, with the
 worker's NEXTCLICK_* settings (NEXTCLICK_SERVING_MODEL chooses the pipeline) plus the embedded broker's
-tuning, except in (b)-(d) the producer's linger (`SERVING_PRODUCER`) and the fetch wait (`--fetch-max-wait`). Prints:
+tuning, except in (b)-(d) the producer's batching (`SERVING_PRODUCER`) and the fetch wait (`--fetch-max-wait`). Prints:
 
 (a) onnxruntime alone: the pipeline's model calls' clicks/s at the worker's batch size and threads;
 (b) per repetition, on fresh topics holding `--clicks` clicks before the server starts: a bare
