@@ -343,32 +343,34 @@ async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None
 
 
 def kept_clicks_table(scorer: Scorer, sessions: list[list[str]], count: int) -> None:
-    """RSS of `count` session records of KEPT_CLICKS clicks each (and their offsets), held as the worker's table
-    holds them. Built in a fresh process: this one's freed heap would take the records in and hide their size."""
+    """RSS of `count` session records of KEPT_CLICKS clicks each, held as the worker's table holds them. Each
+    keeps the offset of its last click, as the worker's records do once the clicks before it are committed
+    (`SessionState.forget_committed`). Built in a fresh process: this one's freed heap would take the records
+    in and hide their size."""
     items = [item for session in sessions for item in session]
-    suggested = scorer.item_ids[: get_settings().top_k]
+    suggested = scorer.item_hashes[: get_settings().top_k]
     hidden = np.random.default_rng(0).standard_normal((scorer.layers, scorer.hidden_size)).astype("<f4").tobytes()
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
         record, grown = fresh.submit(
             table_rss, items, suggested, hidden, [scorer.name, scorer.version, "current"], count
         ).result()
     raw_items = len(hidden) + 4 * KEPT_CLICKS
-    print(f"    {count} records of {KEPT_CLICKS} kept clicks (and their offsets, and a {len(suggested)}-item"
+    print(f"    {count} records of {KEPT_CLICKS} kept clicks (the last one's offset, and a {len(suggested)}-item"
           f" suggestion): record {record:.0f} B, RSS {grown:.0f} B per session; raw {raw_items} B (hidden + item ids):"
           f" {grown / raw_items:.2f}x")
 
 
-def table_rss(items: list[str], suggested: list[str], hidden: bytes, suggested_by: list[str],
+def table_rss(items: list[str], suggested: list[int], hidden: bytes, served_by: list[str],
               count: int) -> tuple[float, float]:
     """(mean record bytes, RSS growth per session) of a table of `count` records; run in a fresh process."""
+    model, version, variant = served_by
     before = rss_bytes(os.getpid())
     table = {}
     for n in range(count):
         start = (n * 7) % (len(items) - KEPT_CLICKS)
         state = SessionState(
-            items=items[start : start + KEPT_CLICKS], last_seen=time.time(), hidden=hidden,
-            artifact_version=suggested_by[1], offsets=list(range(10_000_000 + n, 10_000_000 + n + 50 * 97, 97)),
-            suggested=suggested, suggested_by=suggested_by,
+            items=items[start : start + KEPT_CLICKS], last_seen=time.time(), hidden=hidden, artifact_version=version,
+            offsets=[10_000_000 + 97 * n], suggested=suggested, model=model, variant=variant,
         )
         table[f"{n}~0".encode()] = state.dumps()
     grown = (rss_bytes(os.getpid()) - before) / count

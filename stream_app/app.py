@@ -186,9 +186,14 @@ async def write_states(states: dict[bytes, SessionState], last_event_of: dict[by
     """
     changelog = sessions.changelog_topic.get_topic_name()
     producer = app.producer
+    # a state keeps the offsets of its clicks that may still come again (SessionState.forget_committed)
+    committed = {
+        tp.partition: offset for tp, offset in app.committed_offsets.items() if tp.topic == settings.clicks_topic
+    }
     for session_key, state in states.items():
-        record = state.dumps()
         event = last_event_of[session_key]
+        state.forget_committed(committed.get(event.message.partition))
+        record = state.dumps()
         if session_key not in sessions.data:
             metrics.active_sessions.inc()  # a new session (ActiveSessionCount counts the deletes)
         with event_context(event):  # a RocksDB store files the entry under the event's partition

@@ -38,6 +38,11 @@
    keeps what faust's stream iterator does for the commit: messages of an older consumer
    generation (fetched before a rebalance) are acked unprocessed, as the stream skips them; the
    others are tracked as unacked and acked once the agent is done with the batch.
+7. faust's own view of the committed offsets (`Consumer._committed_offset`) moves on even when a
+   commit failed because the group rebalanced meanwhile. `TunedApp.committed_offsets` holds only
+   offsets the broker accepted: no click below its partition's entry is ever delivered again (unless
+   an operator resets the group's offsets), so a session's state need not remember those clicks'
+   offsets.
 """
 
 from __future__ import annotations
@@ -45,13 +50,14 @@ from __future__ import annotations
 import time
 import types
 import weakref
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
 import aiokafka
 import faust
 import faust.streams
+import faust.tables
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
@@ -202,12 +208,22 @@ class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
+class _TableManager(faust.tables.TableManager):
+    def on_commit(self, offsets: MutableMapping[TP, int]) -> None:
+        """faust calls this only after the broker accepted a commit (docstring, item 7)."""
+        super().on_commit(offsets)
+        assigned = self.app.consumer.assignment()  # the partitions the commit request carried
+        self.app.committed_offsets.update((tp, offset) for tp, offset in offsets.items() if tp in assigned)
+
+
 class TunedApp(faust.App):
-    """faust.App plus `consumer_fetch_max_wait` (seconds) for the worker's consumer."""
+    """faust.App plus `consumer_fetch_max_wait` (seconds) for the worker's consumer, and the offsets the
+    broker accepted as committed (`committed_offsets`: the next offset to read, per partition)."""
 
     def __init__(self, *args: Any, consumer_fetch_max_wait: float = 1.5, **kwargs: Any) -> None:
         self.consumer_fetch_max_wait = consumer_fetch_max_wait
-        super().__init__(*args, **kwargs)
+        self.committed_offsets: dict[TP, int] = {}
+        super().__init__(*args, TableManager=_TableManager, **kwargs)
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)

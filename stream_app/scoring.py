@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from stream_app.artifact_format import ITEM_IDS, METRICS, POPULARITY, ArtifactError, verify_artifact
+from stream_app.suggestion import item_hash
 
 MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
 PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
@@ -75,6 +76,7 @@ class Scorer:
             str(item) for item in json.loads((self.artifact_dir / ITEM_IDS).read_text())
         ]
         self._index_of = {item: index for index, item in enumerate(self.item_ids)}
+        self.item_hashes = [item_hash(item) for item in self.item_ids]  # what a session's state keeps of a suggestion
         popularity = np.load(self.artifact_dir / POPULARITY)
         if popularity.shape != (len(self.item_ids),):
             raise ArtifactError(

@@ -31,7 +31,7 @@ from stream_app.metrics import QUALITY_CUTOFFS, WorkerMetrics
 from stream_app.scoring import PIPELINES, Scorer
 from stream_app.sessions import BatchResult, SessionRecommender
 from stream_app.settings import Settings
-from stream_app.suggestion import Judgement, SourcedClick
+from stream_app.suggestion import Judgement, SourcedClick, item_hash
 
 CUTOFF = 20  # training and the quality gate judge Recall@20 and MRR@20
 PROTOCOL = (
@@ -122,9 +122,9 @@ def served_both_ways(scorer: Scorer, sessions: Sequence[Sequence[str]], settings
                 kept = [str(item) for item in session[:j]][-settings.max_history :]
                 seen = {item for item in kept if scorer.index_of(item) is not None}
                 target = str(session[j])
-                judged["keep_seen"].append(Judgement.of(served[:CUTOFF], target, labels))
+                judged["keep_seen"].append(Judgement.of(list(map(item_hash, served[:CUTOFF])), target, labels))
                 unseen = [item for item in served if item not in seen][:CUTOFF]
-                judged["exclude_seen"].append(Judgement.of(unseen, target, labels))
+                judged["exclude_seen"].append(Judgement.of(list(map(item_hash, unseen)), target, labels))
             position += len(session)
     return {policy: ServedMetrics.of(scorer.version, judged[policy]) for policy in EXCLUSION_POLICIES}
 

@@ -7,9 +7,10 @@ clicks of one session are stepped in order while clicks of different sessions sh
 
 Delivery is at-least-once, and the table's changelog can be ahead of the committed offsets after a
 crash: a click may come again after the state already holds it. Each state remembers the offsets
-of its clicks, so such a repeat is answered from the session's prefix up to that click (replayed
-from a zero hidden state, like the original answer) and leaves the state alone, instead of
-stepping the session a second time.
+of its clicks that may still come again (those from its partition's committed offset on, the
+worker's `forget_committed`), so such a repeat is answered from the session's prefix up to that
+click (replayed from a zero hidden state, like the original answer) and leaves the state alone,
+instead of stepping the session a second time.
 
 Each state also keeps the session's last suggestion and what made it (model, version, variant), so
 that the session's next click judges it (`Judgement`: the click's position in it): the worker's live
@@ -32,6 +33,7 @@ batch costs. The same rule covers a state that reaches a worker still serving an
 from __future__ import annotations
 
 import base64
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -43,49 +45,109 @@ import orjson
 
 from stream_app.scoring import Scorer
 from stream_app.settings import Settings
-from stream_app.suggestion import Judgement, SourcedClick, Suggestion
+from stream_app.suggestion import Judgement, SourcedClick, Suggestion, item_hash
 
 
 @dataclass(slots=True)
 class SessionState:
     """One session in the table, and its changelog record (`dumps`, `loads`).
 
-    The record is one line of JSON, a newline, then the hidden state as raw little-endian float32
-    (`layers * hidden_size * 4` bytes; none until a known item is clicked):
+    The record is one line of JSON, a newline, then the kept suggestion as one little-endian uint32 per
+    item (`item_hash`: CRC-32 of the item id, `"suggested"` of them), then the hidden state as raw
+    little-endian float32 (`layers * hidden_size * 4` bytes; none until a known item is clicked):
 
-        {"last_seen":1733331234.5,"artifact_version":"20261204-...","items":["81766","31331"],
-         "offsets":[1207,1219],"suggested":["2743",...],"suggested_by":["gru4rec","20261204-...","current"]}
-        <400 bytes for 1 layer of 100 units>
+        {"last_seen":1733331234.5,"served_by":["gru4rec","20261204T...","current"],"items":["81766","31331"],
+         "offsets":[1219],"suggested":20}
+        <80 bytes: 20 item hashes><400 bytes for 1 layer of 100 units>
 
     Any Kafka tool shows the first line as text; the floats stay exact (a restarted worker serves what
-    it would have served without the restart) at a third of base64's size. The worker's table holds
-    these records as they are, one bytes object per session, and decodes a session when it clicks.
+    it would have served without the restart) at a third of base64's size. The suggestion is kept only
+    to be judged by the session's next click, and a 4-byte hash per item is all that takes (a click
+    whose hash equals a suggested item's by chance, 1 in ~200 million, counts as a hit), where the ids
+    as JSON took about twice as much. The worker's table holds these records as they are, one bytes
+    object per session, and decodes a session when it clicks.
 
     `items` holds external ids, not model indices: indices belong to one artifact, ids survive a
-    model change, when the hidden state is rebuilt by replaying them.
+    model change, when the hidden state is rebuilt by replaying them. `offsets` belong to the last
+    entries of `items`, as many as may still be delivered again (`forget_committed`): usually one.
+    One model, version and variant (`served_by`) computed both the hidden state and the suggestion:
+    a batch writes the state of a session only when it stepped it.
     """
 
     items: list[str]  # last `max_history` clicked item ids, oldest first
     last_seen: float  # worker clock (Unix s) at the session's latest click
     hidden: bytes  # float32 [layers, hidden_size], little-endian; b"" until a known item is clicked
-    artifact_version: str  # the artifact whose model produced `hidden`
-    offsets: list[int] = field(default_factory=list)  # clicks-topic offset of each entry of `items`
-    suggested: list[str] = field(default_factory=list)  # the items of the session's last suggestion
-    suggested_by: list[str] = field(default_factory=list)  # [model, artifact_version, variant] of it
+    artifact_version: str  # the artifact whose model produced `hidden` and `suggested`
+    offsets: list[int] = field(default_factory=list)  # clicks-topic offsets of the last entries of `items`
+    suggested: list[int] = field(default_factory=list)  # `item_hash` of each item of the last suggestion
+    model: str = ""  # the pipeline that served the session (`stream_app.scoring.PIPELINES`)
+    variant: str = ""  # "current" or "canary"
 
     _HEAD = b'{"last_seen":'
 
+    @property
+    def served_by(self) -> tuple[str, str, str]:
+        return (self.model, self.artifact_version, self.variant)
+
     def dumps(self) -> bytes:
-        return orjson.dumps({name: getattr(self, name) for name in _HEADER_FIELDS}) + b"\n" + self.hidden
+        header = {
+            "last_seen": self.last_seen,
+            "served_by": self.served_by,
+            "items": self.items,
+            "offsets": self.offsets,
+            "suggested": len(self.suggested),
+        }
+        return b"".join(
+            (orjson.dumps(header), b"\n", struct.pack(f"<{len(self.suggested)}I", *self.suggested), self.hidden)
+        )
 
     @classmethod
     def loads(cls, record: bytes) -> SessionState:
-        header, _, hidden = record.partition(b"\n")  # JSON escapes every newline inside the line
+        header, _, tail = record.partition(b"\n")  # JSON escapes every newline inside the line
         fields = orjson.loads(header)
-        if "hidden" in fields:  # the format before this one, still in a changelog after an upgrade
-            fields.pop("__faust", None)
-            hidden = base64.b64decode(fields.pop("hidden"))
-        return cls(hidden=hidden, **fields)
+        if "served_by" not in fields:
+            return cls._earlier(fields, tail)
+        model, version, variant = fields["served_by"]
+        cut = 4 * fields["suggested"]
+        return cls(
+            items=fields["items"],
+            last_seen=fields["last_seen"],
+            hidden=tail[cut:],
+            artifact_version=version,
+            offsets=fields["offsets"],
+            suggested=list(struct.unpack(f"<{fields['suggested']}I", tail[:cut])),
+            model=model,
+            variant=variant,
+        )
+
+    @classmethod
+    def _earlier(cls, fields: dict[str, Any], hidden: bytes) -> SessionState:
+        """A record of an earlier format, still in a changelog after an upgrade: the suggestion's ids in the
+        header (a faust Record with base64 `hidden` before that). Its suggestion is kept only when the model
+        that made it also made the hidden state."""
+        if "hidden" in fields:
+            hidden = base64.b64decode(fields["hidden"])
+        version = fields["artifact_version"]
+        suggested_by = fields.get("suggested_by") or ["", version, ""]
+        model, suggested_version, variant = suggested_by
+        kept = suggested_version == version
+        return cls(
+            items=fields["items"],
+            last_seen=fields["last_seen"],
+            hidden=hidden,
+            artifact_version=version,
+            offsets=fields.get("offsets", []),
+            suggested=[item_hash(item) for item in fields.get("suggested", [])] if kept else [],
+            model=model if kept else "",
+            variant=variant if kept else "",
+        )
+
+    def forget_committed(self, committed: int | None) -> None:
+        """Keep only the offsets from `committed` on (the partition's committed offset, None: unknown, keep
+        all): Kafka never delivers a click below it again, so no repeat can carry those offsets, and a
+        session of 50 clicks carries one or two offsets instead of 50."""
+        if committed is not None:
+            self.offsets = [offset for offset in self.offsets if offset >= committed]
 
     @classmethod
     def last_seen_of(cls, record: bytes) -> float:
@@ -95,13 +157,11 @@ class SessionState:
         return float(record[len(cls._HEAD) : record.index(b",")])
 
 
-_HEADER_FIELDS = ("last_seen", "artifact_version", "items", "offsets", "suggested", "suggested_by")
-
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     suggestions: list[Suggestion]  # one per click, in click order
-    states: dict[bytes, SessionState]  # every session of the batch after it, keyed like the table
+    states: dict[bytes, SessionState]  # every session the batch stepped (not only repeated), keyed like the table
     judgements: list[Judgement]  # the sessions' earlier suggestions, judged by the batch's new clicks
 
 
@@ -111,8 +171,9 @@ class _Session:
     offsets: list[int]
     hidden: np.ndarray | None  # [layers, hidden_size]
     stale: bool = False  # `hidden` is still to be rebuilt from `items` (`_rebuild_stale`)
-    suggested: list[str] = field(default_factory=list)
-    suggested_by: list[str] = field(default_factory=list)
+    suggested: list[int] = field(default_factory=list)  # item hashes of the last suggestion
+    served_by: tuple[str, str, str] = ("", "", "")  # its model, version and variant
+    stepped: bool = False  # a click of this batch was new to the session (not a repeat)
 
 
 def _encode_hidden(hidden: np.ndarray | None) -> bytes:
@@ -184,9 +245,11 @@ class SessionRecommender:
                 artifact_version=self.scorer.version,
                 offsets=session.offsets,
                 suggested=session.suggested,
-                suggested_by=session.suggested_by,
+                model=self.scorer.name,
+                variant=self.variant,
             )
             for session_id, session in sessions.items()
+            if session.stepped
         }
         return BatchResult(suggestions, states, judgements)  # type: ignore[arg-type]: every position is answered
 
@@ -212,8 +275,8 @@ class SessionRecommender:
             items=list(state.items),
             offsets=list(state.offsets),
             hidden=None,
-            suggested=list(state.suggested),
-            suggested_by=list(state.suggested_by),
+            suggested=state.suggested,
+            served_by=state.served_by,
         )
         if not self.scorer.stateful:  # the pipeline reads the kept clicks themselves: nothing to rebuild
             return session
@@ -287,9 +350,7 @@ class SessionRecommender:
             sourced = clicks[p]
             session = sessions[sourced.click.session_id]
             if session.suggested:
-                judgements.append(
-                    Judgement.of(session.suggested, sourced.click.item_id, tuple(session.suggested_by))
-                )
+                judgements.append(Judgement.of(session.suggested, sourced.click.item_id, session.served_by))
             session.items = (session.items + [sourced.click.item_id])[-self.max_history :]
             session.offsets = (session.offsets + [sourced.offset])[-self.max_history :]
             exclude = self._seen(session) if self.exclude_seen else set()
@@ -312,8 +373,9 @@ class SessionRecommender:
                 self.variant,
             )
             suggestions[p] = suggestion
-            session.suggested = suggestion.items
-            session.suggested_by = [scorer.name, scorer.version, self.variant]
+            session.suggested = [scorer.item_hashes[i] for i in items]
+            session.served_by = (scorer.name, scorer.version, self.variant)
+            session.stepped = True
 
     def _window(self, session: _Session, clicked: int) -> list[int]:
         """The session's last known clicks up to and including `clicked` (model indices), as many as the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,5 +76,13 @@ class Judgement:
     rank: int | None  # the clicked item's position in it, 1 = first; None: not suggested
 
     @classmethod
-    def of(cls, suggested: list[str], clicked: str, labels: tuple[str, str, str]) -> Judgement:
-        return cls(labels, suggested.index(clicked) + 1 if clicked in suggested else None)
+    def of(cls, suggested: Sequence[int], clicked: str, labels: tuple[str, str, str]) -> Judgement:
+        """`suggested` as `item_hash`es, the form a session's state keeps it in."""
+        clicked_hash = item_hash(clicked)
+        return cls(labels, suggested.index(clicked_hash) + 1 if clicked_hash in suggested else None)
+
+
+def item_hash(item_id: str) -> int:
+    """The 32-bit name of an item in a kept suggestion (CRC-32 of its id in UTF-8): a suggestion is kept
+    only to find the next click in it, and 4 bytes an item do that (`stream_app.sessions.SessionState`)."""
+    return zlib.crc32(item_id.encode())

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -188,6 +188,22 @@ class KafkaClient:
             return records
 
         return asyncio.run(read())
+
+    def committed(self, group: str, topic: str, partition: int) -> int:
+        """The offset `group` committed on a partition, as the broker holds it (the next one to read; -1: none)."""
+
+        async def fetch() -> int:
+            consumer = AIOKafkaConsumer(
+                group_id=group, enable_auto_commit=False, **aiokafka_client_kwargs(self.settings)
+            )
+            await consumer.start()  # not subscribed: it never joins the group, it only asks its coordinator
+            try:
+                offset = await consumer.committed(TopicPartition(topic, partition))
+                return -1 if offset is None else offset
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(fetch())
 
 
 class Worker(KafkaClient):

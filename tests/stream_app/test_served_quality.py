@@ -31,7 +31,7 @@ from stream_app.served_quality import (
 )
 from stream_app.sessions import SessionRecommender, SessionState
 from stream_app.settings import Settings, get_settings
-from stream_app.suggestion import Judgement, SourcedClick
+from stream_app.suggestion import Judgement, SourcedClick, item_hash
 from tests.artifact_versions import rehash, renamed
 
 LIVE_CLICKS = 400  # the test day's first real clicks, about 150 sessions
@@ -61,13 +61,13 @@ def test_each_suggestion_is_judged_once_by_the_next_click_and_repeats_are_not(sc
         return result.suggestions, result.judgements
 
     [first], judged = serve(at("s", a, 0))
-    assert judged == [] and table[b"s"].suggested == first.items
-    assert table[b"s"].suggested_by == ["gru4rec", scorer.version, "current"]
+    assert judged == [] and table[b"s"].suggested == list(map(item_hash, first.items))
+    assert table[b"s"].served_by == ("gru4rec", scorer.version, "current")
     [second], judged = serve(at("s", b, 1))
     expected_rank = first.items.index(b) + 1 if b in first.items else None
     assert judged == [Judgement(("gru4rec", scorer.version, "current"), expected_rank)]
     [repeat], judged = serve(at("s", b, 1))  # the same click delivered again
-    assert judged == [] and repeat.items == second.items and table[b"s"].suggested == second.items
+    assert judged == [] and repeat.items == second.items and table[b"s"].suggested == list(map(item_hash, second.items))
     [_], judged = serve(at("s", second.items[4], 2))  # the fifth suggested item clicked
     assert judged == [Judgement(("gru4rec", scorer.version, "current"), 5)]
     _, judged = serve(at("s", c, 3), at("t", a, 0), at("t", c, 1))  # two clicks of t in one batch

@@ -22,6 +22,7 @@ import pytest
 
 from devtools.embedded_broker import EmbeddedBroker
 from stream_app.scoring import Scorer
+from stream_app.sessions import SessionState
 from stream_app.settings import get_settings
 
 pytestmark = pytest.mark.broker
@@ -119,6 +120,25 @@ def test_session_state_survives_a_worker_restart(
     last = json.loads(records[-1].value)
     assert last["click"]["item_id"] == items[2]
     assert last["items"] == offline_items(items)
+
+
+def test_a_state_keeps_the_offsets_of_only_the_clicks_kafka_may_deliver_again(worker: Any, scorer: Scorer) -> None:
+    """A click below its partition's committed offset never comes again, so its offset leaves the state: a
+    long session's record carries one offset, not one per kept click."""
+    session, items = "kept-offsets", scorer.item_ids[:3]
+    clicked = []
+    for item in items:
+        [sent] = worker.produce(worker.settings.clicks_topic, [click_message(session, item)])
+        clicked.append(sent.offset)
+        worker.wait_until(
+            lambda sent=sent: worker.committed(worker.settings.app_id, sent.topic, sent.partition) > sent.offset,
+            what=f"the commit of offset {sent.offset}",
+        )
+    changelog = f"{worker.settings.app_id}-sessions-changelog"
+    records = [r for r in worker.consume(changelog, 10_000, timeout=3.0) if r.key == session.encode()]
+    states = [SessionState.loads(r.value) for r in records]
+    assert [state.items for state in states] == [items[:1], items[:2], items]
+    assert [state.offsets for state in states] == [[offset] for offset in clicked]
 
 
 def test_idle_sessions_are_evicted_by_the_timer(

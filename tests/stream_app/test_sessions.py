@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import zlib
 
 import numpy as np
+import pytest
 
 from stream_app.events import Click
 from stream_app.scoring import Scorer
@@ -128,37 +130,65 @@ def test_history_is_capped(scorer: Scorer) -> None:
     assert table[b"s1"].items == items[-4:]
 
 
-def test_a_repeated_click_gets_its_first_answer_and_leaves_the_state_alone(scorer: Scorer) -> None:
-    """After a crash the changelog may already hold clicks that Kafka delivers again."""
+@pytest.mark.parametrize("committed", [None, 11], ids=["all offsets kept", "offset 10 committed"])
+def test_a_repeated_click_gets_its_first_answer_and_leaves_the_state_alone(
+    scorer: Scorer, committed: int | None
+) -> None:
+    """After a crash the changelog may already hold clicks that Kafka delivers again: those from the
+    committed offset on, the only offsets the worker keeps (`forget_committed`)."""
     a, b, c, d = scorer.item_ids[:4]
     table: dict[bytes, SessionState] = {}
     engine = recommender(scorer)
     first = serve(
         engine, [sourced("s1", a, 10), sourced("s1", b, 11), sourced("s1", c, 12)], table, now=1000.0
     )
+    table[b"s1"].forget_committed(committed)
+    assert table[b"s1"].offsets == [10, 11, 12][(committed or 10) - 10 :]
     again = serve(
         engine, [sourced("s1", b, 11), sourced("s1", c, 12), sourced("s1", d, 13)], table, now=1001.0
     )
     assert [s.items for s in again[:2]] == [s.items for s in first[1:]]
     assert again[2].items == expected_for_prefix(scorer, [a, b, c, d])
-    assert table[b"s1"].items == [a, b, c, d] and table[b"s1"].offsets == [10, 11, 12, 13]
+    assert table[b"s1"].items == [a, b, c, d] and table[b"s1"].offsets == [10, 11, 12, 13][(committed or 10) - 10 :]
 
 
-def test_a_state_record_is_a_json_line_then_the_exact_float32_hidden_state(scorer: Scorer) -> None:
+def test_a_state_record_is_a_json_line_then_the_suggestion_hashes_and_the_exact_float32_hidden_state(
+    scorer: Scorer,
+) -> None:
     table: dict[bytes, SessionState] = {}
-    serve(recommender(scorer), [sourced("s1", item) for item in scorer.item_ids[:3]], table, now=1000.0)
+    [*_, last] = serve(recommender(scorer), [sourced("s1", item) for item in scorer.item_ids[:3]], table, now=1000.0)
     record = table[b"s1"].dumps()
-    header, _, hidden = record.partition(b"\n")
-    assert json.loads(header)["items"] == scorer.item_ids[:3]
+    header, _, tail = record.partition(b"\n")
+    line = json.loads(header)
+    assert line["items"] == scorer.item_ids[:3] and line["served_by"] == ["gru4rec", scorer.version, "current"]
+    hashes, hidden = tail[: 4 * line["suggested"]], tail[4 * line["suggested"] :]
+    assert np.frombuffer(hashes, "<u4").tolist() == [zlib.crc32(item.encode()) for item in last.items]
     assert len(hidden) == 4 * scorer.layers * scorer.hidden_size and SessionState.loads(record) == table[b"s1"]
     assert SessionState.last_seen_of(record) == 1000.0
 
 
-def test_a_state_written_by_the_previous_format_is_still_read() -> None:
+def test_a_batch_of_only_repeated_clicks_writes_no_state(scorer: Scorer) -> None:
+    """A repeat leaves its session's state as it was: nothing to write to the changelog."""
+    table: dict[bytes, SessionState] = {}
+    engine = recommender(scorer)
+    serve(engine, [sourced("s1", scorer.item_ids[0], 10), sourced("s2", scorer.item_ids[1], 11)], table, now=1000.0)
+    again = [sourced("s1", scorer.item_ids[0], 10), sourced("s2", scorer.item_ids[2], 12)]
+    result = engine.recommend(again, table, now=1001.0)
+    assert list(result.states) == [b"s2"]
+
+
+def test_states_written_by_earlier_formats_are_still_read() -> None:
     hidden = np.arange(6, dtype=np.float32).tobytes()
-    old = {"items": ["1", "2"], "last_seen": 5.0, "hidden": base64.b64encode(hidden).decode(),
-           "artifact_version": "v1", "offsets": [3, 4], "__faust": {"ns": "stream_app.sessions.SessionState"}}
-    record = json.dumps(old).encode()
+    first = {"items": ["1", "2"], "last_seen": 5.0, "hidden": base64.b64encode(hidden).decode(),
+             "artifact_version": "v1", "offsets": [3, 4], "__faust": {"ns": "stream_app.sessions.SessionState"}}
+    record = json.dumps(first).encode()
     state = SessionState.loads(record)
     assert (state.items, state.hidden, state.offsets, state.suggested) == (["1", "2"], hidden, [3, 4], [])
     assert SessionState.last_seen_of(record) == 5.0
+    header = {"last_seen": 6.0, "artifact_version": "v1", "items": ["1"], "offsets": [3], "suggested": ["7", "8"],
+              "suggested_by": ["gru4rec", "v1", "canary"]}
+    state = SessionState.loads(json.dumps(header).encode() + b"\n" + hidden)
+    assert (state.hidden, state.served_by, state.suggested) == (hidden, ("gru4rec", "v1", "canary"), [
+        zlib.crc32(b"7"), zlib.crc32(b"8")])
+    made_before = SessionState.loads(json.dumps(header | {"artifact_version": "v2"}).encode() + b"\n" + hidden)
+    assert (made_before.artifact_version, made_before.suggested) == ("v2", [])  # not judged under v2's name
