@@ -45,12 +45,15 @@ def final_states(scorer: Scorer, sessions: list[list[str]], settings: Settings) 
             for offset, item in enumerate(session)
         ]
         table.update(recommender.recommend(clicks, table, now=0.0).states)
+    for state in table.values():  # as the worker keeps a state once the clicks before its last are committed
+        state.forget_committed(state.offsets[-1])
     return list(table.values())
 
 
 def without_suggestion(state: SessionState) -> SessionState:
     return SessionState(items=state.items, last_seen=state.last_seen, hidden=state.hidden,
-                        artifact_version=state.artifact_version, offsets=state.offsets)
+                        artifact_version=state.artifact_version, offsets=state.offsets, model=state.model,
+                        variant=state.variant)
 
 
 def heap_bytes_per_state(records: list[bytes]) -> float:
