@@ -157,7 +157,6 @@ class SessionState:
         return float(record[len(cls._HEAD) : record.index(b",")])
 
 
-
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     suggestions: list[Suggestion]  # one per click, in click order
