@@ -52,26 +52,27 @@ from stream_app.suggestion import Judgement, SourcedClick, Suggestion, item_hash
 class SessionState:
     """One session in the table, and its changelog record (`dumps`, `loads`).
 
-    The record is one line of JSON, a newline, then the kept suggestion as one little-endian uint32 per
-    item (`item_hash`: CRC-32 of the item id, `"suggested"` of them), then the hidden state as raw
-    little-endian float32 (`layers * hidden_size * 4` bytes; none until a known item is clicked):
+    The record is one line of JSON, a newline, then the kept suggestion as one little-endian uint16 per
+    item (`item_hash`, `"suggested"` of them), then the hidden state as raw little-endian float32
+    (`layers * hidden_size * 4` bytes; none until a known item is clicked):
 
-        {"last_seen":1733331234.5,"served_by":["gru4rec","20261204T...","current"],"items":["81766","31331"],
+        {"last_seen":1733331234,"by":["gru4rec","20261204T...","current"],"items":["81766","31331"],
          "offsets":[1219],"suggested":20}
-        <80 bytes: 20 item hashes><400 bytes for 1 layer of 100 units>
+        <40 bytes: 20 item hashes><400 bytes for 1 layer of 100 units>
 
     Any Kafka tool shows the first line as text; the floats stay exact (a restarted worker serves what
     it would have served without the restart) at a third of base64's size. The suggestion is kept only
-    to be judged by the session's next click, and a 4-byte hash per item is all that takes (a click
-    whose hash equals a suggested item's by chance, 1 in ~200 million, counts as a hit), where the ids
-    as JSON took about twice as much. The worker's table holds these records as they are, one bytes
-    object per session, and decodes a session when it clicks.
+    to be judged by the session's next click, and a 2-byte hash per item is all that takes (`item_hash`
+    says what chance matches cost), where the ids as JSON took about four times as much. `last_seen`
+    is whole seconds: it only decides eviction after `session_ttl`. At one click and 100 hidden units
+    the record is ~560 bytes, the hidden state 400 of them. The worker's table holds these records as
+    they are, one bytes object per session, and decodes a session when it clicks.
 
     `items` holds external ids, not model indices: indices belong to one artifact, ids survive a
     model change, when the hidden state is rebuilt by replaying them. `offsets` belong to the last
     entries of `items`, as many as may still be delivered again (`forget_committed`): usually one.
-    One model, version and variant (`served_by`) computed both the hidden state and the suggestion:
-    a batch writes the state of a session only when it stepped it.
+    One model, version and variant (`by`) computed both the hidden state and the suggestion: a batch
+    writes the state of a session only when it stepped it.
     """
 
     items: list[str]  # last `max_history` clicked item ids, oldest first
@@ -91,55 +92,62 @@ class SessionState:
 
     def dumps(self) -> bytes:
         header = {
-            "last_seen": self.last_seen,
-            "served_by": self.served_by,
+            "last_seen": int(self.last_seen),
+            "by": self.served_by,
             "items": self.items,
             "offsets": self.offsets,
             "suggested": len(self.suggested),
         }
         return b"".join(
-            (orjson.dumps(header), b"\n", struct.pack(f"<{len(self.suggested)}I", *self.suggested), self.hidden)
+            (orjson.dumps(header), b"\n", struct.pack(f"<{len(self.suggested)}H", *self.suggested), self.hidden)
         )
 
     @classmethod
     def loads(cls, record: bytes) -> SessionState:
         header, _, tail = record.partition(b"\n")  # JSON escapes every newline inside the line
         fields = orjson.loads(header)
-        if "served_by" not in fields:
+        if "by" not in fields:
             return cls._earlier(fields, tail)
-        model, version, variant = fields["served_by"]
-        cut = 4 * fields["suggested"]
+        model, version, variant = fields["by"]
+        cut = 2 * fields["suggested"]
         return cls(
             items=fields["items"],
             last_seen=fields["last_seen"],
             hidden=tail[cut:],
             artifact_version=version,
             offsets=fields["offsets"],
-            suggested=list(struct.unpack(f"<{fields['suggested']}I", tail[:cut])),
+            suggested=list(struct.unpack(f"<{fields['suggested']}H", tail[:cut])),
             model=model,
             variant=variant,
         )
 
     @classmethod
-    def _earlier(cls, fields: dict[str, Any], hidden: bytes) -> SessionState:
-        """A record of an earlier format, still in a changelog after an upgrade: the suggestion's ids in the
-        header (a faust Record with base64 `hidden` before that). Its suggestion is kept only when the model
-        that made it also made the hidden state."""
-        if "hidden" in fields:
-            hidden = base64.b64decode(fields["hidden"])
-        version = fields["artifact_version"]
-        suggested_by = fields.get("suggested_by") or ["", version, ""]
-        model, suggested_version, variant = suggested_by
-        kept = suggested_version == version
+    def _earlier(cls, fields: dict[str, Any], tail: bytes) -> SessionState:
+        """A record of an earlier format, still in a changelog after an upgrade: 4-byte item hashes (their
+        low half is today's `item_hash`) and `served_by`; the suggestion's ids in the header before that,
+        and a faust Record with base64 `hidden` before that. A suggestion is kept only when the model that
+        made it also made the hidden state."""
+        if "served_by" in fields:
+            model, version, variant = fields["served_by"]
+            cut = 4 * fields["suggested"]
+            hashes = struct.unpack(f"<{fields['suggested']}I", tail[:cut])
+            suggested, hidden = [full & 0xFFFF for full in hashes], tail[cut:]
+        else:
+            hidden = base64.b64decode(fields["hidden"]) if "hidden" in fields else tail
+            version = fields["artifact_version"]
+            model, suggested_version, variant = fields.get("suggested_by") or ["", version, ""]
+            kept = suggested_version == version
+            suggested = [item_hash(item) for item in fields.get("suggested", [])] if kept else []
+            model, variant = (model, variant) if kept else ("", "")
         return cls(
             items=fields["items"],
             last_seen=fields["last_seen"],
             hidden=hidden,
             artifact_version=version,
             offsets=fields.get("offsets", []),
-            suggested=[item_hash(item) for item in fields.get("suggested", [])] if kept else [],
-            model=model if kept else "",
-            variant=variant if kept else "",
+            suggested=suggested,
+            model=model,
+            variant=variant,
         )
 
     def forget_committed(self, committed: int | None) -> None:

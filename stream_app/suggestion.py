@@ -83,6 +83,11 @@ class Judgement:
 
 
 def item_hash(item_id: str) -> int:
-    """The 32-bit name of an item in a kept suggestion (CRC-32 of its id in UTF-8): a suggestion is kept
-    only to find the next click in it, and 4 bytes an item do that (`stream_app.sessions.SessionState`)."""
-    return zlib.crc32(item_id.encode())
+    """The 16-bit name of an item in a kept suggestion (the low half of the CRC-32 of its id in UTF-8): a
+    suggestion is kept only to find the next click in it (`stream_app.sessions.SessionState`).
+
+    Two bytes an item: a click outside the suggestion matches one of its `top_k` = 20 hashes by chance
+    with probability 20 / 65,536, so at most 0.03 % of misses count as hits (HR@20 0.54 reads at most
+    0.0002 high), well inside the sampling error of any live figure; 4 bytes an item cost 40 more bytes
+    in every session's state, a tenth of the hidden state of a 100-unit GRU."""
+    return zlib.crc32(item_id.encode()) & 0xFFFF

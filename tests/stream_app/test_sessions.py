@@ -15,7 +15,7 @@ import pytest
 from stream_app.events import Click
 from stream_app.scoring import Scorer
 from stream_app.sessions import SessionRecommender, SessionState
-from stream_app.suggestion import SourcedClick
+from stream_app.suggestion import SourcedClick, item_hash
 
 TOP_K = 20
 
@@ -160,11 +160,11 @@ def test_a_state_record_is_a_json_line_then_the_suggestion_hashes_and_the_exact_
     record = table[b"s1"].dumps()
     header, _, tail = record.partition(b"\n")
     line = json.loads(header)
-    assert line["items"] == scorer.item_ids[:3] and line["served_by"] == ["gru4rec", scorer.version, "current"]
-    hashes, hidden = tail[: 4 * line["suggested"]], tail[4 * line["suggested"] :]
-    assert np.frombuffer(hashes, "<u4").tolist() == [zlib.crc32(item.encode()) for item in last.items]
+    assert line["items"] == scorer.item_ids[:3] and line["by"] == ["gru4rec", scorer.version, "current"]
+    hashes, hidden = tail[: 2 * line["suggested"]], tail[2 * line["suggested"] :]
+    assert np.frombuffer(hashes, "<u2").tolist() == [zlib.crc32(item.encode()) & 0xFFFF for item in last.items]
     assert len(hidden) == 4 * scorer.layers * scorer.hidden_size and SessionState.loads(record) == table[b"s1"]
-    assert SessionState.last_seen_of(record) == 1000.0
+    assert SessionState.last_seen_of(record) == 1000.0 and line["last_seen"] == 1000
 
 
 def test_a_batch_of_only_repeated_clicks_writes_no_state(scorer: Scorer) -> None:
@@ -189,6 +189,12 @@ def test_states_written_by_earlier_formats_are_still_read() -> None:
               "suggested_by": ["gru4rec", "v1", "canary"]}
     state = SessionState.loads(json.dumps(header).encode() + b"\n" + hidden)
     assert (state.hidden, state.served_by, state.suggested) == (hidden, ("gru4rec", "v1", "canary"), [
-        zlib.crc32(b"7"), zlib.crc32(b"8")])
+        zlib.crc32(b"7") & 0xFFFF, zlib.crc32(b"8") & 0xFFFF])
     made_before = SessionState.loads(json.dumps(header | {"artifact_version": "v2"}).encode() + b"\n" + hidden)
     assert (made_before.artifact_version, made_before.suggested) == ("v2", [])  # not judged under v2's name
+    four_byte_hashes = {"last_seen": 7.5, "served_by": ["gru4rec", "v1", "current"], "items": ["1"], "offsets": [3],
+                        "suggested": 2}
+    tail = np.array([zlib.crc32(b"7"), zlib.crc32(b"8")], "<u4").tobytes() + hidden
+    state = SessionState.loads(json.dumps(four_byte_hashes).encode() + b"\n" + tail)
+    assert (state.hidden, state.served_by, state.suggested, state.last_seen) == (
+        hidden, ("gru4rec", "v1", "current"), [item_hash("7"), item_hash("8")], 7.5)
