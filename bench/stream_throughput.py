@@ -90,7 +90,7 @@ def parse_args() -> argparse.Namespace:
                         " broker answers a waiting fetch after up to half of it, so clicks sent at a steady rate"
                         " arrive in bursts of that length and the last click of a burst waits for the whole burst's"
                         " scoring; a real Kafka answers as soon as data is there. The default comes close to that;"
-                        " the embedded broker's tuning for tests and the demo (0.1 s) polls less when idle")
+                        " the embedded broker's tuning for tests and the demo (0.03 s) polls less when idle")
     parser.add_argument("--rebalance-every", type=float, default=10.0,
                         help="seconds between membership changes in the rebalance run (0: no such run)")
     return parser.parse_args()
