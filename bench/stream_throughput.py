@@ -339,9 +339,10 @@ async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None
     await asyncio.sleep(2.0)
     grown = (rss_bytes(worker.process.pid) - rss_before) / (len(sessions) - half)
     scorer = Scorer(worker.settings.serving_artifact_dir, pipeline=worker.settings.serving_model)
-    raw = 4 * scorer.layers * scorer.hidden_size + 4
+    raw = 4 * scorer.layers * scorer.hidden_size + 4 if scorer.stateful else 4
+    kept = "hidden float32s + one 4-byte item id" if scorer.stateful else "no hidden state: one 4-byte item id"
     print(f"(d) worker RSS growth from {half} to {len(sessions)} sessions of 1 click: {grown:.0f} B per session;"
-          f" raw state {raw} B (hidden float32s + one 4-byte item id): {grown / raw:.2f}x", flush=True)
+          f" raw state {raw} B ({kept}): {grown / raw:.2f}x", flush=True)
 
 
 def kept_clicks_table(scorer: Scorer, sessions: list[list[str]], count: int) -> None:
