@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream_app.inference.scoring import Scorer
 from stream_app.kafka_security import aiokafka_client_kwargs
-from stream_app.scoring import Scorer
 from stream_app.settings import get_settings
 
 

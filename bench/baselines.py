@@ -3,8 +3,9 @@
     python bench/baselines.py --dataset diginetica_srgnn
     python bench/baselines.py --dataset yoochoose1_64_srgnn --only vsknn stan
 
-Same protocol and predictions as the models' table (`training.evaluate`); default parameters of each baseline
-(`training.baselines`). Data sets with timestamps give STAN its time decay in seconds; the others use session order.
+Same protocol and predictions as the models' table (`training.evaluation.evaluate`); default parameters of each baseline
+(`training.evaluation.baselines`). Data sets with timestamps give STAN its time decay in seconds; the others
+use session order.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import os
 import time
 from datetime import UTC, datetime
 
-from training.baselines import BASELINES, baseline_ranks, session_start_times
-from training.data import EncodedSplit
-from training.datasets import dataset_names, load_dataset
-from training.evaluate import RankingMetrics, format_table, popularity_ranks
+from training.data.click_log import EncodedSplit
+from training.data.datasets import dataset_names, load_dataset
+from training.evaluation.baselines import BASELINES, baseline_ranks, session_start_times
+from training.evaluation.evaluate import RankingMetrics, format_table, popularity_ranks
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from train_speed import cpu_name  # the sibling bench script
 
 from models.dien import DIEN
 from models.export import export_dien
-from training.data import EncodedSplit
-from training.datasets import dataset_names, load_dataset
-from training.dien_trainer import DIENTraining
-from training.prefixes import Prefixes
+from training.data.click_log import EncodedSplit
+from training.data.datasets import dataset_names, load_dataset
+from training.data.prefixes import Prefixes
+from training.trainers.dien import DIENTraining
 
 
 def main() -> None:

@@ -18,12 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from training.data import EncodedSplit
-from training.datasets import dataset_names, load_dataset
-from training.evaluate import evaluate, format_table
-from training.gru4rec_trainer import train_gru4rec
-from training.losses import LOSSES
+from training.data.click_log import EncodedSplit
+from training.data.datasets import dataset_names, load_dataset
+from training.evaluation.evaluate import evaluate, format_table
 from training.retrain import training_params
+from training.trainers.gru4rec import train_gru4rec
+from training.trainers.losses import LOSSES
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -42,10 +42,10 @@ from devtools.click_replay import (
 )
 from devtools.demo import QUICK_EPOCHS, demo_artifact, train_quick_artifact
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
-from stream_app.artifact_format import ArtifactError, verify_artifact
-from stream_app.artifact_store import ArtifactStore
-from stream_app.artifacts import promote_and_announce
-from stream_app.scoring import Scorer
+from stream_app.inference.artifact_format import ArtifactError, verify_artifact
+from stream_app.inference.scoring import Scorer
+from stream_app.release.publish import promote_and_announce
+from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
 
 SECOND_SEED = "2"  # the new model: the demo's recipe with another seed

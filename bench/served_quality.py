@@ -4,7 +4,7 @@ excluding the session's clicked items, and the bytes of session state per sessio
     python bench/served_quality.py --artifact DIR --dataset diginetica_srgnn [--pipelines gru4rec gru4rec+dien]
 
 (a) Every pipeline the artifact serves (or those asked) judged through the worker's own recommender on
-the data set's test sessions, both exclusion policies (`stream_app.served_quality.served_evaluation`,
+the data set's test sessions, both exclusion policies (`stream_app.inference.served_quality.served_evaluation`,
 what `training.retrain` writes into metrics.json); the policy `auto` would serve is marked.
 (b) The session table after those sessions, as the worker writes it: the changelog record's JSON bytes
 per session, and the Python heap it takes in a worker's in-memory table (tracemalloc), with the last
@@ -23,15 +23,14 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from stream_app.artifact_format import MANIFEST
-from stream_app.events import Click
-from stream_app.scoring import Scorer
-from stream_app.served_quality import format_served, served_evaluation
-from stream_app.sessions import SessionRecommender, SessionState
+from stream_app.inference.artifact_format import MANIFEST
+from stream_app.inference.events import Click
+from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_quality import format_served, served_evaluation
+from stream_app.inference.sessions import SessionRecommender, SessionState
+from stream_app.inference.suggestion import SourcedClick
 from stream_app.settings import Settings
-from stream_app.suggestion import SourcedClick
-from training.datasets import dataset_names, load_dataset
-from training.publish import held_out_sessions
+from training.data.datasets import dataset_names, load_dataset
 
 
 def final_states(scorer: Scorer, sessions: list[list[str]], settings: Settings) -> list[SessionState]:
@@ -84,7 +83,7 @@ def main() -> None:
     _, test = load_dataset(args.dataset)
     if args.max_sessions:
         test = test.head_sessions(args.max_sessions)
-    sessions = held_out_sessions(test)
+    sessions = test.sessions_as_ids()
     manifest = json.loads((args.artifact / MANIFEST).read_text())
     settings = Settings(exclude_seen="auto")
     started = time.perf_counter()

@@ -65,10 +65,10 @@ from devtools.click_replay import (
 )
 from devtools.demo import QUICK_EPOCHS, demo_artifact
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
-from stream_app.artifact_format import METRICS
+from stream_app.inference.artifact_format import METRICS
+from stream_app.inference.scoring import Scorer
+from stream_app.inference.sessions import SessionState
 from stream_app.kafka_security import aiokafka_client_kwargs
-from stream_app.scoring import Scorer
-from stream_app.sessions import SessionState
 from stream_app.settings import REPO_ROOT, Settings, get_settings
 
 BARE_LOOP = Path(__file__).with_name("bare_loop.py")
@@ -110,10 +110,9 @@ def test_sessions(artifact: Path, settings: Settings) -> tuple[str, list[list[st
             sessions.setdefault(click.session_id, []).append(click.item_id)
         return "yoochoose_rsc15_100k (the demo's test day)", list(sessions.values())
     # the trainer's readers, only for a data set other than the demo's
-    from training.datasets import load_dataset
-    from training.publish import held_out_sessions
+    from training.data.datasets import load_dataset
 
-    return dataset, held_out_sessions(load_dataset(dataset)[1])
+    return dataset, load_dataset(dataset)[1].sessions_as_ids()
 
 
 def interleaved(sessions: list[list[str]], width: int) -> Iterator[LoggedClick]:

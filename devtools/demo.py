@@ -47,9 +47,9 @@ from devtools.click_replay import (
     suggestion_consumer,
 )
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
-from stream_app.artifact_format import ArtifactError, verify_artifact
-from stream_app.artifact_store import ArtifactStore
 from stream_app.cli_help import HelpFormatter
+from stream_app.inference.artifact_format import ArtifactError, verify_artifact
+from stream_app.release.store import ArtifactStore
 from stream_app.settings import REPO_ROOT, Settings, get_settings
 
 DATASET = "yoochoose_rsc15_100k"  # its test day is what the demo replays
@@ -142,7 +142,7 @@ class Retrain:
         took = f"after {self.ended - self.started:.0f} s"
         if code == 0:
             return f"{self.what}: promoted {took}"
-        if code == 3:  # training.publish.REFUSED_EXIT_STATUS
+        if code == 3:  # training.retrain.REFUSED_EXIT_STATUS
             return f"{self.what}: refused by the quality gate {took} (see {self.log_file})"
         return f"{self.what}: failed with status {code} {took} (see {self.log_file})"
 

@@ -151,7 +151,7 @@ class DIEN(nn.Module):
         # the last layer starts at zero: a re-ranker added to a retriever's scores starts as the identity
         nn.init.zeros_(self.output[-1].weight)
         nn.init.zeros_(self.output[-1].bias)
-        # w in the two-stage score w·s_retriever + s_a (`training.dien_trainer`, residual mode): a retriever's
+        # w in the two-stage score w·s_retriever + s_a (`training.trainers.dien`, residual mode): a retriever's
         # scores come on no particular scale, so their weight is learnt with the rest; not in the paper
         self.prior_weight = nn.Parameter(torch.ones(()))
 

@@ -26,7 +26,7 @@ def main() -> None:
     """faust's command line with nextclick's help; the worker's table folder is made when it starts."""
     cli.help = __doc__.replace("\n\n    python", "\n\n\b\n    python", 1)  # \b: click keeps those lines as written
     cli.commands["worker"].help = WORKER_HELP
-    from stream_app.app import app, settings
+    from stream_app.worker.app import app, settings
 
     if "worker" in sys.argv[1:]:
         settings.table_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level of it

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         "when torch sees one; `cuda` fails at once without one (docs/training-on-a-gpu.md).",
     )
 
-    # --- Artifact store, quality gate and hot swap (`stream_app.artifact_store`) -----------------
+    # --- Artifact store, quality gate and hot swap (`stream_app.release.store`) -----------------
     artifact_store_url: str | None = Field(
         default=None,
         description="fsspec URL of a remote artifact store (`s3://bucket/nextclick`, `gs://...`; needs "
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     )
     serving_artifact_dir: Path | None = Field(
         default=None,
-        description="Serve this fixed artifact directory (see `stream_app.scoring`) and never swap; "
+        description="Serve this fixed artifact directory (see `stream_app.inference.scoring`) and never swap; "
         "unset: serve the store's current version and follow its promotions.",
     )
     serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien"] = Field(

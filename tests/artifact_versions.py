@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_app.artifact_format import ITEM_IDS, MANIFEST, sha256_of
+from stream_app.inference.artifact_format import ITEM_IDS, MANIFEST, sha256_of
 
 
 def edit_manifest(directory: Path, **changes: object) -> dict:

@@ -34,8 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.click_replay import WorkerProcess
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from stream_app.inference.scoring import Scorer
 from stream_app.kafka_security import aiokafka_client_kwargs
-from stream_app.scoring import Scorer
 from stream_app.settings import REPO_ROOT, Settings
 
 WORKER_START_TIMEOUT = 60.0

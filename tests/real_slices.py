@@ -2,8 +2,8 @@
 
 from functools import lru_cache
 
-from training.data import EncodedSplit
-from training.datasets import load_dataset
+from training.data.click_log import EncodedSplit
+from training.data.datasets import load_dataset
 
 
 @lru_cache(maxsize=4)

@@ -1,20 +1,72 @@
-"""Building an artifact after training: its version, provenance, data files and manifest.
+"""Building a retrain's artifact: each model's serving graph and training curve, a hyper-parameter search's
+record, the metrics record (`metrics.json`), the data files and the manifest that seals them.
 
-The files and their format are `stream_app.artifact_format`'s (shared with serving); the model graphs
-(`models.export`) and training curves are saved into the directory before `write_artifact_metadata`
-seals it with the manifest.
+The files and their format are `stream_app.inference.artifact_format`'s (shared with serving). The metrics
+record also holds what the artifact serves (`served`): every pipeline it can serve, replayed through the
+worker's own code on the test sessions, keeping and excluding the session's clicked items, and the better
+policy (docs/serving.md, exclusion policy). That needs the sealed artifact, so the record is written twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from stream_app.artifact_format import CONFIG, ITEM_IDS, METRICS, POPULARITY, write_json, write_manifest
-from stream_app.settings import REPO_ROOT
+from stream_app.inference.artifact_format import CONFIG, ITEM_IDS, METRICS, POPULARITY, write_json, write_manifest
+from stream_app.inference.served_quality import format_served, served_evaluation
+from stream_app.settings import REPO_ROOT, get_settings
+from training.evaluation.evaluate import CUTOFFS, RankingMetrics
+from training.evaluation.plots import plot_training_curve
+from training.model_training import RetrainData, RetrainPlan, TrainedModels
+from training.progress import StageClock, TrainingHistory
+from training.tuning.search import TuningResult
+
+PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
+            "start; full-catalogue ranking; rank = #items scoring >= target (conservative ties); clicks on items "
+            "unseen in training dropped and counted; two-stage: the retriever's top-N re-ranked, every other item "
+            "after it in retrieval order")
+
+
+def epochs_record(history: TrainingHistory) -> list[dict]:
+    return [dataclasses.asdict(e) | {"events_per_second": e.events_per_second} for e in history.epochs]
+
+
+def metrics_record(data: RetrainData, trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock,
+                   plan: RetrainPlan) -> dict:
+    """metrics.json: the evaluation's figures, the run's stages and epochs, and the data it ran on."""
+    train_log, train, test = data.train_log, data.split.train, data.split.test
+    return {
+        "dataset": data.name,
+        "split": data.evaluated_on,
+        "protocol": PROTOCOL,
+        "cutoffs": list(CUTOFFS),
+        "results": {m.name: m.to_dict() for m in rows},
+        "two_stage": trained.two_stage,
+        "stages": clock.stages,
+        "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.models.items() if t.history}
+                    | {"threads": torch.get_num_threads(), "lanes": plan.lanes, "device": str(plan.device)},
+        "data": {
+            "train_source": train_log.source, "test_source": data.test_log.source,
+            "train_sessions": train.n_sessions, "train_clicks": train.n_clicks,
+            "test_sessions": test.n_sessions, "test_clicks": test.n_clicks,
+            "test_dropped_clicks": test.n_dropped_clicks,
+            "train_time_range": train_log.time_range(),
+        },
+    }
+
+
+def config_record(plan: RetrainPlan, trained: TrainedModels) -> dict:
+    """config.json: every trained model's hyper-parameters, the serving top-K, a reused retriever's source, and
+    the baselines' settings (evaluated, not served)."""
+    return ({name: p.to_dict() for name, p in plan.params.items()} | {"top_k": plan.top_k}
+            | ({"gru4rec": trained.models["gru4rec"].params} if plan.retriever_artifact else {})
+            | {"baselines": {name: dataclasses.asdict(p) for name, p in plan.baselines.items()}})
 
 
 def code_version() -> str:
@@ -42,3 +94,31 @@ def write_artifact_metadata(directory: Path, *, version: str, trained_by: str, i
     write_json(directory / CONFIG, config)
     write_json(directory / METRICS, metrics)
     return write_manifest(directory, version=version, code_version=trained_by, models=models)
+
+
+def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: RetrainPlan, data: RetrainData,
+                           trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock,
+                           tuning: TuningResult | None = None) -> Path:
+    """The artifact of a retrain in `out` (created if needed); its manifest's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    with clock.stage("ONNX exports and training curves"):
+        for name, t in trained.models.items():
+            t.export(out / t.manifest_entry["file"])
+            if t.history is not None:
+                plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data.name}")
+        if tuning is not None:
+            tuning.write(out, data.name)
+
+    def sealed(**served: dict) -> Path:
+        return write_artifact_metadata(
+            out, version=version, trained_by=trained_by, item_ids=data.split.item_map.ids,
+            popularity=data.split.popularity, config=config_record(plan, trained),
+            metrics=metrics_record(data, trained, rows, clock, plan) | served,
+            models={name: t.manifest_entry for name, t in trained.models.items()},
+        )
+
+    manifest = json.loads(sealed().read_text())
+    with clock.stage("served figures, keeping and excluding clicked items"):
+        served = served_evaluation(out, manifest, data.test_log.sessions_as_ids(), get_settings())
+    print("\n" + format_served(served))
+    return sealed(served=served)

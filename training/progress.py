@@ -20,7 +20,7 @@ LINE_LABEL = ""  # put before each epoch and stage line: which model, where trai
 
 # Called by a trainer after each epoch with the epoch's number and the model (in eval mode; the trainer puts it back
 # into training mode): a hyper-parameter search scores the model on its validation split there and may stop the
-# training by raising (`training.tuning`: optuna's TrialPruned).
+# training by raising (`training.tuning.search`: optuna's TrialPruned).
 EpochCallback = Callable[[int, "torch.nn.Module"], None]
 
 

@@ -13,15 +13,20 @@ top-N of its retriever (`--dien-retriever`, GRU4Rec by default), which must be t
 Each model's hyper-parameters come from its defaults, then the TOML config file's table of its name
 ([gru4rec], [narm], [dien]), then the flags `--<model>-<name>`; `--epochs` sets every model's epochs.
 The metrics table compares them with baselines on the same predictions: popularity, item-kNN, V-SKNN and STAN
-(`training.baselines`, settings from their defaults and the config's [item_knn], [vsknn], [stan]; evaluated, not
+(`training.evaluation.baselines`, settings from their defaults and the config's [item_knn], [vsknn], [stan];
+evaluated, not
 served; `--no-baselines` leaves the last three out). `--tune N` first searches every model's and baseline's
-settings, N trials each, on a validation split of the training log (`training.tuning`; the test log is read only
+settings, N trials each, on a validation split of the training log (`training.tuning.search`; the test log is read only
 after the search) and trains the best ones; a flag `--<model>-<name>` fixes that setting.
 
 This module is the command line: the flags, the hyper-parameters they and the config give (`RetrainPlan`),
-the data they name (`RetrainData`), and `main`. What it runs: `training.pipeline` (training and evaluating
-the models, on `training.lanes`), `training.retrain_artifact` (what the artifact holds), `training.publish`
-(the quality gate, the push and the promotion).
+the data they name (`RetrainData`), and `main`. What it runs: `training.model_training` (training and evaluating
+the models, on `training.parallel_trainings`), `training.artifact` (what the artifact holds), and how it ends:
+`stream_app.release.publish` (the quality gate, the push and the promotion). Without `--out`, the artifact is
+built in NEXTCLICK_ARTIFACT_DIR/staging/<version>, gated, pushed, promoted when the gate passes (or
+`--force-promote`) and the staging copy removed; with `--out DIR` it stays in DIR and nothing is pushed unless
+`--push`. A version the gate refuses is pushed but not promoted, and retrain exits with status 3, so that a
+scheduled job shows up as failed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import dataclasses
 import inspect
 import re
+import shutil
 import sys
 import tomllib
 from collections.abc import Callable
@@ -39,16 +45,14 @@ from typing import Any, get_origin
 import torch
 
 from stream_app.cli_help import HelpFormatter, readable
+from stream_app.release.publish import gate_and_push
 from stream_app.settings import get_settings
-from training.artifact import code_version, new_version
-from training.baselines import BASELINES, BaselineParams, session_start_times
-from training.data import ClickLog, EncodedSplit
-from training.datasets import custom_dataset, dataset_files, dataset_names
-from training.device import DEVICES, training_device
-from training.dien_trainer import DIENTraining
-from training.gru4rec_trainer import GRU4RecTraining
-from training.narm_trainer import NARMTraining
-from training.pipeline import (
+from training.artifact import code_version, new_version, write_retrain_artifact
+from training.data.click_log import ClickLog, EncodedSplit
+from training.data.datasets import custom_dataset, dataset_files, dataset_names
+from training.data.stream_source import add_topic_arguments, topic_click_logs
+from training.evaluation.baselines import BASELINES, BaselineParams, session_start_times
+from training.model_training import (
     RETRIEVERS,
     ModelTraining,
     RetrainData,
@@ -56,12 +60,14 @@ from training.pipeline import (
     evaluated_models,
 )
 from training.progress import StageClock
-from training.publish import add_publish_arguments, publish_trained, staging_dir
-from training.retrain_artifact import write_retrain_artifact
-from training.stream_source import add_topic_arguments, topic_click_logs
-from training.tuning import METRICS, TUNABLE, TuningResult, TuningSettings, tune
+from training.trainers.device import DEVICES, training_device
+from training.trainers.dien import DIENTraining
+from training.trainers.gru4rec import GRU4RecTraining
+from training.trainers.narm import NARMTraining
+from training.tuning.search import METRICS, TUNABLE, TuningResult, TuningSettings, tune
 
 SERVING_TOP_K = 100
+REFUSED_EXIT_STATUS = 3
 PARAMS = {"gru4rec": GRU4RecTraining, "narm": NARMTraining, "dien": DIENTraining}
 SETTINGS_OF = PARAMS | {name: baseline.params for name, baseline in BASELINES.items()}  # config tables
 
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"{notes.get(field.name, field.name.replace('_', ' '))} "
                                     f"(default: {readable(field.default).replace('%', '%%')})")
 
-    tuning = parser.add_argument_group("hyper-parameter search (training.tuning)")
+    tuning = parser.add_argument_group("hyper-parameter search (training.tuning.search)")
     tuning.add_argument("--tune", type=int, default=0, metavar="N",
                         help="search each model's and baseline's settings, N trials each, on a validation split of "
                              "the training data, then train the best (default: no search)")
@@ -154,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     out.add_argument("--lanes", type=int, default=1,
                      help="train the independent models side by side in this many processes, sharing the threads "
-                          "(training.lanes; 1: one after another)")
+                          "(training.parallel_trainings; 1: one after another)")
     out.add_argument("--no-progress", action="store_true", help="no progress bars (still one line per epoch)")
     add_publish_arguments(parser)
     return parser
@@ -286,8 +292,38 @@ def data_of(args: argparse.Namespace, name: str, train_log: ClickLog, test_log: 
                        EncodedSplit.of(train_log, test_log))
 
 
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("artifact store (NEXTCLICK_ARTIFACT_DIR or NEXTCLICK_ARTIFACT_STORE_URL)")
+    group.add_argument("--push", action="store_true", help="with --out: push the artifact to the store as well")
+    group.add_argument("--no-promote", action="store_true",
+                       help="push without promoting (the gate still runs and is recorded)")
+    group.add_argument("--force-promote", action="store_true",
+                       help="promote even if the quality gate refuses (logged, and recorded in the manifest)")
+
+
+def staging_dir(version: str) -> Path:
+    """Where an artifact is built before it is pushed."""
+    return get_settings().artifact_dir / "staging" / version
+
+
+def publish_trained(out: Path, test_log: ClickLog, args: argparse.Namespace) -> None:
+    """Gate, push and promote the artifact retrain wrote to `out`, as the flags say."""
+    if args.out is not None and not args.push:
+        return
+    result = gate_and_push(out, test_log.sessions_as_ids(), get_settings(), source=test_log.source,
+                     force=args.force_promote, promote=not args.no_promote)
+    print(result.decision.summary())
+    state = "promoted: the current version" if result.pointer else "stored, not promoted"
+    print(f"artifact {result.version} pushed to {result.store}: {state}")
+    if args.out is None:
+        shutil.rmtree(out)
+    if not args.no_promote and not result.decision.promote:
+        raise SystemExit(REFUSED_EXIT_STATUS)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """Train, evaluate, write the artifact, then gate and publish it (`training.publish`); the artifact's path."""
+    """Train, evaluate, write the artifact, then gate and publish it (`publish_trained`); the artifact's path."""
     args = build_parser().parse_args(argv)
     trained_by = code_version()
     if args.threads:

@@ -25,7 +25,8 @@ from tests.deploy_tools import venv_tool
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 DEV_PACKAGES = {"devtools"}  # the demo, click replay and embedded broker: installed in a checkout, never shipped
-PACKAGES = [p for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] if p not in DEV_PACKAGES]
+PACKAGES = [p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+            if p.rstrip("*") not in DEV_PACKAGES]
 BUILD_TOOLS = {"gcc", "g++", "make", "build-essential", "cmake", "clang"}
 
 Stage = list[tuple[str, str]]  # (instruction, value) in order

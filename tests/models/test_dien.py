@@ -12,13 +12,14 @@ from models.dien import DIEN, DIENConfig, DIENEnsemble
 from models.export import export_dien
 from stream_app.settings import get_settings
 from tests.real_slices import yoochoose_slice
-from training.data import EncodedSplit, Sessions, read_event_log, read_item_categories
-from training.dien_trainer import DIENTraining, fit_prior_weight, train_dien
-from training.evaluate import pairwise_auc, reranked_ranks, retrieve, step_model_scores
-from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
-from training.pipeline import reranker_inputs, stacked_training_data
-from training.prefixes import Prefixes
+from training.data.click_log import EncodedSplit, Sessions
+from training.data.prefixes import Prefixes
+from training.data.readers import read_event_log, read_item_categories
+from training.evaluation.evaluate import pairwise_auc, reranked_ranks, retrieve, step_model_scores
+from training.model_training import reranker_inputs, stacked_training_data
 from training.progress import StageClock
+from training.trainers.dien import DIENTraining, fit_prior_weight, train_dien
+from training.trainers.gru4rec import GRU4RecTraining, train_gru4rec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,14 +8,14 @@ import torch
 from models.export import export_narm
 from models.narm import NARM, NARMConfig
 from tests.real_slices import yoochoose_slice
-from training.data import Sessions
-from training.evaluate import (
+from training.data.click_log import Sessions
+from training.data.prefixes import Prefixes
+from training.evaluation.evaluate import (
     evaluate_prefix_model,
     popularity_ranks,
     prefix_model_ranks,
 )
-from training.narm_trainer import NARMTraining, train_narm
-from training.prefixes import Prefixes
+from training.trainers.narm import NARMTraining, train_narm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

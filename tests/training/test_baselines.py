@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from tests.real_slices import yoochoose_slice
-from training.baselines import (
+from training.data.click_log import EncodedSplit, ItemMap, Sessions
+from training.data.datasets import load_dataset
+from training.evaluation.baselines import (
     BASELINES,
     ItemKNNParams,
     STANParams,
@@ -20,9 +22,7 @@ from training.baselines import (
     ranks_of,
     session_start_times,
 )
-from training.data import EncodedSplit, ItemMap, Sessions
-from training.datasets import load_dataset
-from training.evaluate import RankingMetrics, popularity_ranks
+from training.evaluation.evaluate import RankingMetrics, popularity_ranks
 
 # Hand-made training sessions in start-time order (index = recency); items 0..7, item 7 is never clicked.
 TOY_TRAIN = [[0, 1, 2], [1, 2, 3, 1], [2, 4], [0, 2, 5, 2], [3, 4, 5], [1, 5, 6, 0], [5, 2], [4, 4, 1]]

@@ -17,19 +17,10 @@ import pytest
 
 from stream_app.settings import get_settings
 from tests.real_slices import yoochoose_slice
-from training.data import (
-    ClickLog,
-    DataError,
-    ItemMap,
-    Sessions,
-    encode_sessions,
-    item_popularity,
-    load_pickle_restricted,
-    read_event_log,
-    read_srgnn_test,
-    read_srgnn_train,
-)
-from training.datasets import custom_dataset, dataset_names, load_dataset
+from training.data.click_log import ClickLog, DataError, ItemMap, Sessions, encode_sessions, item_popularity
+from training.data.datasets import custom_dataset, dataset_names, load_dataset
+from training.data.pickles import load_pickle_restricted, read_srgnn_test, read_srgnn_train
+from training.data.readers import read_event_log
 
 DATA = get_settings().data_dir
 RSC15 = "yoochoose_rsc15_100k/yoochoose-clicks-100k_{}.txt.gz"

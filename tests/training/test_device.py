@@ -6,9 +6,9 @@ import torch
 from stream_app.settings import get_settings
 from tests.real_slices import yoochoose_slice
 from training import retrain
-from training.device import module_device, training_device
-from training.gru4rec_trainer import GRU4RecTrainer, GRU4RecTraining
-from training.session_batches import _host_steps, _on_device
+from training.data.session_batches import _host_steps, _on_device
+from training.trainers.device import module_device, training_device
+from training.trainers.gru4rec import GRU4RecTrainer, GRU4RecTraining
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Each loss against a direct, loop-by-loop computation of its formula (see training/losses.py)."""
+"""Each loss against a direct, loop-by-loop computation of its formula (see training/trainers/losses.py)."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.losses import LossConfig, make_loss
+from training.trainers.losses import LossConfig, make_loss
 
 
 def sigmoid(x):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from models.export import export_gru4rec
-from stream_app.artifact_format import sha256_of
+from stream_app.inference.artifact_format import sha256_of
 from tests.real_slices import yoochoose_slice
-from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
 from training.retrain import main as retrain
+from training.trainers.gru4rec import GRU4RecTraining, train_gru4rec
 
 pytestmark = pytest.mark.training  # every test here runs training.retrain
 

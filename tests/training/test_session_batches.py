@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.real_slices import yoochoose_slice
-from training.data import Sessions
-from training.session_batches import apply_resets, session_parallel_steps
+from training.data.click_log import Sessions
+from training.data.session_batches import apply_resets, session_parallel_steps
 
 
 def consecutive_pairs(sessions: Sessions) -> Counter:

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from stream_app.settings import get_settings
-from training.data import ClickLog, DataError, load_pickle_restricted, read_event_log, read_srgnn_test
-from training.datasets import custom_dataset, load_dataset
+from training.data.click_log import ClickLog, DataError
+from training.data.datasets import custom_dataset, load_dataset
+from training.data.pickles import load_pickle_restricted, read_srgnn_test
+from training.data.readers import read_event_log
 from training.retrain import build_parser, load_logs
 
 DATA = get_settings().data_dir

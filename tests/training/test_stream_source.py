@@ -17,12 +17,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devtools.click_replay import kafka_producer
 from devtools.embedded_broker import EmbeddedBroker
-from stream_app.artifact_store import ArtifactStore
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings
-from training.data import ClickLog
-from training.datasets import load_dataset
-from training.stream_source import click_log, read_topic, split_holdout
+from training.data.click_log import ClickLog
+from training.data.datasets import load_dataset
+from training.data.stream_source import click_log, read_topic, split_holdout
 
 pytestmark = pytest.mark.broker
 

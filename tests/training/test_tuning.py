@@ -8,19 +8,19 @@ from pathlib import Path
 import optuna
 import pytest
 
-from stream_app.artifact_format import verify_artifact
+from stream_app.inference.artifact_format import verify_artifact
 from tests.real_slices import yoochoose_slice
-from training import datasets
-from training.baselines import ItemKNNParams, STANParams, VSKNNParams
-from training.data import ClickLog
-from training.datasets import DATASETS, load_dataset
-from training.evaluate import model_ranks
-from training.gru4rec_trainer import GRU4RecTraining, train_gru4rec
+from training.data import datasets
+from training.data.click_log import ClickLog
+from training.data.datasets import DATASETS, load_dataset
+from training.evaluation.baselines import ItemKNNParams, STANParams, VSKNNParams
+from training.evaluation.evaluate import model_ranks
 from training.progress import StageClock
 from training.retrain import main as retrain
 from training.retrain import training_params
-from training.search_spaces import SEARCH_SPACES, starting_point
-from training.tuning import Trials, TuningSettings, tune, validation_split
+from training.trainers.gru4rec import GRU4RecTraining, train_gru4rec
+from training.tuning.search import Trials, TuningSettings, tune, validation_split
+from training.tuning.search_spaces import SEARCH_SPACES, starting_point
 
 pytestmark = pytest.mark.training  # every test here runs training.retrain
 

@@ -1,0 +1,240 @@
+"""Score next items with the exported models through onnxruntime (no torch in the serving path).
+
+The artifact's files and their graphs' inputs and outputs: `stream_app.inference.artifact_format`.
+
+A pipeline (`PIPELINES`, the worker's NEXTCLICK_SERVING_MODEL) is a retriever, GRU4Rec (which carries
+a hidden state per session) or NARM (which reads the session's last L clicks), optionally followed by
+DIEN re-ranking the retriever's top N: two-stage score = prior_weight x retriever score + DIEN's
+(`training.trainers.dien`), the re-ranked N served best first. The retrievers' graphs return a fixed K
+(larger than the served top_k) so that items the session already clicked can be dropped and enough remain.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from stream_app.inference.artifact_format import ITEM_IDS, METRICS, POPULARITY, ArtifactError, verify_artifact
+from stream_app.inference.suggestion import item_hash
+
+MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
+PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
+# An artifact that did not measure the exclusion policy (trained before it was) keeps clicked items:
+# shoppers go back to a product page (34 % of the next clicks of the demo's test day repeat one).
+UNMEASURED_EXCLUDE_SEEN = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    top_items: np.ndarray  # int64 [B, K], best first
+    top_scores: np.ndarray  # float32 [B, K]
+    next_hidden: np.ndarray | None  # float32 [layers, B, H]; None for a retriever without state (NARM)
+
+
+def padded(windows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each session's last `width` clicks from position 0, then zeros, [B, width]; and their lengths [B]."""
+    items = np.zeros((len(windows), width), dtype=np.int64)
+    lengths = np.zeros(len(windows), dtype=np.int64)
+    for row, window in enumerate(windows):
+        kept = window[-width:]
+        items[row, : len(kept)] = kept
+        lengths[row] = len(kept)
+    return items, lengths
+
+
+def preferred_providers() -> list[str]:
+    """CUDA when this onnxruntime build and machine have it, CPU always as the fallback."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+@functools.cache
+def share_cpu_arena() -> None:
+    """One CPU memory arena for every onnxruntime session of the process (current, canary, a swap's checks),
+    grown by what a run asks for. onnxruntime's default arena grows in doubling regions and never gives one
+    back: a full batch right after smaller ones found no free stretch big enough for its scores (batch x
+    catalogue floats, 44 MB at 256 x 43,097) and took another 32-64 MiB, at whatever moment batch sizes
+    happened to mix (+45 MB after five runs of mixed sizes; the worker's RSS jumped by 64 MiB in two of four
+    memory runs). Grown as requested, the arena has its size after the first full batch and keeps it; same
+    clicks/s in onnxruntime alone."""
+    arena = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # kSameAsRequested
+    cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(cpu, arena)
+
+
+class Scorer:
+    """One loaded artifact serving one pipeline: its ONNX sessions, the item vocabulary and popularity."""
+
+    def __init__(self, artifact_dir: Path, intra_op_threads: int = 0, pipeline: str = MODEL_NAME) -> None:
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+        self.artifact_dir = Path(artifact_dir)
+        self.name = pipeline
+        retriever, _, reranker = pipeline.partition("+")
+        manifest = verify_artifact(self.artifact_dir, [m for m in (retriever, reranker) if m])
+        spec = manifest["models"][retriever]
+        self.version: str = str(manifest["version"])
+        self.stateful = retriever == "gru4rec"  # a hidden state per session, else the session's last clicks
+        self.layers: int = int(spec.get("layers", 0))
+        self.hidden_size: int = int(spec.get("hidden_size", 0))
+        self.graph_top_k: int = int(spec["top_k"])
+        self.retriever_len: int = 0 if self.stateful else int(spec["max_len"])
+
+        self.item_ids: list[str] = [
+            str(item) for item in json.loads((self.artifact_dir / ITEM_IDS).read_text())
+        ]
+        self._index_of = {item: index for index, item in enumerate(self.item_ids)}
+        self.item_hashes = [item_hash(item) for item in self.item_ids]  # what a session's state keeps of a suggestion
+        popularity = np.load(self.artifact_dir / POPULARITY)
+        if popularity.shape != (len(self.item_ids),):
+            raise ArtifactError(
+                f"popularity.npy has shape {popularity.shape}, expected ({len(self.item_ids)},)"
+            )
+        self.popularity = popularity.astype(np.float32)
+        self._popular_order: list[int] = np.argsort(-popularity, kind="stable").tolist()
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        # Idle onnxruntime threads sleep instead of spinning: a spinning thread takes a core from the
+        # event loop that feeds it (the worker's batches are small and come between Kafka calls).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        share_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        self.session = ort.InferenceSession(
+            str(self.artifact_dir / spec["file"]), sess_options=options, providers=preferred_providers()
+        )
+        self.reranker: ort.InferenceSession | None = None
+        self.reranker_len = 0
+        if reranker:
+            dien = manifest["models"][reranker]
+            if dien["retriever"] != retriever or int(dien["n_candidates"]) > self.graph_top_k:
+                raise ArtifactError(
+                    f"{self.artifact_dir}: dien re-ranks {dien['retriever']}'s top {dien['n_candidates']}, "
+                    f"not {retriever}'s top {self.graph_top_k}"
+                )
+            self.reranker = ort.InferenceSession(
+                str(self.artifact_dir / dien["file"]), sess_options=options, providers=preferred_providers()
+            )
+            self.n_candidates = int(dien["n_candidates"])
+            self.reranker_len = int(dien["max_len"])
+            self.prior_weight: float | None = dien.get("prior_weight")
+        # clicks (model indices) the pipeline reads per session, the current one included; 0: none
+        self.window = max(self.retriever_len, self.reranker_len)
+        metrics_path = self.artifact_dir / METRICS
+        served = json.loads(metrics_path.read_text()).get("served", {}) if metrics_path.is_file() else {}
+        # this pipeline's served Recall@20 / MRR@20 per exclusion policy, measured by training; None: not measured
+        self.measured: dict | None = served.get("pipelines", {}).get(pipeline)
+
+    def exclusion_policy(self, setting: str) -> tuple[bool, str]:
+        """Whether to leave the session's clicked items out of its suggestions (NEXTCLICK_EXCLUDE_SEEN:
+        `auto`, `true` or `false`), and why, for the log."""
+        if setting != "auto":
+            return setting == "true", f"NEXTCLICK_EXCLUDE_SEEN={setting}"
+        if self.measured is None:
+            return UNMEASURED_EXCLUDE_SEEN, (
+                f"artifact {self.version} did not measure the policy for {self.name} (an older format): "
+                f"{'excluding' if UNMEASURED_EXCLUDE_SEEN else 'keeping'} clicked items, the default"
+            )
+        keep, exclude = self.measured["keep_seen"], self.measured["exclude_seen"]
+        return self.measured["policy"] == "exclude_seen", (
+            f"measured by training: Recall@20 / MRR@20 {keep['recall@20']:.4f} / {keep['mrr@20']:.4f} keeping "
+            f"clicked items, {exclude['recall@20']:.4f} / {exclude['mrr@20']:.4f} excluding them"
+        )
+
+    def offline_figures(self, exclude_seen: bool) -> dict | None:
+        """Training's served figures for this pipeline under a policy (None: not measured)."""
+        return self.measured["exclude_seen" if exclude_seen else "keep_seen"] if self.measured else None
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def index_of(self, item_id: str) -> int | None:
+        """The model's index of an external item id; None for items the model never saw."""
+        return self._index_of.get(item_id)
+
+    def known_indices(self, item_ids: Sequence[str]) -> list[int]:
+        """The model's indices of `item_ids`, in order, leaving out the items it never saw."""
+        return [index for item in item_ids if (index := self._index_of.get(item)) is not None]
+
+    def zero_hidden(self, batch: int) -> np.ndarray:
+        return np.zeros((self.layers, batch, self.hidden_size), dtype=np.float32)
+
+    def step(self, item_indices: np.ndarray, hidden: np.ndarray) -> StepResult:
+        """Advance B sessions by one click each in a single model call."""
+        top_items, top_scores, next_hidden = self.session.run(
+            ["top_items", "top_scores", "next_hidden"],
+            {
+                "item": np.ascontiguousarray(item_indices, dtype=np.int64),
+                "hidden": np.ascontiguousarray(hidden, dtype=np.float32),
+            },
+        )
+        return StepResult(top_items, top_scores, next_hidden)
+
+    def score(self, item_indices: np.ndarray, hidden: np.ndarray | None,
+              windows: Sequence[Sequence[int]]) -> StepResult:
+        """The pipeline's top items for B sessions at one click each: `item_indices` [B] that click,
+        `hidden` [layers, B, H] the states before it (stateful retriever), `windows` each session's
+        last `window` known clicks up to and including it (when `window` > 0)."""
+        if self.stateful:
+            result = self.step(item_indices, hidden)
+        else:
+            # the retriever reads its own last L clicks, however many more the re-ranker reads
+            items, lengths = padded(windows, min(self.retriever_len, max(map(len, windows))))
+            top_items, top_scores = self.session.run(
+                ["top_items", "top_scores"], {"items": items, "lengths": lengths}
+            )
+            result = StepResult(top_items, top_scores, None)
+        return result if self.reranker is None else self._rerank(result, windows)
+
+    def _rerank(self, retrieved: StepResult, windows: Sequence[Sequence[int]]) -> StepResult:
+        candidates = np.ascontiguousarray(retrieved.top_items[:, : self.n_candidates])
+        items, lengths = padded(windows, self.reranker_len)  # the graph's L is fixed: pad to exactly it
+        [scores] = self.reranker.run(["scores"], {"items": items, "lengths": lengths, "candidates": candidates})
+        if self.prior_weight is not None:
+            scores = scores + np.float32(self.prior_weight) * retrieved.top_scores[:, : self.n_candidates]
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return StepResult(
+            np.take_along_axis(candidates, order, axis=1),
+            np.take_along_axis(scores, order, axis=1),
+            retrieved.next_hidden,
+        )
+
+    def rebuild_hidden(self, sessions: Sequence[Sequence[int]]) -> np.ndarray:
+        """The hidden states [layers, B, H] after each session's clicks, from a zero state; rebuilds
+        state for a new model. The sessions step together: one model call per click position."""
+        hidden = self.zero_hidden(len(sessions))
+        for position in range(max(map(len, sessions), default=0)):
+            rows = [row for row, items in enumerate(sessions) if len(items) > position]
+            items = np.array([sessions[row][position] for row in rows], dtype=np.int64)
+            hidden[:, rows, :] = self.step(items, hidden[:, rows, :]).next_hidden
+        return hidden
+
+    @staticmethod
+    def select(
+        top_items: Sequence[int] | np.ndarray,
+        top_scores: Sequence[float] | np.ndarray,
+        k: int,
+        exclude: Collection[int] = (),
+    ) -> tuple[list[int], list[float]]:
+        """The best k of one row of the graph's over-fetched top-K, leaving out `exclude`. The worker
+        passes lists (one `tolist()` per batch costs less than numpy per row)."""
+        if isinstance(top_items, np.ndarray):
+            top_items, top_scores = top_items.tolist(), np.asarray(top_scores).tolist()
+        if not exclude:
+            return list(top_items[:k]), list(top_scores[:k])
+        kept = list(islice(((item, score) for item, score in zip(top_items, top_scores) if item not in exclude), k))
+        return [item for item, _ in kept], [score for _, score in kept]
+
+    def popular(self, k: int, exclude: Collection[int] = ()) -> tuple[list[int], list[float]]:
+        """Cold start: the k most clicked training items (click counts as scores), minus `exclude`."""
+        order = self._popular_order[: k + len(exclude)]
+        return self.select(order, self.popularity[order].tolist(), k, exclude)

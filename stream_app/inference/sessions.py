@@ -1,0 +1,394 @@
+"""Turn a micro-batch of clicks into suggestions, advancing each session's GRU state.
+
+Kept apart from faust so the logic runs on any mapping (the faust Table in the worker, a dict
+in tests); it only reads state and leaves writing the new states to the caller. A batch costs
+one model call per "round": round r holds the r-th click of every session in the batch, so two
+clicks of one session are stepped in order while clicks of different sessions share a call.
+
+Delivery is at-least-once, and the table's changelog can be ahead of the committed offsets after a
+crash: a click may come again after the state already holds it. Each state remembers the offsets
+of its clicks that may still come again (those from its partition's committed offset on, the
+worker's `forget_committed`), so such a repeat is answered from the session's prefix up to that
+click (replayed from a zero hidden state, like the original answer) and leaves the state alone,
+instead of stepping the session a second time.
+
+Each state also keeps the session's last suggestion and what made it (model, version, variant), so
+that the session's next click judges it (`Judgement`: the click's position in it): the worker's live
+served quality (`stream_app.inference.served_quality`). A repeated delivery is answered, never judged again.
+
+A hidden state belongs to the model that computed it. When the worker swaps to another artifact
+(`stream_app.worker.model_swap`), a state written under another version is never fed to the new model: its
+session's kept item ids are replayed through the new model from a zero hidden state, lazily, when
+the session's next click arrives (`_load`), so that suggestion equals what the new model gives
+offline for the prefix (the whole session while it has at most `max_history` clicks). Lazy, not
+eager at swap time: eagerly replaying every session in the table would stall the stream for as
+long as it takes (and write every state again) just when the swap must be seamless, and would
+spend most of it on sessions that never click again and are evicted by their TTL. Lazily, each
+returning session is replayed once (at most `max_history` clicks), and a batch's returning sessions
+together, one model call per click position, so a batch right after a swap costs about what any
+batch costs. The same rule covers a state that reaches a worker still serving another version
+(rebalance, rollback, rolling update).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream_app.inference.scoring import Scorer
+from stream_app.inference.suggestion import Judgement, SourcedClick, Suggestion, item_hash
+from stream_app.settings import Settings
+
+
+@dataclass(slots=True)
+class SessionState:
+    """One session in the table, and its changelog record (`dumps`, `loads`).
+
+    The record is one line of JSON, a newline, then the kept suggestion as one little-endian uint16 per
+    item (`item_hash`, `"suggested"` of them), then the hidden state as raw little-endian float32
+    (`layers * hidden_size * 4` bytes; none until a known item is clicked):
+
+        {"last_seen":1733331234,"by":["gru4rec","20261204T...","current"],"items":["81766","31331"],
+         "offsets":[1219],"suggested":20}
+        <40 bytes: 20 item hashes><400 bytes for 1 layer of 100 units>
+
+    Any Kafka tool shows the first line as text; the floats stay exact (a restarted worker serves what
+    it would have served without the restart) at a third of base64's size. The suggestion is kept only
+    to be judged by the session's next click, and a 2-byte hash per item is all that takes (`item_hash`
+    says what chance matches cost), where the ids as JSON took about four times as much. `last_seen`
+    is whole seconds: it only decides eviction after `session_ttl`. At one click and 100 hidden units
+    the record is ~560 bytes, the hidden state 400 of them. The worker's table holds these records as
+    they are, one bytes object per session, and decodes a session when it clicks.
+
+    `items` holds external ids, not model indices: indices belong to one artifact, ids survive a
+    model change, when the hidden state is rebuilt by replaying them. `offsets` belong to the last
+    entries of `items`, as many as may still be delivered again (`forget_committed`): usually one.
+    One model, version and variant (`by`) computed both the hidden state and the suggestion: a batch
+    writes the state of a session only when it stepped it.
+    """
+
+    items: list[str]  # last `max_history` clicked item ids, oldest first
+    last_seen: float  # worker clock (Unix s) at the session's latest click
+    hidden: bytes  # float32 [layers, hidden_size], little-endian; b"" until a known item is clicked
+    artifact_version: str  # the artifact whose model produced `hidden` and `suggested`
+    offsets: list[int] = field(default_factory=list)  # clicks-topic offsets of the last entries of `items`
+    suggested: list[int] = field(default_factory=list)  # `item_hash` of each item of the last suggestion
+    model: str = ""  # the pipeline that served the session (`stream_app.inference.scoring.PIPELINES`)
+    variant: str = ""  # "current" or "canary"
+
+    _HEAD = b'{"last_seen":'
+
+    @property
+    def served_by(self) -> tuple[str, str, str]:
+        return (self.model, self.artifact_version, self.variant)
+
+    def dumps(self) -> bytes:
+        header = {
+            "last_seen": int(self.last_seen),
+            "by": self.served_by,
+            "items": self.items,
+            "offsets": self.offsets,
+            "suggested": len(self.suggested),
+        }
+        return b"".join(
+            (orjson.dumps(header), b"\n", struct.pack(f"<{len(self.suggested)}H", *self.suggested), self.hidden)
+        )
+
+    @classmethod
+    def loads(cls, record: bytes) -> SessionState:
+        header, _, tail = record.partition(b"\n")  # JSON escapes every newline inside the line
+        fields = orjson.loads(header)
+        if "by" not in fields:
+            return cls._earlier(fields, tail)
+        model, version, variant = fields["by"]
+        cut = 2 * fields["suggested"]
+        return cls(
+            items=fields["items"],
+            last_seen=fields["last_seen"],
+            hidden=tail[cut:],
+            artifact_version=version,
+            offsets=fields["offsets"],
+            suggested=list(struct.unpack(f"<{fields['suggested']}H", tail[:cut])),
+            model=model,
+            variant=variant,
+        )
+
+    @classmethod
+    def _earlier(cls, fields: dict[str, Any], tail: bytes) -> SessionState:
+        """A record of an earlier format, still in a changelog after an upgrade: 4-byte item hashes (their
+        low half is today's `item_hash`) and `served_by`; the suggestion's ids in the header before that,
+        and a faust Record with base64 `hidden` before that. A suggestion is kept only when the model that
+        made it also made the hidden state."""
+        if "served_by" in fields:
+            model, version, variant = fields["served_by"]
+            cut = 4 * fields["suggested"]
+            hashes = struct.unpack(f"<{fields['suggested']}I", tail[:cut])
+            suggested, hidden = [full & 0xFFFF for full in hashes], tail[cut:]
+        else:
+            hidden = base64.b64decode(fields["hidden"]) if "hidden" in fields else tail
+            version = fields["artifact_version"]
+            model, suggested_version, variant = fields.get("suggested_by") or ["", version, ""]
+            kept = suggested_version == version
+            suggested = [item_hash(item) for item in fields.get("suggested", [])] if kept else []
+            model, variant = (model, variant) if kept else ("", "")
+        return cls(
+            items=fields["items"],
+            last_seen=fields["last_seen"],
+            hidden=hidden,
+            artifact_version=version,
+            offsets=fields.get("offsets", []),
+            suggested=suggested,
+            model=model,
+            variant=variant,
+        )
+
+    def forget_committed(self, committed: int | None) -> None:
+        """Keep only the offsets from `committed` on (the partition's committed offset, None: unknown, keep
+        all): Kafka never delivers a click below it again, so no repeat can carry those offsets, and a
+        session of 50 clicks carries one or two offsets instead of 50."""
+        if committed is not None:
+            self.offsets = [offset for offset in self.offsets if offset >= committed]
+
+    @classmethod
+    def last_seen_of(cls, record: bytes) -> float:
+        """`last_seen` without decoding the rest: the eviction sweep reads it for every session."""
+        if not record.startswith(cls._HEAD):
+            return cls.loads(record).last_seen
+        return float(record[len(cls._HEAD) : record.index(b",")])
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    suggestions: list[Suggestion]  # one per click, in click order
+    states: dict[bytes, SessionState]  # every session the batch stepped (not only repeated), keyed like the table
+    judgements: list[Judgement]  # the sessions' earlier suggestions, judged by the batch's new clicks
+
+
+@dataclass(slots=True)
+class _Session:
+    items: list[str]
+    offsets: list[int]
+    hidden: np.ndarray | None  # [layers, hidden_size]
+    stale: bool = False  # `hidden` is still to be rebuilt from `items` (`_rebuild_stale`)
+    suggested: list[int] = field(default_factory=list)  # item hashes of the last suggestion
+    served_by: tuple[str, str, str] = ("", "", "")  # its model, version and variant
+    stepped: bool = False  # a click of this batch was new to the session (not a repeat)
+
+
+def _encode_hidden(hidden: np.ndarray | None) -> bytes:
+    return b"" if hidden is None else hidden.astype("<f4").tobytes()
+
+
+class SessionRecommender:
+    """Scores batches of clicks against per-session state held in a mapping."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        top_k: int,
+        max_history: int,
+        session_ttl: float,
+        exclude_seen: bool,
+        variant: str = "current",
+        observe_inference: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self.observe_inference = observe_inference  # gets the wall time of each model call
+        self.scorer = scorer
+        self.top_k = top_k
+        self.max_history = max_history
+        self.session_ttl = session_ttl
+        self.exclude_seen = exclude_seen
+        self.variant = variant  # "current", or "canary" for a version serving a share of sessions
+
+    @classmethod
+    def from_settings(cls, scorer: Scorer, settings: Settings, **overrides: Any) -> SessionRecommender:
+        """The recommender the worker serves with; the quality gate overrides `top_k` and `session_ttl`.
+        The exclusion policy is the artifact's measured one unless the settings choose."""
+        options = {
+            "top_k": settings.top_k,
+            "max_history": settings.max_history,
+            "session_ttl": settings.session_ttl,
+            "exclude_seen": scorer.exclusion_policy(settings.exclude_seen)[0],
+        }
+        return cls(scorer, **options | overrides)
+
+    def recommend(
+        self, clicks: Sequence[SourcedClick], table: Mapping[bytes, SessionState | bytes], now: float
+    ) -> BatchResult:
+        """One suggestion per click, in click order, and the new state of each session touched.
+
+        `table` is keyed like the clicks topic (the session id in UTF-8), holds states or their
+        records (`SessionState.dumps`, as the worker's table does) and is only read: the caller
+        writes `BatchResult.states` back, in whatever context and form its store needs.
+        """
+        session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
+        sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
+        self._rebuild_stale([session for session in sessions.values() if session.stale])
+        suggestions: list[Suggestion | None] = [None] * len(clicks)
+        judgements: list[Judgement] = []
+        fresh = []
+        for position, sourced in enumerate(clicks):
+            session = sessions[sourced.click.session_id]
+            if session.offsets and sourced.offset <= session.offsets[-1]:
+                suggestions[position] = self._answer_repeat(sourced, session)
+            else:
+                fresh.append(position)
+        for positions in self._rounds(clicks, fresh):
+            self._step_round(clicks, positions, sessions, suggestions, judgements)
+        states = {
+            session_id.encode(): SessionState(
+                items=session.items,
+                last_seen=now,
+                hidden=_encode_hidden(session.hidden),
+                artifact_version=self.scorer.version,
+                offsets=session.offsets,
+                suggested=session.suggested,
+                model=self.scorer.name,
+                variant=self.variant,
+            )
+            for session_id, session in sessions.items()
+            if session.stepped
+        }
+        return BatchResult(suggestions, states, judgements)  # type: ignore[arg-type]: every position is answered
+
+    @staticmethod
+    def _rounds(clicks: Sequence[SourcedClick], positions: list[int]) -> list[list[int]]:
+        rounds: list[list[int]] = []
+        clicks_so_far: Counter[str] = Counter()
+        for position in positions:
+            sourced = clicks[position]
+            ordinal = clicks_so_far[sourced.click.session_id]
+            clicks_so_far[sourced.click.session_id] += 1
+            if ordinal == len(rounds):
+                rounds.append([])
+            rounds[ordinal].append(position)
+        return rounds
+
+    def _load(self, state: SessionState | bytes | None, now: float) -> _Session:
+        if isinstance(state, bytes):
+            state = SessionState.loads(state)
+        if state is None or now - state.last_seen > self.session_ttl:
+            return _Session(items=[], offsets=[], hidden=None)
+        session = _Session(
+            items=list(state.items),
+            offsets=list(state.offsets),
+            hidden=None,
+            suggested=state.suggested,
+            served_by=state.served_by,
+        )
+        if not self.scorer.stateful:  # the pipeline reads the kept clicks themselves: nothing to rebuild
+            return session
+        if state.artifact_version == self.scorer.version and state.hidden:
+            shape = (self.scorer.layers, self.scorer.hidden_size)
+            session.hidden = np.frombuffer(state.hidden, dtype="<f4").reshape(shape).astype(np.float32)
+        else:
+            session.stale = True
+        return session
+
+    def _rebuild_stale(self, stale: list[_Session]) -> None:
+        """Rebuild the hidden states of `stale` sessions from their known items, all in one replay:
+        right after a swap, most sessions of a batch need it."""
+        known = [self.scorer.known_indices(session.items) for session in stale]
+        hidden = self.scorer.rebuild_hidden(known)
+        for row, session in enumerate(stale):
+            session.hidden = hidden[:, row, :].copy() if known[row] else None
+            session.stale = False
+
+    def _answer_repeat(self, sourced: SourcedClick, session: _Session) -> Suggestion:
+        """The suggestion for a click the state already holds, from the session's prefix up to it.
+
+        A repeat older than the kept history (`max_history` clicks) is answered from its own click.
+        `offsets` lines up with the end of `items` (states written before offsets were kept have fewer).
+        """
+        if sourced.offset in session.offsets:
+            kept = len(session.items) - len(session.offsets) + session.offsets.index(sourced.offset)
+        else:
+            kept = 0
+        replayed = _Session(items=session.items[:kept], offsets=[], hidden=None, stale=True)
+        self._rebuild_stale([replayed])
+        suggestions: list[Suggestion | None] = [None]
+        self._step_round([sourced], [0], {sourced.click.session_id: replayed}, suggestions, [])
+        return suggestions[0]  # type: ignore[return-value]: answered above
+
+    def _step_round(
+        self,
+        clicks: Sequence[SourcedClick],
+        positions: list[int],
+        sessions: dict[str, _Session],
+        suggestions: list[Suggestion | None],
+        judgements: list[Judgement],
+    ) -> None:
+        scorer = self.scorer
+        indices = {p: scorer.index_of(clicks[p].click.item_id) for p in positions}
+        stepped = [p for p in positions if indices[p] is not None]
+        if stepped:
+            hidden = None
+            if scorer.stateful:
+                hidden = np.stack(
+                    [
+                        h
+                        if (h := sessions[clicks[p].click.session_id].hidden) is not None
+                        else scorer.zero_hidden(1)[:, 0, :]
+                        for p in stepped
+                    ],
+                    axis=1,
+                )
+            windows = []
+            if scorer.window:
+                windows = [self._window(sessions[clicks[p].click.session_id], indices[p]) for p in stepped]
+            started = time.perf_counter()
+            result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows)
+            self.observe_inference(time.perf_counter() - started)
+            # a row's best `top_k` after leaving out at most `max_history` seen items: no need to read further
+            read = self.top_k + (self.max_history if self.exclude_seen else 0)
+            top_items, top_scores = result.top_items[:, :read].tolist(), result.top_scores[:, :read].tolist()
+        rows = {p: row for row, p in enumerate(stepped)}
+
+        for p in positions:
+            sourced = clicks[p]
+            session = sessions[sourced.click.session_id]
+            if session.suggested:
+                judgements.append(Judgement.of(session.suggested, sourced.click.item_id, session.served_by))
+            session.items = (session.items + [sourced.click.item_id])[-self.max_history :]
+            session.offsets = (session.offsets + [sourced.offset])[-self.max_history :]
+            exclude = self._seen(session) if self.exclude_seen else set()
+            if p in rows:
+                row = rows[p]
+                if result.next_hidden is not None:
+                    session.hidden = result.next_hidden[:, row, :].copy()
+                items, scores = scorer.select(top_items[row], top_scores[row], self.top_k, exclude)
+                source = "model"
+            else:
+                items, scores = scorer.popular(self.top_k, exclude)
+                source = "popularity"
+            suggestion = Suggestion(
+                sourced,
+                [scorer.item_ids[i] for i in items],
+                scores,
+                source,
+                scorer.name,
+                scorer.version,
+                self.variant,
+            )
+            suggestions[p] = suggestion
+            session.suggested = [scorer.item_hashes[i] for i in items]
+            session.served_by = (scorer.name, scorer.version, self.variant)
+            session.stepped = True
+
+    def _window(self, session: _Session, clicked: int) -> list[int]:
+        """The session's last known clicks up to and including `clicked` (model indices), as many as the
+        pipeline reads (`Scorer.window`; GRU4Rec alone reads none, and is not asked). Unknown items are
+        skipped, as the offline evaluation drops them; at most `max_history` clicks are kept to choose from."""
+        return (self.scorer.known_indices(session.items) + [clicked])[-self.scorer.window :]
+
+    def _seen(self, session: _Session) -> set[int]:
+        return set(self.scorer.known_indices(session.items))

@@ -1,0 +1,1 @@
+"""`--tune N`: the hyper-parameter search and the spaces it searches."""
