@@ -17,18 +17,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-#: Worker settings (field names of `stream_app.settings.Settings`) that suit Tansu. Tansu holds a
-#: JoinGroup reply for about session_timeout/2 and answers fetches only when its long poll ends,
-#: so the defaults made for real Kafka make a worker take ~30 s to join and ~1 s per round trip.
-#: Tansu answers ListOffsets(latest) with the last batch's base offset + 1, wrong for a batch of several
-#: records, and faust's changelog recovery reads up to that offset: a restarted worker then missed the
-#: last states of a partition (a restart test failed). No linger and batches of one record each keep the
-#: changelog's batches to one record, whatever the rate (no linger alone did not: a worker that sends a
-#: batch's changelog records together fills a batch while the previous request is in flight, and the
-#: scale-out test failed 3 runs in 10). Tansu answers a waiting fetch after up to half the fetch wait, so
-#: clicks sent at a steady rate arrive in bursts of rate x wait / 2: with 0.1 s the worker's own p99 at 1,000
-#: clicks/s was 15-19 ms, with 0.03 s 11-13 ms, for ~1 % of a core more idle polling in worker and broker each.
-#: Real Kafka needs none of this.
+#: Worker settings (field names of `stream_app.settings.Settings`) that suit Tansu; real Kafka needs none
+#: of them. Short group timings: Tansu holds a JoinGroup reply for about session_timeout/2. One record per
+#: producer batch (and no linger): Tansu answers ListOffsets(latest) with the last batch's base offset + 1,
+#: so faust's changelog recovery would stop short of a last batch of several records. A short fetch wait:
+#: Tansu answers a waiting fetch after up to half of it, so steady clicks arrive in bursts of rate x wait / 2.
+#: Each setting's why: docs/operations.md, "The embedded broker"; what they cost: docs/stream_performance.md.
 TANSU_WORKER_TUNING: dict[str, float | int] = {
     "broker_session_timeout": 2.0,
     "broker_heartbeat_interval": 0.5,

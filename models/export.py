@@ -92,9 +92,9 @@ def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inp
             outputs: tuple[str, ...], dynamic_axes: dict[str, dict[int, str]]) -> Path:
     with warnings.catch_warnings():
         # Known, and checked by the parity tests (ONNX outputs equal torch's at several batch sizes): the
-        # TorchScript exporter is deprecated, but the torch.export-based one took ~40x longer on these
-        # graphs here (40 s for a tiny GRU4Rec) and warns in turn; tracing nn.GRU warns about its own
-        # shape checks and about batch sizes other than 1.
+        # TorchScript exporter is deprecated, but the torch.export-based one is far slower on these graphs
+        # (docs/experiments.md) and warns in turn; tracing nn.GRU warns about its own shape checks and about
+        # batch sizes other than 1.
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
         warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning, r"torch\.onnx\.")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn")

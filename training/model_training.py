@@ -183,10 +183,10 @@ def stacked_training_data(params: DIENTraining, retriever_params: Any, split: En
                           progress: bool, device: torch.device = CPU) -> StackedData:
     """The sessions DIEN trains on and the retriever's top-N for each of their prefixes.
 
-    A retriever scoring the prefixes it was trained on is far more confident than on new sessions (GRU4Rec
-    on Diginetica: the next click in its top 100 for 95 % of its training prefixes, 82 % of the test's), and
-    DIEN trained there learns to correct the wrong retriever. So (stacking, `holdout_fraction` f > 0) DIEN
-    trains on the latest f of the training sessions, cut into `holdout_folds` k consecutive folds; each
+    A retriever scoring the prefixes it was trained on is far more confident than on new sessions
+    (docs/experiments.md, Stacking), and DIEN trained there learns to correct the wrong retriever. So
+    (stacking, `holdout_fraction` f > 0) DIEN trains on the latest f of the training sessions, cut into
+    `holdout_folds` k consecutive folds; each
     fold's candidates come from a retriever trained with the same settings (at most
     `holdout_retriever_epochs`) on every other training session: clicks that retriever never saw, as at
     serving time (k = 1: one retriever on the earlier sessions; k > 1: cross-fitting, k retrievers, each

@@ -1,12 +1,11 @@
 """Training lanes: the retrain's independent trainings side by side, each in a process of its own.
 
-On this project's 2-core CPU a GRU4Rec epoch takes 13.1 s with 2 torch threads and 19.4 s with 1, and two
-1-thread processes run side by side at 19.5 s each: two lanes of one thread do x1.34 the work of one lane of
-two (x1.13 on a faster morning; a whole Diginetica retrain: 53.9 min against 66.5, docs/experiments.md). The
-retrain's trainings are mostly independent (DIEN's fold retriever, the serving retrievers; DIEN once its fold
-retriever is done), so `lanes` worker processes, each with threads // lanes torch threads, take them in the
-order they are submitted. One lane runs every job here, in submission order, as the retrain always did.
-`Lanes` is what the retrain holds: jobs in, results out, each job's stages added to the run's clock once.
+A training's torch threads speed it up by less than their number, so on a small CPU two 1-thread processes
+do more work than one 2-thread process (docs/training.md, Training lanes; figures: docs/experiments.md). The
+retrain's trainings are mostly independent (DIEN's fold retriever, the serving retrievers; DIEN once its
+fold retriever is done), so `lanes` worker processes, each with threads // lanes torch threads, take them in
+the order they are submitted; one lane runs every job here, in submission order. `Lanes` is what the
+retrain holds: jobs in, results out, each job's stages added to the run's clock once.
 
 A model trained in a 1-thread lane is not bit-equal to one trained on 2 threads (other summation orders),
 but it is the same as a 1-thread retrain's: the arithmetic depends on the threads per job, not on the lanes.

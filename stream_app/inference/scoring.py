@@ -26,8 +26,8 @@ from stream_app.inference.suggestion import item_hash
 
 MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
 PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
-# An artifact that did not measure the exclusion policy (trained before it was) keeps clicked items:
-# shoppers go back to a product page (34 % of the next clicks of the demo's test day repeat one).
+# An artifact without the measured exclusion policy (as training seals it before measuring) keeps clicked
+# items: shoppers often go back to a product page they saw (docs/experiments.md, Serving).
 UNMEASURED_EXCLUDE_SEEN = False
 
 
@@ -59,11 +59,9 @@ def preferred_providers() -> list[str]:
 def share_cpu_arena() -> None:
     """One CPU memory arena for every onnxruntime session of the process (current, canary, a swap's checks),
     grown by what a run asks for. onnxruntime's default arena grows in doubling regions and never gives one
-    back: a full batch right after smaller ones found no free stretch big enough for its scores (batch x
-    catalogue floats, 44 MB at 256 x 43,097) and took another 32-64 MiB, at whatever moment batch sizes
-    happened to mix (+45 MB after five runs of mixed sizes; the worker's RSS jumped by 64 MiB in two of four
-    memory runs). Grown as requested, the arena has its size after the first full batch and keeps it; same
-    clicks/s in onnxruntime alone."""
+    back, so a full batch after smaller ones (its scores are batch x catalogue floats) could take a new
+    region at any moment; grown as requested, the arena has its size after the first full batch and keeps
+    it, at no cost in clicks/s (docs/stream_performance.md, Session state)."""
     arena = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # kSameAsRequested
     cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(cpu, arena)
@@ -140,7 +138,7 @@ class Scorer:
             return setting == "true", f"NEXTCLICK_EXCLUDE_SEEN={setting}"
         if self.measured is None:
             return UNMEASURED_EXCLUDE_SEEN, (
-                f"artifact {self.version} did not measure the policy for {self.name} (an older format): "
+                f"artifact {self.version} did not measure the policy for {self.name}: "
                 f"{'excluding' if UNMEASURED_EXCLUDE_SEEN else 'keeping'} clicked items, the default"
             )
         keep, exclude = self.measured["keep_seen"], self.measured["exclude_seen"]

@@ -1,38 +1,15 @@
-"""Turn a micro-batch of clicks into suggestions, advancing each session's GRU state.
+"""Turn a micro-batch of clicks into suggestions, advancing each session's state.
 
-Kept apart from faust so the logic runs on any mapping (the faust Table in the worker, a dict
-in tests); it only reads state and leaves writing the new states to the caller. A batch costs
-one model call per "round": round r holds the r-th click of every session in the batch, so two
-clicks of one session are stepped in order while clicks of different sessions share a call.
-
-Delivery is at-least-once, and the table's changelog can be ahead of the committed offsets after a
-crash: a click may come again after the state already holds it. Each state remembers the offsets
-of its clicks that may still come again (those from its partition's committed offset on, the
-worker's `forget_committed`), so such a repeat is answered from the session's prefix up to that
-click (replayed from a zero hidden state, like the original answer) and leaves the state alone,
-instead of stepping the session a second time.
-
-Each state also keeps the session's last suggestion and what made it (model, version, variant), so
-that the session's next click judges it (`Judgement`: the click's position in it): the worker's live
-served quality (`stream_app.inference.served_quality`). A repeated delivery is answered, never judged again.
-
-A hidden state belongs to the model that computed it. When the worker swaps to another artifact
-(`stream_app.worker.model_swap`), a state written under another version is never fed to the new model: its
-session's kept item ids are replayed through the new model from a zero hidden state, lazily, when
-the session's next click arrives (`_load`), so that suggestion equals what the new model gives
-offline for the prefix (the whole session while it has at most `max_history` clicks). Lazy, not
-eager at swap time: eagerly replaying every session in the table would stall the stream for as
-long as it takes (and write every state again) just when the swap must be seamless, and would
-spend most of it on sessions that never click again and are evicted by their TTL. Lazily, each
-returning session is replayed once (at most `max_history` clicks), and a batch's returning sessions
-together, one model call per click position, so a batch right after a swap costs about what any
-batch costs. The same rule covers a state that reaches a worker still serving another version
-(rebalance, rollback, rolling update).
+Faust-free, so it runs on any mapping (the worker's table, a dict in tests); it reads states and leaves
+writing them to the caller. A batch costs one model call per round (round r: the r-th click of every
+session in it); a repeated delivery is answered from its session's prefix and leaves the state alone; a
+state computed by another model version is rebuilt lazily, by replaying its item ids on the session's
+next click. Why each is so: docs/serving.md (State, Delivery guarantee, Hot swap) and
+docs/stream_performance.md (Session state; State from another model version).
 """
 
 from __future__ import annotations
 
-import base64
 import struct
 import time
 from collections import Counter
@@ -44,7 +21,7 @@ import numpy as np
 import orjson
 
 from stream_app.inference.scoring import Scorer
-from stream_app.inference.suggestion import Judgement, SourcedClick, Suggestion, item_hash
+from stream_app.inference.suggestion import Judgement, SourcedClick, Suggestion
 from stream_app.settings import Settings
 
 
@@ -60,19 +37,12 @@ class SessionState:
          "offsets":[1219],"suggested":20}
         <40 bytes: 20 item hashes><400 bytes for 1 layer of 100 units>
 
-    Any Kafka tool shows the first line as text; the floats stay exact (a restarted worker serves what
-    it would have served without the restart) at a third of base64's size. The suggestion is kept only
-    to be judged by the session's next click, and a 2-byte hash per item is all that takes (`item_hash`
-    says what chance matches cost), where the ids as JSON took about four times as much. `last_seen`
-    is whole seconds: it only decides eviction after `session_ttl`. At one click and 100 hidden units
-    the record is ~560 bytes, the hidden state 400 of them. The worker's table holds these records as
-    they are, one bytes object per session, and decodes a session when it clicks.
-
-    `items` holds external ids, not model indices: indices belong to one artifact, ids survive a
-    model change, when the hidden state is rebuilt by replaying them. `offsets` belong to the last
-    entries of `items`, as many as may still be delivered again (`forget_committed`): usually one.
-    One model, version and variant (`by`) computed both the hidden state and the suggestion: a batch
-    writes the state of a session only when it stepped it.
+    The worker's table holds these records as they are and decodes a session when it clicks. `items` holds
+    external ids, not model indices: ids survive a model change, when the hidden state is rebuilt by
+    replaying them. `offsets` belong to the last entries of `items`, as many as may still be delivered
+    again (`forget_committed`). One model, version and variant (`by`) made both the hidden state and the
+    suggestion. Why this layout (exact floats, 2-byte hashes, whole seconds): docs/stream_performance.md,
+    Session state.
     """
 
     items: list[str]  # last `max_history` clicked item ids, oldest first
@@ -106,8 +76,6 @@ class SessionState:
     def loads(cls, record: bytes) -> SessionState:
         header, _, tail = record.partition(b"\n")  # JSON escapes every newline inside the line
         fields = orjson.loads(header)
-        if "by" not in fields:
-            return cls._earlier(fields, tail)
         model, version, variant = fields["by"]
         cut = 2 * fields["suggested"]
         return cls(
@@ -117,35 +85,6 @@ class SessionState:
             artifact_version=version,
             offsets=fields["offsets"],
             suggested=list(struct.unpack(f"<{fields['suggested']}H", tail[:cut])),
-            model=model,
-            variant=variant,
-        )
-
-    @classmethod
-    def _earlier(cls, fields: dict[str, Any], tail: bytes) -> SessionState:
-        """A record of an earlier format, still in a changelog after an upgrade: 4-byte item hashes (their
-        low half is today's `item_hash`) and `served_by`; the suggestion's ids in the header before that,
-        and a faust Record with base64 `hidden` before that. A suggestion is kept only when the model that
-        made it also made the hidden state."""
-        if "served_by" in fields:
-            model, version, variant = fields["served_by"]
-            cut = 4 * fields["suggested"]
-            hashes = struct.unpack(f"<{fields['suggested']}I", tail[:cut])
-            suggested, hidden = [full & 0xFFFF for full in hashes], tail[cut:]
-        else:
-            hidden = base64.b64decode(fields["hidden"]) if "hidden" in fields else tail
-            version = fields["artifact_version"]
-            model, suggested_version, variant = fields.get("suggested_by") or ["", version, ""]
-            kept = suggested_version == version
-            suggested = [item_hash(item) for item in fields.get("suggested", [])] if kept else []
-            model, variant = (model, variant) if kept else ("", "")
-        return cls(
-            items=fields["items"],
-            last_seen=fields["last_seen"],
-            hidden=hidden,
-            artifact_version=version,
-            offsets=fields.get("offsets", []),
-            suggested=suggested,
             model=model,
             variant=variant,
         )
@@ -160,8 +99,6 @@ class SessionState:
     @classmethod
     def last_seen_of(cls, record: bytes) -> float:
         """`last_seen` without decoding the rest: the eviction sweep reads it for every session."""
-        if not record.startswith(cls._HEAD):
-            return cls.loads(record).last_seen
         return float(record[len(cls._HEAD) : record.index(b",")])
 
 
@@ -307,7 +244,7 @@ class SessionRecommender:
         """The suggestion for a click the state already holds, from the session's prefix up to it.
 
         A repeat older than the kept history (`max_history` clicks) is answered from its own click.
-        `offsets` lines up with the end of `items` (states written before offsets were kept have fewer).
+        `offsets` lines up with the end of `items`.
         """
         if sourced.offset in session.offsets:
             kept = len(session.items) - len(session.offsets) + session.offsets.index(sourced.offset)

@@ -76,8 +76,8 @@ class STANParams:
     lambda_position: float = 1.02  # λ1, in clicks
     lambda_time: float = 5 * 86_400.0  # λ2 in seconds, used with train_times
     # λ2 in sessions, used without train_times (session order as time). Off by default: a count of sessions has
-    # no published value (5 days is no fixed number of sessions), and a guess costs much (Diginetica, 5,000:
-    # Recall@20 0.31 instead of 0.40).
+    # no published value (5 days is no fixed number of sessions), and a wrong guess costs much recall
+    # (docs/experiments.md).
     lambda_time_sessions: float | None = None  # None: no decay (config.json stays strict JSON, unlike inf)
     lambda_item: float = 2.05  # λ3, in clicks
     zero_shared_item: bool = True  # w3(i*, n) = 0, the paper's choice; False: i* gets w3 = 1 like any item at p_n(i*)

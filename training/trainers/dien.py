@@ -19,8 +19,8 @@ gets right. The retriever's score is exact inside its top-N; a popularity negati
 score (an upper bound, `Retrieval.prior`). The hard negatives, k drawn uniformly from the top-N's other N − 1
 items, each stand for (N − 1)/k of them (the sampled-softmax log-Q correction). w (`DIEN.prior_weight`) is
 learnt with the rest, from the value that fits the retriever's own top-N best (`fit_prior_weight`): GRU4Rec's
-bpr-max scores are about 5x too flat to be softmax logits, and with w fixed at 1 DIEN spent itself on
-sharpening them and ranked worse than the retriever alone. Only prefixes whose next click is in the top-N
+bpr-max scores are too flat to be softmax logits, and with w fixed at 1 DIEN spent itself on sharpening them
+and ranked worse than the retriever alone (docs/experiments.md). Only prefixes whose next click is in the top-N
 train in this mode: the others cannot be re-ranked into place at serving time. Without `residual`, DIEN's
 logit alone orders the candidates (the paper's use: each target scored on its own).
 Optimiser: Adam (the official code's), lr 1e-3.
@@ -81,8 +81,8 @@ class DIENTraining:
     holdout_folds: int = 1
     holdout_retriever_epochs: int = 4
     # > 0 (one fold, GRU4Rec): the serving retriever is that fold retriever trained this many more epochs on every
-    # training session, instead of a new one trained from scratch: a quarter of the Diginetica retrain saved, for a
-    # weaker retriever and pipeline there (docs/experiments.md)
+    # training session, instead of a new one trained from scratch: a shorter retrain, for a weaker retriever and
+    # pipeline (docs/experiments.md)
     retriever_warm_start_epochs: int = 0
     n_members: int = 1  # DIENs averaged (`DIENEnsemble`), each trained from its own seed: seed, seed + 1, ...
     seed: int = 42

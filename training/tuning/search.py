@@ -1,47 +1,23 @@
 """Hyper-parameter search (`python -m training.retrain --tune N`): optuna trials on a validation split carved from
-the training log alone. The test log is not even read until the search has ended (`training.retrain` reads it
-after `tune` returns), so the figures on it are those of data nobody tuned for.
+the training log alone (`validation_split`); `training.retrain` reads the test log only after `tune` returns.
 
-Validation split (`validation_split`): the latest `fraction` of the training sessions. With timestamps, "latest"
-is by time: the sessions whose last click comes after a cut time (chosen so that `fraction` of them do) are held
-out, as GRU4Rec's preprocessing holds out its test days; without timestamps (SR-GNN pickles), the last `fraction`
-of the sessions in file order. Clicks of held-out sessions on items the rest never saw are dropped, as on the test.
-
-Each trial trains on the rest with its settings (`training.tuning.search_spaces`: the space, and which flags fix a
-setting) and is scored on the held-out sessions with the models' protocol (`training.evaluation.evaluate`).
-GRU4Rec, NARM
-and DIEN report the score after every epoch; optuna's MedianPruner (its defaults: from the 6th trial on) stops a
-trial whose score at an epoch is below the median of the earlier trials' at that epoch. A trial's value is its
-last epoch's score, the model the final training would give. A trial that diverges (`TrainingDiverged`: a
-learning rate too high) is recorded as failed and the search goes on. Proposals come from optuna's TPESampler
-seeded with `seed`: the same command proposes the same trials (the trainers are seeded too).
-
-The search starts from the run's own settings (defaults, config, flags): trial 0 trains them, where the space
-holds them, so the best trial is never below them on the validation split. A trial's budget (`--tune-epochs`,
-`--tune-sessions`) may be smaller than the final training's: fewer epochs, and only the latest fraction of the
-split's training sessions (held-out clicks on items those sessions never saw are dropped, as above); settings are
-compared at that budget. Short budgets favour settings that learn fast (a high learning rate, a small model), which
-need not win the full one (measured: docs/training-on-your-own-clicks.md), so a final round (`run_final_round`,
-`--tune-finalists K`) trains the K best trials and trial 0 again at the full budget (the model's own epochs on every
-session of the split) and the best of them there is chosen (no round when trial 0 leads: nothing to choose); the
-final training then trains it on all the training data. That is what makes a search of the full Diginetica split
-fit a working day on two cores.
-
-Objective: MRR@20 by default (`--tune-metric`): the worker serves a short ranked list and MRR rewards the next
-click near its top, where Recall@20 cannot tell rank 1 from rank 20; the official GRU4Rec example tunes MRR@20 too
-(`paropt.py -pm mrr -m 20`). Recall@K is there for a use that shows all K items alike.
+Each trial trains on the rest with settings from `training.tuning.search_spaces` (trial 0: the run's own
+settings, where the space holds them) at the trial budget (`--tune-epochs`, `--tune-sessions`) and is scored on
+the held-out sessions with the models' protocol (`training.evaluation.evaluate`); GRU4Rec, NARM and DIEN report
+after every epoch to optuna's MedianPruner, a trial's value is its last epoch's score, and a diverging trial
+(`TrainingDiverged`) fails alone. Proposals come from optuna's TPESampler seeded with `seed`. A final round
+(`run_final_round`, `--tune-finalists K`) trains the K best trials and trial 0 again at the full budget and the
+best of them there is chosen (none when trial 0 leads). Why the split, the objective (MRR@20, as the official
+GRU4Rec example's `paropt.py -pm mrr -m 20`), trial 0 and the final round: docs/training-on-your-own-clicks.md,
+section 3.
 
 Order: the retrievers (GRU4Rec, NARM), then DIEN, whose trials re-rank its retriever's top-N for the held-out
 sessions: that retriever (with its tuned settings when it was tuned) and DIEN's training candidates (stacking's
 fold retriever(s) included, `training.model_training.reranker_inputs`) are trained once on the rest, then each trial
 trains one DIEN (n_members = 1; the final training trains `n_members` of the best settings). Then the
 baselines (item-kNN, V-SKNN, STAN), one fit and one scoring per trial. `timeout` bounds each model's search
-(optuna checks it between trials: a trial under way ends first).
-
-What is kept (`TuningResult.write`, into the artifact, sealed by its manifest): `tuning.json` (per model: the
-metric, the best value and settings, the space searched, trials by state, seconds; the validation split and the
-search's own settings), `tuning_<model>_trials.csv` (every trial: optuna's trials_dataframe) and
-`tuning_<model>.png` (`training.evaluation.plots.plot_search`).
+(optuna checks it between trials: a trial under way ends first). What is kept, into the artifact:
+`TuningResult.write`.
 """
 
 from __future__ import annotations
@@ -117,7 +93,10 @@ class TuningSettings:
 
 def validation_split(log: ClickLog, fraction: float, flag: str = "--tune-validation-fraction"
                      ) -> tuple[ClickLog, ClickLog, dict]:
-    """(the rest, the held-out sessions, how they were chosen): see the module docstring. `flag`: the setting
+    """(the rest, the held-out sessions, how they were chosen): the latest `fraction` of the training sessions.
+    With timestamps, by time: the sessions whose last click comes after a cut time (chosen so that `fraction` of
+    them do), as GRU4Rec's preprocessing holds out its test days; without (SR-GNN pickles), the last `fraction`
+    in file order. Held-out clicks on items the rest never saw are dropped, as on the test. `flag`: the setting
     that asked for `fraction`, named by the error where the log is too small for it."""
     offsets = log.session_offsets()
     n = len(offsets) - 1
@@ -144,7 +123,7 @@ Objective = Callable[[optuna.Trial], float]
 
 class Trials:
     """What every model's objective shares: the trial's settings of the model's space, and the per-epoch report
-    (`every_epoch`; False: the last epoch only, where nothing is pruned: scoring costs about a third of an epoch)."""
+    (`every_epoch`; False: the last epoch only, where nothing is pruned: scoring every epoch costs trial time)."""
 
     def __init__(self, name: str, base: Any, fixed: set[str], settings: TuningSettings, has_times: bool,
                  every_epoch: bool = True):
