@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime
-from stream_throughput import create_topics, endless_sessions, take
+from stream_throughput import create_topics, demo_day_sessions, interleaved, take
 
 from devtools.click_replay import (
     LoggedClick,
     OnlineStats,
     WorkerProcess,
-    held_out_clicks,
     kafka_producer,
     percentiles,
     rate_schedule,
@@ -51,6 +50,7 @@ from stream_app.settings import Settings, get_settings
 SECOND_SEED = "2"  # the new model: the demo's recipe with another seed
 WARM_UP = 2.0  # seconds of load left out of the pre-swap latency baseline
 AFTER_FIRST_NEW = 1.0  # the swap window ends this long after the first new-version suggestion
+SESSIONS_AT_ONCE = 100  # test sessions clicking side by side, each pass with new ids
 STORE_VARIABLES = ("NEXTCLICK_ARTIFACT_DIR", "NEXTCLICK_ARTIFACT_STORE_URL", "NEXTCLICK_SERVING_ARTIFACT_DIR")
 
 
@@ -121,7 +121,7 @@ async def measure(args: argparse.Namespace, worker: WorkerProcess, store: Artifa
     settings = worker.settings
     await create_topics(settings)
     stats = SwapStats()
-    clicks = endless_sessions(held_out_clicks(settings))
+    clicks = interleaved(demo_day_sessions(settings), SESSIONS_AT_ONCE)
     producer, consumer = kafka_producer(settings, linger_ms=5), suggestion_consumer(settings)
     await producer.start()
     await consumer.start()

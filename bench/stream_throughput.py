@@ -99,16 +99,20 @@ def parse_args() -> argparse.Namespace:
 # --- clicks ------------------------------------------------------------------------------------
 
 
+def demo_day_sessions(settings: Settings) -> list[list[str]]:
+    """The demo's real test day as sessions of item ids, in the order they start."""
+    sessions: dict[str, list[str]] = {}
+    for click in held_out_clicks(settings):
+        sessions.setdefault(click.session_id, []).append(click.item_id)
+    return list(sessions.values())
+
+
 def test_sessions(artifact: Path, settings: Settings) -> tuple[str, list[list[str]]]:
     """The test sessions (external item ids) of the data set the artifact was trained on."""
     metrics = artifact / METRICS
     dataset = json.loads(metrics.read_text()).get("dataset") if metrics.is_file() else None
     if dataset in (None, "yoochoose_rsc15_100k"):
-        day = held_out_clicks(settings)
-        sessions: dict[str, list[str]] = {}
-        for click in day:
-            sessions.setdefault(click.session_id, []).append(click.item_id)
-        return "yoochoose_rsc15_100k (the demo's test day)", list(sessions.values())
+        return "yoochoose_rsc15_100k (the demo's test day)", demo_day_sessions(settings)
     # the trainer's readers, only for a data set other than the demo's
     from training.data.datasets import load_dataset
 
