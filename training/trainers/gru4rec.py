@@ -59,9 +59,9 @@ class GRU4RecTraining(TrainingParams):
     learning_rate: float = 0.05
     momentum: float = 0.15
     # "bfloat16": the training step's matrix products take bfloat16 inputs (float32 accumulation; weights,
-    # optimiser state, gates, recurrent state and loss stay float32): ~2x faster GEMMs on CPUs with
-    # AVX512-BF16 or AMX, emulated and slower elsewhere; on a CUDA GPU its bfloat16 GEMMs (float32 accumulation),
-    # float32 on one without bfloat16. Evaluation and the exported graph are float32.
+    # optimiser state, gates, recurrent state and loss stay float32): faster GEMMs on CPUs with AVX512-BF16 or
+    # AMX (docs/experiments.md), emulated and slower elsewhere; on a CUDA GPU its bfloat16 GEMMs (float32
+    # accumulation), float32 on one without bfloat16. Evaluation and the exported graph are float32.
     matmul_precision: str = "float32"
 
     CHOICES = TrainingParams.CHOICES | {"matmul_precision": ("float32", "bfloat16")}
