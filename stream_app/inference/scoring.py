@@ -27,7 +27,7 @@ from stream_app.inference.suggestion import item_hash
 MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
 PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
 # An artifact without the measured exclusion policy (as training seals it before measuring) keeps clicked
-# items: shoppers often go back to a product page they saw (docs/experiments.md, Serving).
+# items: shoppers often go back to a product page they saw (docs/experiments.md, Figures moved out of code).
 UNMEASURED_EXCLUDE_SEEN = False
 
 
