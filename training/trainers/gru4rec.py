@@ -50,7 +50,7 @@ from training.trainers.sampling import PopularitySampler, sampled_candidates
 class GRU4RecTraining(TrainingParams):
     """Hyper-parameters; the defaults are the official best settings for Diginetica (bpr-max, shared embedding)."""
 
-    layers: tuple[int, ...] = (512,)
+    layers: tuple[int, ...] = (512,)  # hidden units of each GRU layer
     embedding: int = 0
     constrained_embedding: bool = True
     dropout_embed: float = 0.5
