@@ -50,6 +50,7 @@ from stream_app.settings import get_settings
 from training.artifact import code_version, new_version, write_retrain_artifact
 from training.data.click_log import ClickLog, EncodedSplit
 from training.data.datasets import custom_dataset, dataset_files, dataset_names
+from training.data.errors import exits_on_data_errors
 from training.data.stream_source import add_topic_arguments, topic_click_logs
 from training.evaluation.baselines import BASELINES, BaselineParams, session_start_times
 from training.model_training import (
@@ -323,20 +324,22 @@ def publish_trained(out: Path, test_log: ClickLog, args: argparse.Namespace) -> 
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Train, evaluate, write the artifact, then gate and publish it (`publish_trained`); the artifact's path."""
-    args = build_parser().parse_args(argv)
+    """Train, evaluate, write the artifact, then gate and publish it (`publish_trained`); the artifact's path.
+    Bad data (a `DataError`, an unreadable file) ends it with one line on stderr and exit status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     trained_by = code_version()
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = plan_from_args(args)
     search = tuning_settings(args, plan)
     clock = StageClock()
-    with clock.stage("loading"):
+    with clock.stage("loading"), exits_on_data_errors(parser):
         train_log, read_test_log, name = open_logs(args)
     tuning = None
     if search:
         plan, tuning = tuned_plan(args, plan, search, train_log, clock)
-    with clock.stage("loading the test log"):
+    with clock.stage("loading the test log"), exits_on_data_errors(parser):
         data = data_of(args, name, train_log, read_test_log())
     print(data.summary())
 

@@ -1,6 +1,9 @@
 """The ONNX serving graph gives what the torch model gives, on real sessions, step after step."""
 
 import json
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -9,6 +12,7 @@ import torch
 
 from models.export import export_gru4rec
 from stream_app.inference.artifact_format import sha256_of
+from stream_app.settings import REPO_ROOT
 from tests.real_slices import yoochoose_slice
 from training.retrain import main as retrain
 from training.trainers.gru4rec import GRU4RecTraining, train_gru4rec
@@ -137,3 +141,29 @@ def test_warm_started_retriever_continues_diens_fold_retriever_on_every_session(
     assert stages.index("dien's training candidates (fold gru4rec training included)") \
         < stages.index("gru4rec training (continuing dien's fold retriever)") < stages.index("dien training")
     assert metrics["results"]["gru4rec->dien"]["n_predictions"] > 0
+
+
+BAD_DATA = {  # file content (None: no file) -> what the one line says after "<file>: "
+    "not_a_prefix": (pickle.dumps(([7, 7, 8], [[1, 2], [1], [5]], [3, 4, 6], [10.0, 9.0, 11.0])),
+                     "sample 1: session '7': not a prefix of the session's longest sample (sample 0)"),
+    "not_a_pickle": (b"\x80\x04\x95 not a pickle", "not a readable pickle"),
+    "three_columns": (pickle.dumps(([[1]], [2], [0.0])), "got a tuple of 3"),
+    "missing": (None, "no such file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_ends_the_command_with_one_line_and_status_2(tmp_path, case):
+    """`python -m training.retrain` as a user runs it: a data error is one line on stderr, never a traceback."""
+    content, message = BAD_DATA[case]
+    bad = tmp_path / "bad.pkl"
+    if content is not None:
+        bad.write_bytes(content)
+    run = subprocess.run([sys.executable, "-m", "training.retrain", "--train", str(bad), "--test", str(bad),
+                          "--out", str(tmp_path / "out"), "--no-progress"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("python -m training.retrain: error: ") and message in run.stderr
+    assert "bad.pkl: " in run.stderr  # the file it is about
+    assert not (tmp_path / "out").exists()

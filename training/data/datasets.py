@@ -6,13 +6,14 @@ Trainer, evaluator and benchmarks name a data set instead of spelling out file n
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from stream_app.settings import get_settings
-from training.data.click_log import ClickLog
+from training.data.click_log import ClickLog, DataError
 from training.data.pickles import looks_like_pickle, read_session_pickle, read_srgnn_test, read_srgnn_train
 from training.data.readers import read_event_log
 
@@ -58,7 +59,10 @@ def custom_dataset(train_path, test_path, **read_event_log_kwargs) -> DatasetSpe
 
     def reader(id_prefix: str) -> Callable[[Path], ClickLog]:
         def read(path: Path) -> ClickLog:
-            return read_session_pickle(path, id_prefix) if looks_like_pickle(path) else read_log(path)
+            try:
+                return read_session_pickle(path, id_prefix) if looks_like_pickle(path) else read_log(path)
+            except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # e.g. a binary file, a broken .gz
+                raise DataError(f"{path.name}: neither a pickle nor a readable click log: {e}") from e
         return read
 
     train, test = (Path(p).expanduser().absolute() for p in (train_path, test_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from collections import Counter
 from itertools import chain
 from pathlib import Path
 
@@ -26,8 +27,10 @@ def load_pickle_restricted(path):
     with (gzip.open if gzipped else open)(path, "rb") as f:
         try:
             return _NoGlobals(f).load()
-        except (pickle.UnpicklingError, EOFError) as e:
+        except pickle.UnpicklingError as e:
             raise DataError(f"{path.name}: {e}") from e
+        except Exception as e:  # bytes that are not a pickle fail in many ways (EOFError, ValueError, ...)
+            raise DataError(f"{path.name}: not a readable pickle: {type(e).__name__}: {e}") from e
 
 
 def read_srgnn_train(path) -> ClickLog:
@@ -73,17 +76,22 @@ def looks_like_pickle(path) -> bool:
 
 def read_session_pickle(path, id_prefix: str = "") -> ClickLog:
     """Sessions from a pickle of any shape SR-GNN-style preprocessing writes, told apart by content:
-    a list of sessions (`all_train_seq.txt`); an (inputs, targets) pair, prefix-augmented (`train.txt`,
-    `test.txt`: rebuilt as `read_srgnn_test` does); a (session ids, inputs, targets, timestamps) tuple, the
-    same samples with each one's session id and time (ids must agree along a session's chain; the session's
-    time is its samples' earliest, on each of its clicks, and sessions are put in time order). Session ids
-    are `{id_prefix}0`, `{id_prefix}1`, ... where the file names none. Any other shape: `DataError`."""
+
+    - a list of sessions (`all_train_seq.txt`): in file order, no time;
+    - an (inputs, targets) pair of prefix-augmented samples (`train.txt`, `test.txt`), where a sample
+      (s[:k], s[k]) is a session s's k-click prefix and its next click (`_pair_sessions`): the sessions are
+      rebuilt, in file order, no time;
+    - a (session ids, inputs, targets, timestamps) tuple, the same samples with each one's session id and time
+      (`_timed_samples_log`): each session is its longest sample, in time order.
+
+    Session ids are the file's own (as text) or, where it names none, `{id_prefix}0`, `{id_prefix}1`, ...
+    Any other shape, and any sample that does not fit its session: `DataError` naming the file and the sample."""
     path = Path(path)
     data = load_pickle_restricted(path)
     if isinstance(data, list):
         return _sequences_log(_checked_sessions(data, path), id_prefix, path)
     if _is_samples(data, 2):
-        return _sequences_log(_rebuilt_sessions(*data, path)[0], id_prefix, path)
+        return _sequences_log(_pair_sessions(*data, path), id_prefix, path)
     if _is_samples(data, 4):
         return _timed_samples_log(*data, path)
     shape = type(data).__name__ + (f" of {len(data)}" if isinstance(data, tuple) else "")
@@ -103,53 +111,157 @@ def _checked_sessions(seqs: list, path: Path) -> list[list[int]]:
     return seqs
 
 
-def _rebuilt_sessions(inputs: list, targets: list, path: Path) -> tuple[list[list[int]], list[int]]:
-    """The sessions of prefix-augmented samples, and the index of each one's first sample."""
+class _SampleError(DataError):
+    """A sample that does not fit its session; `sample` says how far a reading of the file got."""
+
+    def __init__(self, path: Path, sample: int, what: str):
+        super().__init__(f"{path.name}: sample {sample}: {what}")
+        self.sample = sample
+
+
+def _rebuilt_sessions(inputs: list, targets: list, path: Path, shortest: int = 1) -> tuple[list[list[int]], list[int]]:
+    """The sessions of prefix-augmented samples grouped by session, longest first (SR-GNN's own order), each
+    session's inputs going down to `shortest` clicks; and the index of each one's first sample."""
     sessions, starts, j = [], [], 0
     while j < len(inputs):
         first = inputs[j]
         if not (_is_int_list(first) and type(targets[j]) is int):
-            raise DataError(f"{path.name}: sample {j}: expected a non-empty list of ints and an int target")
+            raise _SampleError(path, j, "expected a non-empty list of ints and an int target")
         length = len(first) + 1
-        if j + length - 1 > len(inputs):
-            raise DataError(f"{path.name}: sample {j}: the file ends inside this session's prefix chain "
-                            f"({len(inputs) - j} of {length - 1} samples)")
+        n = length - shortest  # samples of this session: inputs of len(first) down to `shortest` clicks
+        if n < 1:
+            raise _SampleError(path, j, f"a {len(first)}-click input where every session goes down to {shortest}")
+        if j + n > len(inputs):
+            raise _SampleError(path, j, f"the file ends inside this session's prefix chain "
+                                        f"({len(inputs) - j} of {n} samples)")
         session = [*first, targets[j]]
-        for i in range(2, length):  # sample j+i-1 must be (session[:-i], session[-i])
+        for i in range(2, n + 1):  # sample j+i-1 must be (session[:-i], session[-i])
             if inputs[j + i - 1] != session[:-i] or targets[j + i - 1] != session[-i]:
-                raise DataError(f"{path.name}: sample {j + i - 1}: breaks the prefix chain of the session "
-                                f"starting at sample {j}")
+                raise _SampleError(path, j + i - 1, f"breaks the prefix chain of the session starting at sample {j}")
         sessions.append(session)
         starts.append(j)
-        j += length - 1
+        j += n
     return sessions, starts
 
 
+def _pair_sessions(inputs: list, targets: list, path: Path) -> list[list[int]]:
+    """The sessions of an (inputs, targets) pair of prefix-augmented samples, which names no sessions.
+
+    A file either holds every session's one-click prefix (SR-GNN's own) or none (then sessions of two clicks
+    have no sample at all). Samples grouped by session, longest first (SR-GNN's) or longest last, are read by
+    position, sessions in file order: `read_srgnn_test` reads SR-GNN's files the same way. Samples of sessions
+    interleaved are read by counting: the samples (s[:k], s[k]) of all sessions determine which sessions there are
+    (for every prefix, as many sessions go on past it as samples extend it; the others end there), though no
+    longer which sample is whose; sessions are then in the order their longest sample first appears.
+    Where no reading fits, the error is that of the reading that got furthest into the file."""
+    for j, (seq, target) in enumerate(zip(inputs, targets)):
+        if not (_is_int_list(seq) and type(target) is int):
+            raise _SampleError(path, j, "expected a non-empty list of ints and an int target")
+    shortest = 1 if any(len(seq) == 1 for seq in inputs) else 2
+    errors = []
+    for read in (_rebuilt_sessions, _rebuilt_longest_last):
+        try:
+            return read(inputs, targets, path, shortest)[0]
+        except _SampleError as e:
+            errors.append(e)
+    try:
+        return _counted_sessions(inputs, targets, path, shortest)
+    except _SampleError as e:
+        raise max([*errors, e], key=lambda error: error.sample) from None  # ties: the first reading's
+
+
+def _rebuilt_longest_last(inputs: list, targets: list, path: Path, shortest: int) -> tuple[list[list[int]], list[int]]:
+    """As `_rebuilt_sessions`, each session's samples from its `shortest`-click input up to its longest."""
+    sessions, starts, j = [], [], 0
+    while j < len(inputs):
+        if len(inputs[j]) != shortest:
+            raise _SampleError(path, j, f"starts a session with a {len(inputs[j])}-click input (longest last: "
+                                        f"{shortest})")
+        k = j
+        while k + 1 < len(inputs) and len(inputs[k + 1]) == len(inputs[k]) + 1:
+            if inputs[k + 1] != [*inputs[k], targets[k]]:
+                raise _SampleError(path, k + 1, f"breaks the prefix chain of the session starting at sample {j}")
+            k += 1
+        sessions.append([*inputs[k], targets[k]])
+        starts.append(j)
+        j = k + 1
+    return sessions, starts
+
+
+def _counted_sessions(inputs: list, targets: list, path: Path, shortest: int) -> list[list[int]]:
+    """Interleaved samples without session ids: the sessions their prefix counts determine (`_pair_sessions`)."""
+    seqs = [(*seq, target) for seq, target in zip(inputs, targets)]
+    count = Counter(seqs)
+    extended = Counter()
+    for j, seq in enumerate(seqs):
+        if len(seq) > shortest + 1:
+            prefix = seq[:-1]
+            extended[prefix] += 1
+            if extended[prefix] > count[prefix]:
+                what = "of" if count[prefix] else "(none) of"
+                raise _SampleError(path, j, f"breaks the prefix chain: more samples extend its {len(prefix)}-click "
+                                            f"prefix than there are samples {what} that prefix")
+    ending = {seq: count[seq] - extended[seq] for seq in count}
+    sessions = []
+    for seq in seqs:
+        if ending[seq]:
+            ending[seq] -= 1
+            sessions.append(list(seq))
+    return sessions
+
+
 def _timed_samples_log(ids: list, inputs: list, targets: list, timestamps: list, path: Path) -> ClickLog:
-    sessions, starts = _rebuilt_sessions(inputs, targets, path)
-    for j, (sid, t) in enumerate(zip(ids, timestamps)):
+    """Samples that name their session: grouped or interleaved, in any order, with or without one-click
+    prefixes (or any other sample of a session). Each session is its longest sample's input and target; every
+    other sample of the session must be a prefix of it (the k-click input and the (k+1)th click), one per
+    length. Ids are compared as text.
+
+    Times: a sample's timestamp is the time of its target click (click k+1 of a k-click input), or one time
+    per session repeated on every sample; both read the same way. A click no sample predicts (the first
+    click; the second where one-click prefixes are left out; any other whose sample is missing) gets the time
+    of the next click that has one: the earliest time the file gives that part of the session. Along a
+    session, times must not go back. Sessions are in the order of their first click's time (ties: the order
+    in which the file first names them)."""
+    groups: dict[str, list[int]] = {}
+    for j, (sid, seq, target, t) in enumerate(zip(ids, inputs, targets, timestamps)):
+        if not (_is_int_list(seq) and type(target) is int):
+            raise _SampleError(path, j, "expected a non-empty list of ints and an int target")
         if type(sid) not in (int, str) or type(t) not in (int, float) or not np.isfinite(t):
-            raise DataError(f"{path.name}: sample {j}: expected an int or str session id and a number timestamp, "
-                            f"got {sid!r:.40} and {t!r:.40}")
-    ends = starts[1:] + [len(inputs)]
-    names, times = [], []
-    for first, end in zip(starts, ends):
-        if any(ids[j] != ids[first] for j in range(first, end)):
-            j = next(j for j in range(first, end) if ids[j] != ids[first])
-            raise DataError(f"{path.name}: sample {j}: session id {ids[j]!r} differs from {ids[first]!r} of the "
-                            f"session starting at sample {first}")
-        names.append(str(ids[first]))
-        times.append(float(min(timestamps[first:end])))
-    if len(set(names)) < len(names):
-        seen = set()
-        k = next(k for k, name in enumerate(names) if name in seen or seen.add(name))
-        raise DataError(f"{path.name}: sample {starts[k]}: session id {names[k]!r} already names an earlier session")
-    order = np.argsort(np.asarray(times), kind="stable")  # time order, file order where times tie
-    sessions = [sessions[k] for k in order]
-    lengths = np.fromiter(map(len, sessions), np.int64, count=len(sessions))
-    items = np.fromiter(chain.from_iterable(sessions), np.int64, count=int(lengths.sum()))
-    return ClickLog(np.repeat(np.asarray(names, dtype=object)[order], lengths), items.astype(str).astype(object),
-                    np.repeat(np.asarray(times)[order], lengths), str(path))
+            raise _SampleError(path, j, f"expected an int or str session id and a number timestamp, "
+                                        f"got {sid!r:.40} and {t!r:.40}")
+        groups.setdefault(str(sid), []).append(j)
+    sessions, session_times = [], []
+    for name, samples in groups.items():
+        longest = max(samples, key=lambda j: len(inputs[j]))  # the first of the longest
+        session = [*inputs[longest], targets[longest]]
+        by_length: dict[int, int] = {}
+        for j in samples:
+            k = len(inputs[j])
+            if inputs[j] != session[:k] or targets[j] != session[k]:
+                raise _SampleError(path, j, f"session {name!r}: not a prefix of the session's longest sample "
+                                            f"(sample {longest})")
+            if k in by_length:
+                raise _SampleError(path, j, f"session {name!r}: a second sample with a {k}-click input (the first: "
+                                            f"sample {by_length[k]}); an id names one session")
+            by_length[k] = j
+        times = [0.0] * len(session)
+        later = None  # the sample that times the next click that has one
+        for k in range(len(session) - 1, -1, -1):
+            j = by_length.get(k)  # the sample whose target is click k (its input: the k clicks before)
+            if j is not None:
+                if later is not None and timestamps[j] > timestamps[later]:
+                    raise _SampleError(path, later, f"session {name!r}: time {timestamps[later]} is before "
+                                                    f"{timestamps[j]}, that of its shorter prefix (sample {j})")
+                later = j
+            times[k] = float(timestamps[later])
+        sessions.append((name, session))
+        session_times.append(times)
+    order = np.argsort(np.asarray([times[0] for times in session_times]), kind="stable")
+    names = np.asarray([sessions[k][0] for k in order], dtype=object)
+    lengths = np.fromiter((len(sessions[k][1]) for k in order), np.int64, count=len(order))
+    items = np.fromiter(chain.from_iterable(sessions[k][1] for k in order), np.int64, count=int(lengths.sum()))
+    times = np.fromiter(chain.from_iterable(session_times[k] for k in order), np.float64, count=len(items))
+    return ClickLog(np.repeat(names, lengths), items.astype(str).astype(object), times, str(path))
 
 
 def _is_int_list(seq) -> bool:
