@@ -16,8 +16,8 @@ from devtools.embedded_broker import EmbeddedBroker
 from stream_app import artifacts
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.served_quality import served_top_k_metrics
-from stream_app.release import publish
 from stream_app.release.gate import quality_gate
+from stream_app.release.publish import Published, gate_and_push
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
 from tests.artifact_versions import renamed, shuffled_vocabulary
@@ -88,13 +88,13 @@ def test_publishing_gates_records_and_promotes_only_what_passes(
 ) -> None:
     store = ArtifactStore.from_settings(store_settings)
 
-    def publish(folder: Path, **options: bool) -> publish.Published:
-        return publish.gate_and_push(folder, held_out, store_settings, source="test day", **options)
+    def push(folder: Path, **options: bool) -> Published:
+        return gate_and_push(folder, held_out, store_settings, source="test day", **options)
 
-    first = publish(renamed(artifact, tmp_path / "v1", "v1"))
+    first = push(renamed(artifact, tmp_path / "v1", "v1"))
     assert first.pointer.version == "v1" and first.decision.passed and first.decision.current is None
 
-    worse = publish(shuffled_vocabulary(artifact, tmp_path / "v2", "v2"))
+    worse = push(shuffled_vocabulary(artifact, tmp_path / "v2", "v2"))
     assert worse.pointer is None and store.current().version == "v1" and store.versions() == ["v1", "v2"]
     gate = store.manifest("v2")["quality_gate"]  # the stored version carries the decision and both figures
     assert gate["passed"] is False and gate["forced"] is False
@@ -107,7 +107,7 @@ def test_publishing_gates_records_and_promotes_only_what_passes(
     }
 
     with caplog.at_level(logging.WARNING):
-        forced = publish(shuffled_vocabulary(artifact, tmp_path / "v3", "v3", seed=1), force=True)
+        forced = push(shuffled_vocabulary(artifact, tmp_path / "v3", "v3", seed=1), force=True)
     assert forced.pointer.version == "v3" and store.manifest("v3")["quality_gate"]["forced"] is True
     assert "overridden" in caplog.text
 
@@ -136,7 +136,7 @@ def test_a_canary_from_the_command_line_is_checked_like_a_promotion_and_listed(
 ) -> None:
     store = ArtifactStore.from_settings(store_settings)
     for folder in (renamed(artifact, tmp_path / "v1", "v1"), shuffled_vocabulary(artifact, tmp_path / "v2", "v2")):
-        publish.gate_and_push(folder, held_out, store_settings, source="test day")
+        gate_and_push(folder, held_out, store_settings, source="test day")
     assert store.current().version == "v1" and not store.manifest("v2")["quality_gate"]["passed"]
     capsys.readouterr()
 
