@@ -18,15 +18,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream_app.inference.artifact_format import CONFIG, ITEM_IDS, METRICS, POPULARITY, write_json, write_manifest
+from stream_app.inference.artifact_format import (
+    CONFIG,
+    ITEM_IDS,
+    METRICS,
+    POPULARITY,
+    REPLAY,
+    weights_file,
+    write_json,
+    write_manifest,
+)
 from stream_app.inference.served_quality import format_served, served_evaluation
 from stream_app.settings import REPO_ROOT, get_settings
+from training.data.click_log import ClickLog
 from training.evaluation.evaluate import CUTOFFS, RankingMetrics
 from training.evaluation.plots import plot_training_curve
 from training.model_training import RetrainData, RetrainPlan, TrainedModels
 from training.progress import StageClock, TrainingHistory
 from training.tuning.search import TuningResult
 
+REPLAY_KEEP = 20_000  # training sessions an artifact keeps for incremental updates to replay
 PROTOCOL = ("next-item prediction at every click of every test session; hidden state zero at each test session "
             "start; full-catalogue ranking; rank = #items scoring >= target (conservative ties); clicks on items "
             "unseen in training dropped and counted; two-stage: the retriever's top-N re-ranked, every other item "
@@ -69,6 +80,28 @@ def config_record(plan: RetrainPlan, trained: TrainedModels) -> dict:
             | {"baselines": {name: dataclasses.asdict(p) for name, p in plan.baselines.items()}})
 
 
+def merged_replay(parent: dict, new: list[list[str]], keep: int, rng: np.random.Generator) -> dict:
+    """A uniform sample of everything the lineage trained on: the parent's sample stands for `seen` sessions."""
+    seen = parent["seen"] + len(new)
+    from_parent = min(len(parent["sessions"]), round(keep * parent["seen"] / seen)) if seen else 0
+    from_new = min(len(new), keep - from_parent)
+    kept = [parent["sessions"][i] for i in sorted(rng.choice(len(parent["sessions"]), from_parent, replace=False))]
+    kept += [new[i] for i in sorted(rng.choice(len(new), from_new, replace=False))]
+    return {"seen": seen, "sessions": kept}
+
+
+def replay_record(log: ClickLog, keep: int, seed: int = 0) -> dict:
+    """A full retrain's replay sample: up to `keep` of its training sessions, uniformly."""
+    return merged_replay({"seen": 0, "sessions": []}, log.sessions_as_ids(), keep, np.random.default_rng(seed))
+
+
+def training_cutoff(log: ClickLog) -> dict:
+    """Where a full retrain's clicks end, for the incremental updates after it: the last click's time (None
+    when the log has no times: then every click of the clicks topic is after it)."""
+    span = log.time_range()
+    return {"until": None if span is None else span[1]}
+
+
 def code_version() -> str:
     """The git commit the trainer ran from (with '-dirty' when the tree had changes), or 'unknown'."""
     try:
@@ -86,14 +119,15 @@ def new_version() -> str:
 
 
 def write_artifact_metadata(directory: Path, *, version: str, trained_by: str, item_ids: np.ndarray,
-                            popularity: np.ndarray, config: dict, metrics: dict, models: dict[str, dict]) -> Path:
+                            popularity: np.ndarray, config: dict, metrics: dict, models: dict[str, dict],
+                            lineage: dict | None = None) -> Path:
     """Write the data files and the manifest around model files already saved in `directory`.
     `trained_by` is the `code_version()` read when training started (the tree may change meanwhile)."""
     write_json(directory / ITEM_IDS, [str(i) for i in item_ids])
     np.save(directory / POPULARITY, np.asarray(popularity, dtype=np.int64))
     write_json(directory / CONFIG, config)
     write_json(directory / METRICS, metrics)
-    return write_manifest(directory, version=version, code_version=trained_by, models=models)
+    return write_manifest(directory, version=version, code_version=trained_by, models=models, lineage=lineage)
 
 
 def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: RetrainPlan, data: RetrainData,
@@ -101,9 +135,12 @@ def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: Re
                            tuning: TuningResult | None = None) -> Path:
     """The artifact of a retrain in `out` (created if needed); its manifest's path."""
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / REPLAY, replay_record(data.train_log, REPLAY_KEEP))
     with clock.stage("ONNX exports and training curves"):
         for name, t in trained.models.items():
             t.export(out / t.manifest_entry["file"])
+            if t.save_weights(out / weights_file(t.manifest_entry)) is not None:
+                t.manifest_entry["weights"] = weights_file(t.manifest_entry)
             if t.history is not None:
                 plot_training_curve(t.history, out / f"{name}_training_curve.png", f"{t.name} on {data.name}")
         if tuning is not None:
@@ -115,6 +152,7 @@ def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: Re
             popularity=data.split.popularity, config=config_record(plan, trained),
             metrics=metrics_record(data, trained, rows, clock, plan) | served,
             models={name: t.manifest_entry for name, t in trained.models.items()},
+            lineage={"kind": "full", "parent": None, "clicks": training_cutoff(data.train_log)},
         )
 
     manifest = json.loads(sealed().read_text())

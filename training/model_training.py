@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.checkpoint import save_checkpoint
 from models.export import export_dien, export_gru4rec, export_narm
-from stream_app.inference.artifact_format import verify_artifact
+from stream_app.inference.artifact_format import verify_artifact, weights_file
 from stream_app.inference.scoring import Scorer
 from training.data.click_log import ClickLog, EncodedSplit, Sessions
 from training.data.readers import read_item_categories
@@ -102,7 +103,8 @@ class TrainedModel:
     params: Any
     ranks: np.ndarray  # test predictions, click order
     manifest_entry: dict
-    export: Callable[[Path], Path]
+    export: Callable[[Path], Path]  # the serving graph
+    save_weights: Callable[[Path], Path | None]  # the checkpoint training continues from (None: there is none)
 
 
 def fit_retriever(name: str, params: Any, sessions: Sessions, popularity: np.ndarray, progress: bool,
@@ -149,7 +151,8 @@ def served_retriever(name: str, params: Any, model: torch.nn.Module, history: Tr
         export = lambda path: export_narm(model, path, top_k=top_k)
     entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": n_items, "top_k": top_k}
     retrieval_of = partial(retrieve, retriever_scores(model, params))
-    return TrainedModel(name, history, params, test.ranks, entry, export), retrieval_of
+    trained = TrainedModel(name, history, params, test.ranks, entry, export, partial(save_checkpoint, model))
+    return trained, retrieval_of
 
 
 def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedModel, RetrievalOf, Retrieval]:
@@ -165,8 +168,13 @@ def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedMod
     entry = verify_artifact(artifact)["models"][scorer.name]
     export = lambda path: Path(shutil.copyfile(source.with_name(entry["file"]), path))
     test = graph_retrieval(scorer, split.test)
+    weights = source.with_name(weights_file(entry))
+
+    def copy_weights(path: Path) -> Path | None:
+        return Path(shutil.copyfile(weights, path)) if weights.is_file() else None
+
     trained = TrainedModel(scorer.name, None, {"artifact": str(artifact), "version": scorer.version},
-                           test.ranks, entry, export)
+                           test.ranks, entry, export, copy_weights)
     return trained, retrieval_of, test
 
 
@@ -253,7 +261,7 @@ def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: Tr
     entry = {"file": "dien.onnx", "kind": "reranker", "retriever": params.retriever, "n_candidates": n,
              "prior_weight": prior_weight, "max_len": params.max_len, "n_items": len(split.popularity)}
     trained = TrainedModel(f"{params.retriever}->dien", history, params, ranks, entry,
-                           lambda path: export_dien(model, path))
+                           lambda path: export_dien(model, path), partial(save_checkpoint, model))
     return trained, figures
 
 

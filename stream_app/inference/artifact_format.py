@@ -17,8 +17,14 @@ them); no torch. An artifact is a directory:
                      and excluding already-clicked items, and the better policy:
                      {"served": {"pipelines": {pipeline: {"keep_seen": {"recall@20", "mrr@20",
                       "predictions"}, "exclude_seen": {...}, "policy": "keep_seen" | "exclude_seen"}}, ...}}
+    {name}.pt        each model's checkpoint (its config and torch weights: what an incremental update
+                     continues from; serving never reads it), named by the model's "weights" field
     {name}_training_curve.png   each trained model's loss per epoch
+    replay.json      a uniform sample of the sessions the version's lineage trained on, which an
+                     incremental update replays so as not to forget: {"seen": n, "sessions": [[item id, ...]]}
     manifest.json    {"version", "created_at", "code_version", "models": {name: {"file", ...}},
+                      "lineage": {"kind": "full" | "incremental", "parent": version | null,
+                                  "clicks": where its training clicks end},
                       "files": {file name: sha256}}, written last
 
 The manifest's sha256 of every other file lets a worker refuse a corrupt or partial copy.
@@ -37,7 +43,13 @@ ITEM_IDS = "item_ids.json"
 POPULARITY = "popularity.npy"
 CONFIG = "config.json"
 METRICS = "metrics.json"
+REPLAY = "replay.json"
 EXCLUSION_POLICIES = ("keep_seen", "exclude_seen")  # metrics.json's served figures, per pipeline
+
+
+def weights_file(model_entry: dict) -> str:
+    """Where a model's checkpoint goes: beside its graph, `.pt` for `.onnx`."""
+    return Path(model_entry["file"]).with_suffix(".pt").name
 
 
 class ArtifactError(RuntimeError):
@@ -56,8 +68,10 @@ def write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def write_manifest(directory: Path, *, version: str, code_version: str, models: dict[str, dict]) -> Path:
-    """Seal `directory`: a manifest naming its models and the sha256 of every other file in it."""
+def write_manifest(directory: Path, *, version: str, code_version: str, models: dict[str, dict],
+                   lineage: dict | None = None) -> Path:
+    """Seal `directory`: a manifest naming its models, where its training data ends (`lineage`), and the sha256
+    of every other file in it."""
     files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
     write_json(directory / MANIFEST, {
         "version": version,
@@ -65,7 +79,7 @@ def write_manifest(directory: Path, *, version: str, code_version: str, models: 
         "code_version": code_version,
         "models": models,
         "files": {name: sha256_of(directory / name) for name in files},
-    })
+    } | ({"lineage": lineage} if lineage is not None else {}))
     return directory / MANIFEST
 
 

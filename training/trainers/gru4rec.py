@@ -81,10 +81,14 @@ class GRU4RecTrainer:
     `fit` can go on training it: a model trained on some sessions continues on more, as the retrain's
     serving retriever continues the fold retriever of DIEN's stacking (`DIENTraining.retriever_warm_start_epochs`)."""
 
-    def __init__(self, popularity: np.ndarray, params: GRU4RecTraining, device: torch.device = CPU):
+    def __init__(self, popularity: np.ndarray, params: GRU4RecTraining, device: torch.device = CPU,
+                 warm: GRU4Rec | None = None):
+        """`warm`: start from this model's weights (an incremental update) instead of a fresh initialisation."""
         torch.manual_seed(params.seed)
         self.params, self.device = params, device
-        self.model = GRU4Rec(params.model_config(len(popularity))).to(device)
+        if warm is not None and warm.config.n_items != len(popularity):
+            raise ValueError(f"the warm model has {warm.config.n_items} items, the popularity {len(popularity)}")
+        self.model = (warm or GRU4Rec(params.model_config(len(popularity)))).to(device)
         model = self.model
         tables = [model.output_weights, model.output_bias]
         if model.input_embedding is not None:

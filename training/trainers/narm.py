@@ -67,10 +67,14 @@ class NARMTraining(TrainingParams):
 
 
 def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining, progress: bool = True,
-               on_epoch: EpochCallback | None = None, device: torch.device = CPU) -> tuple[NARM, TrainingHistory]:
+               on_epoch: EpochCallback | None = None, device: torch.device = CPU,
+               warm: NARM | None = None) -> tuple[NARM, TrainingHistory]:
+    """`warm`: continue this model (an incremental update) instead of a freshly initialised one."""
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
-    model = NARM(params.model_config(len(popularity))).to(device)
+    if warm is not None and warm.config.n_items != len(popularity):
+        raise ValueError(f"the warm model has {warm.config.n_items} items, the popularity {len(popularity)}")
+    model = (warm or NARM(params.model_config(len(popularity)))).to(device)
     model.train()
     if model.config.sparse_item_gradients:
         rest = [p for name, p in model.named_parameters() if name != "item_embedding"]
