@@ -64,9 +64,12 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retr
     out = small_retrain
     manifest = json.loads((out / "manifest.json").read_text())
     models = ("gru4rec", "narm", "dien")
-    expected_files = {"item_ids.json", "popularity.npy", "config.json", "metrics.json"}
-    expected_files |= {f"{m}.onnx" for m in models} | {f"{m}_training_curve.png" for m in models}
+    expected_files = {"item_ids.json", "popularity.npy", "config.json", "metrics.json", "replay.json"}
+    expected_files |= {f"{m}.{kind}" for m in models for kind in ("onnx", "pt")}
+    expected_files |= {f"{m}_training_curve.png" for m in models}
     assert set(manifest["files"]) == expected_files
+    assert all(manifest["models"][m]["weights"] == f"{m}.pt" for m in models)
+    assert manifest["lineage"]["kind"] == "full" and manifest["lineage"]["parent"] is None
     for name, digest in manifest["files"].items():
         assert sha256_of(out / name) == digest
     assert set(manifest["models"]) == set(models)
