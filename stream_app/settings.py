@@ -71,6 +71,49 @@ class Settings(BaseSettings):
         description="Seconds between a worker's checks of the store's current version.",
     )
 
+    # --- Continuous training (`training.follow`, docs/continuous-training.md) --------------------
+    follow_interval_clicks: int = Field(
+        default=50_000,
+        ge=1,
+        description="The follower starts an incremental update once this many clicks arrived after the "
+        "current version's cut-off.",
+    )
+    follow_interval_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="... or once this long passed since its last update (or its start), with at least "
+        "`follow_min_clicks` new clicks.",
+    )
+    follow_min_clicks: int = Field(
+        default=1_000, ge=1, description="Fewer new clicks than this never make an update."
+    )
+    follow_max_clicks: int = Field(
+        default=500_000,
+        ge=1,
+        description="The most new clicks the follower holds (one update's window at most); older ones "
+        "beyond it are dropped untrained and counted (`nextclick_follow_clicks_dropped_total`).",
+    )
+    follow_holdout_share: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="The most recent share of an update's clicks (per partition) is held out: the quality "
+        "gate judges the new and the current version on them; the next update trains on them.",
+    )
+    follow_epochs: int = Field(default=1, ge=1, description="Passes over an update's sessions.")
+    follow_replay_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        description="Older sessions (the artifact's replay sample) trained per new session, so that an "
+        "update does not forget what the version knew.",
+    )
+    follow_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How long the follower waits for new clicks between checks."
+    )
+    follow_metrics_port: int = Field(
+        default=9102, ge=0, le=65535, description="Port of the follower's Prometheus /metrics (0: none)."
+    )
+
     # --- Streaming worker: Kafka connection -------------------------------------------------
     # Defaults suit a real Kafka cluster. The embedded test/demo broker (Tansu) wants shorter
     # group timings and fetch waits: `devtools.embedded_broker.TANSU_WORKER_TUNING` lists them

@@ -1,0 +1,133 @@
+"""The follower on the real broker: clicks in, an incremental version gated, pushed and promoted, a worker
+serving it (items new to the previous version answered by the model), resumption without training a click
+twice, refusals kept in the store, bad clicks skipped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
+
+from devtools.click_replay import held_out_clicks
+from stream_app.inference.artifact_format import ITEM_IDS
+from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.release.store import ArtifactStore
+from stream_app.settings import Settings, get_settings
+from tests.artifact_versions import renamed
+from training.follow import Follower, FollowerMetrics
+
+pytestmark = pytest.mark.training
+
+ROUND_CLICKS = 1500  # clicks per update (the test day in time order)
+
+
+@dataclass
+class Stream:
+    settings: Settings
+    store: ArtifactStore
+    worker: Any
+    day: list  # the real test day's clicks, in time order
+    sent: int = 0
+
+    def send(self, count: int, extra: list[tuple[bytes, bytes]] = ()) -> None:
+        clicks = self.day[self.sent:self.sent + count]
+        messages = [(c.session_id.encode(), json.dumps({"session_id": c.session_id, "item_id": c.item_id,
+                                                        "timestamp": c.time}).encode()) for c in clicks]
+        self.worker.produce(self.settings.clicks_topic, [*messages, *extra])
+        self.sent += count
+
+    def follower(self, registry: CollectorRegistry, **changes: Any) -> Follower:
+        return Follower(self.settings.model_copy(update=changes), FollowerMetrics(registry))
+
+    def manifest(self, version: str) -> dict:
+        return json.loads((self.store.local_copy(version) / "manifest.json").read_text())
+
+
+async def create_topic(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(**aiokafka_client_kwargs(settings))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.clicks_topic, settings.partitions, 1)])
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+def stream(broker, artifact: Path, launch_worker, worker_fields, tmp_path_factory) -> Iterator[Stream]:
+    """v1 (the tiny artifact, trained on days before the test day) current in a store that a worker follows."""
+    tmp = tmp_path_factory.mktemp("follow")
+    store = ArtifactStore(tmp / "store", tmp / "cache", keep_versions=10)
+    store.push(renamed(artifact, tmp / "v1", "v1"))
+    store.promote("v1")
+    fields = worker_fields(broker.bootstrap_servers, tmp, serving_artifact_dir=None, artifact_dir=tmp / "store",
+                           artifact_cache_dir=tmp / "worker-cache", model_poll_interval=600.0,
+                           model_updates_topic=f"model-updates-{uuid.uuid4().hex[:8]}")
+    follower_fields = {"artifact_cache_dir": tmp / "follower-cache", "follow_interval_clicks": ROUND_CLICKS,
+                       "follow_poll_seconds": 0.5, "follow_metrics_port": 0,
+                       "quality_gate_tolerance": 1.0}  # always passes here: the refusal is a test of its own
+    settings = Settings(**fields | follower_fields)
+    asyncio.run(create_topic(settings))
+    with launch_worker(fields, tmp / "worker.log", require_model=True) as worker:
+        yield Stream(settings, store, worker, held_out_clicks(get_settings()))
+
+
+def test_new_clicks_make_a_version_that_serves_items_new_to_the_last_one(stream: Stream) -> None:
+    stream.send(ROUND_CLICKS, extra=[(b"x", b"not json"), (b"y", b'{"session_id": "y"}')])
+    registry = CollectorRegistry()
+    [outcome] = asyncio.run(stream.follower(registry).run(rounds=1))
+    assert outcome.promoted and stream.store.current().version == outcome.version
+    assert outcome.trained_clicks + outcome.held_out_clicks == ROUND_CLICKS and outcome.new_items > 0
+    assert registry.get_sample_value("nextclick_follow_versions_total", {"outcome": "promoted"}) == 1
+    for reason in ("bad_json", "missing_field"):  # skipped and counted as the worker dead-letters them
+        assert registry.get_sample_value("nextclick_follow_skipped_clicks_total", {"reason": reason}) == 1
+    lineage = stream.manifest(outcome.version)["lineage"]
+    assert lineage["kind"] == "incremental" and lineage["parent"] == "v1"
+
+    # the worker swaps to it; a click on an item v1 never knew is answered by the model
+    stream.worker.wait_until(
+        lambda: stream.worker.metric("nextclick_model_info", artifact_version=outcome.version) == 1,
+        timeout=30.0, what=f"serving {outcome.version}")
+    known_before = json.loads((stream.store.local_copy("v1") / ITEM_IDS).read_text())
+    known_now = json.loads((stream.store.local_copy(outcome.version) / ITEM_IDS).read_text())
+    assert known_now[:len(known_before)] == known_before  # the item map only grows
+    fresh = known_now[len(known_before)]
+    session = f"new-{uuid.uuid4().hex[:6]}"
+    stream.worker.produce(stream.settings.clicks_topic, [(session.encode(), json.dumps(
+        {"session_id": session, "item_id": fresh, "timestamp": time.time()}).encode())])
+    answers = [json.loads(r.value) for r in stream.worker.consume(stream.settings.recommendations_topic,
+                                                                  stream.sent + 1)]
+    [answer] = [a for a in answers if a["session_id"] == session]
+    assert answer["artifact_version"] == outcome.version and answer["source"] == "model"
+
+
+def test_a_restarted_follower_continues_where_the_lineage_ends(stream: Stream) -> None:
+    previous = stream.store.current().version
+    stream.send(ROUND_CLICKS)
+    [outcome] = asyncio.run(stream.follower(CollectorRegistry()).run(rounds=1))  # a new process, in effect
+    before, after = stream.manifest(previous)["lineage"]["clicks"], stream.manifest(outcome.version)["lineage"]
+    assert after["parent"] == previous
+    # the windows trained are contiguous: the new one starts where its parent's ended, so none is trained twice
+    assert after["clicks"]["from"] == before["offsets"]
+    assert all(int(after["clicks"]["offsets"][p]) >= int(before["offsets"][p]) for p in before["offsets"])
+    span = sum(int(after["clicks"]["offsets"][p]) - int(before["offsets"][p]) for p in before["offsets"])
+    assert 0 <= span - outcome.trained_clicks <= 2  # messages, not clicks: the first test's two malformed ones
+
+
+def test_a_refused_version_is_kept_and_the_current_one_keeps_serving(stream: Stream) -> None:
+    current = stream.store.current().version
+    stream.send(ROUND_CLICKS)
+    registry = CollectorRegistry()
+    [outcome] = asyncio.run(stream.follower(registry, quality_gate_tolerance=-1.0).run(rounds=1))
+    assert not outcome.promoted and stream.store.current().version == current
+    assert outcome.version in stream.store.versions()
+    assert stream.manifest(outcome.version)["quality_gate"]["passed"] is False
+    assert registry.get_sample_value("nextclick_follow_versions_total", {"outcome": "refused"}) == 1
