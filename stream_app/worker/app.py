@@ -30,7 +30,14 @@ from stream_app.inference.suggestion import SourcedClick, Suggestion
 from stream_app.kafka_security import faust_credentials
 from stream_app.settings import get_settings
 from stream_app.worker.dead_letters import dead_letter
-from stream_app.worker.faust_adapter import KeyPartitionedTable, TunedApp, event_context, ready_batches
+from stream_app.worker.faust_adapter import (
+    KeyPartitionedTable,
+    TunedApp,
+    event_context,
+    ready_batches,
+    recovered_once,
+    send_record,
+)
 from stream_app.worker.metrics import ActiveSessionCount, WorkerMetrics, add_web_endpoints, latency_observable
 from stream_app.worker.model_swap import ServedModel
 
@@ -99,7 +106,7 @@ served = ServedModel(settings, metrics, loaded=model_loaded)
 def readiness_checks() -> dict[str, bool]:
     return {
         "model_loaded": model_loaded.is_set(),
-        "partitions_assigned": app.tables.recovery.completed.is_set() and not app.rebalancing,
+        "partitions_assigned": recovered_once(app) and not app.rebalancing,
         "tables_recovered": not app.in_recovery,
     }
 
@@ -154,14 +161,11 @@ async def send_suggestions(suggestions: Sequence[Suggestion], fetched_at: Sequen
     committing the offsets of the clicks they answer (at least once); a failed delivery is counted.
     """
     topic = recommendations_topic.get_topic_name()
-    producer = app.producer
     for suggestion, fetched in zip(suggestions, fetched_at, strict=True):
         produced_at = time.time()
         click = suggestion.answers.click
         try:
-            delivery = await producer.send(
-                topic, click.session_id.encode("utf-8"), suggestion.encoded(produced_at), None, None, None
-            )
+            delivery = await send_record(app, topic, click.session_id.encode("utf-8"), suggestion.encoded(produced_at))
         except Exception:
             metrics.errors.labels(stage="publish").inc()
             logger.exception("publishing the suggestion for session %r failed", click.session_id)
@@ -185,7 +189,6 @@ async def write_states(states: dict[bytes, SessionState], last_event_of: dict[by
     is in what faust's flush waits for before the batch's offsets are committed.
     """
     changelog = sessions.changelog_topic.get_topic_name()
-    producer = app.producer
     # a state keeps the offsets of its clicks that may still come again (SessionState.forget_committed)
     committed = {
         tp.partition: offset for tp, offset in app.committed_offsets.items() if tp.topic == settings.clicks_topic
@@ -199,7 +202,7 @@ async def write_states(states: dict[bytes, SessionState], last_event_of: dict[by
         with event_context(event):  # a RocksDB store files the entry under the event's partition
             sessions.data[session_key] = record
         try:  # to the session's partition: check_partition made every click arrive on it
-            delivery = await producer.send(changelog, session_key, record, event.message.partition, None, None)
+            delivery = await send_record(app, changelog, session_key, record, partition=event.message.partition)
         except Exception:
             metrics.errors.labels(stage="changelog").inc()
             logger.exception("writing the changelog record of session %r failed", session_key)
@@ -294,8 +297,8 @@ async def measure_consumer_lag() -> None:
     """Export each owned clicks partition's lag (log end offset minus committed offset), as
     consumer-group tools count it; a partition with no commit yet counts from its log start."""
     owned = [tp for tp in app.assignor.assigned_actives() if tp.topic == settings.clicks_topic]
-    # faust's view of the committed offsets (set on every commit and seek), read before any await
-    committed = {tp: app.consumer._committed_offset.get(tp) for tp in owned}
+    # the offsets the broker holds as committed (as this worker last learnt them), read before any await
+    committed = {tp: app.committed_offsets.get(tp) for tp in owned}
     uncommitted = [tp for tp, offset in committed.items() if offset is None]
     try:
         log_ends = await app.consumer.highwaters(*owned) if owned else {}

@@ -1,56 +1,36 @@
-"""Where nextclick's faust app differs from a stock one.
+"""Every reach into faust's, aiokafka's and mode's internals, each with its reason in a line or two.
 
-1. faust files a table write under "the current event"'s partition (changelog and RocksDB
-   store alike), which an agent taking batches (`ready_batches`) does not have. `event_context`
-   supplies it for writes made on behalf of an event of the batch.
-2. The eviction timer deletes with no event at all: `KeyPartitionedTable` sends the tombstone
-   to the key's own partition. faust's `use_partitioner=True` would ask the producer, which
-   fails until it happens to hold metadata for the changelog topic.
-3. faust hard-codes `fetch_max_wait_ms=1500` for its worker consumer. Real Kafka answers a
-   fetch as soon as data is there, so that only bounds idle polls; brokers that sit out the
-   whole long poll (Tansu, the embedded test broker) add up to 1.5 s to every click instead.
-4. A worker that starts (or rebalances) with a backlog could lose part of it: 1 to ~150
-   consecutive clicks of a partition never reached the agent, and the partition's committed
-   offset stayed stuck just below them (faust-streaming#596, open). `Recovery.on_recovery_completed`
-   resumes the stream partitions while the consumer's flow is still running (it was resumed for
-   the changelog), awaits `Consumer.perform_seek`, and only then calls `flow_control.resume()`,
-   which *clears* the streams' queues. Whatever the fetcher handed to the streams in between is
-   discarded unprocessed, and the seek does not bring it back: it may run before those records
-   were fetched, and they moved `_read_offset` on, so re-fetched copies are dropped as already
-   read (`DROPPED MESSAGE ROFF` with DEVLOG=1). `_Consumer.perform_seek` therefore stops the
-   consumer's flow before it seeks, as a faust rebalance does before its seeks: nothing more
-   reaches the streams, a fetch still in flight is thrown away by `Consumer.getmany` (which seeks
-   again), the seek lands after everything that was handed over, and the caller's `resume_flow()`
-   restarts fetching at the committed offsets, after the queues were cleared. `resume_flow` also
-   restores the read offsets the seek set, in case the fetch loop moved one on while stopping.
-   At least once holds: records the agent already processed come again, and the worker answers
-   repeats by offset (`stream_app.inference.sessions`).
-5. faust hands each fetched record to the streams with `Service.wait_first(deliver(record),
-   suspend_flow.wait())`, so that a rebalance can interrupt a delivery stuck on a full stream
-   queue: four tasks and an `asyncio.wait` per record, ~20 µs, a tenth of the worker's CPU per
-   click. `_Consumer.wait_first` runs the delivery's first step in place; a delivery that finishes
-   without waiting (the stream's queue has room: nearly always) then costs no task at all, and
-   one that would wait goes on as a task in mode's race, as before.
-6. `stream.take_events(n, within)` runs every event through the stream's iterator (an event-loop
-   round trip per event, sensors, processors) and then waits out `within` unless n arrived, while
-   the agent's last batch blocks the next one from filling. `ready_batches` takes, from the
-   queue the topic delivers into, what is there now (up to n; waiting only for the first), and
-   keeps what faust's stream iterator does for the commit: messages of an older consumer
-   generation (fetched before a rebalance) are acked unprocessed, as the stream skips them; the
-   others are tracked as unacked and acked once the agent is done with the batch.
-7. faust's own view of the committed offsets (`Consumer._committed_offset`) moves on even when a
-   commit failed because the group rebalanced meanwhile. `TunedApp.committed_offsets` holds only
-   offsets the broker accepted: no click below its partition's entry is ever delivered again (unless
-   an operator resets the group's offsets), so a session's state need not remember those clicks'
-   offsets.
+The reasoning in full: docs/stream_performance.md, "Where the worker patches faust". What each patch relies on
+is checked at the pinned versions by tests/stream_app/worker/test_faust_adapter.py, so an upgrade fails there first.
+
+1. `event_context`: faust files a table write under the current event's partition, which an agent taking
+   batches does not have; it is set for writes made on behalf of one event of the batch.
+2. `KeyPartitionedTable`: a delete with no event at all (the eviction timer) sends its tombstone to the key's
+   own partition; faust's `use_partitioner=True` fails until the producer holds the changelog's metadata.
+3. `_ConsumerThread`: the worker consumer's fetch wait is a setting; faust hard-codes 1.5 s, which brokers that
+   sit out the whole long poll (Tansu) add to every click.
+4. `_Consumer.perform_seek` / `resume_flow`: a worker that starts or rebalances with a backlog loses none of it
+   (faust-streaming#596, open): the seek to the committed offsets runs with the consumer's flow stopped.
+5. `EagerWaitFirst`: a record's delivery to the streams runs in place, not as tasks in mode's `wait_first` race,
+   unless it has to wait; in the race each record reaches the queue in an event-loop step of its own, and
+   `ready_batches` would take batches of one.
+6. `ready_batches`: batches of what the topic has delivered, not `stream.take_events`, with the stream
+   iterator's commit bookkeeping.
+7. `TunedApp.committed_offsets`: only offsets the broker accepted (commits, and what a seek read back from it);
+   faust's own `Consumer._committed_offset` also moves on a commit that failed.
+8. `send_record`: faust's producer `send` takes its arguments by position, with no defaults.
+9. `recovered_once`: faust tells whether its tables finished their first recovery only by an awaitable.
+10. `_Consumer._to_message`: a record is stamped when the consumer hands it over, where the worker's own time
+    per click starts; faust's monitor stamps it when the stream takes it, after its wait in faust's queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import types
 import weakref
-from collections.abc import AsyncIterator, Generator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -68,7 +48,8 @@ from stream_app.inference.partitioning import partition_for_key
 
 @contextmanager
 def event_context(event: faust.EventT) -> Iterator[None]:
-    """Make `event` faust's current event, as it is inside a per-event `async for` loop."""
+    """Make `event` faust's current event, as it is inside a per-event `async for` loop (docstring, item 1)."""
+    # faust keeps it in a private ContextVar, as a weak reference (`faust.streams.current_event`)
     token = faust.streams._current_event.set(weakref.ref(event))
     try:
         yield
@@ -79,6 +60,7 @@ def event_context(event: faust.EventT) -> Iterator[None]:
 async def ready_batches(stream: faust.StreamT, max_events: int) -> AsyncIterator[list[faust.EventT]]:
     """Batches of the events a topic's stream has been handed, whatever is there (docstring, item 6)."""
     app = stream.app
+    # the stream iterator's own bookkeeping (faust.streams.Stream.__aiter__), done here per batch
     queue = aiter(stream.channel).queue  # the iterator clone the conductor delivers into
     unacked, acking_topics, sensors = app.consumer.unacked, app.topics.acking_topics, app.sensors
     while True:
@@ -108,8 +90,24 @@ async def ready_batches(stream: faust.StreamT, max_events: int) -> AsyncIterator
                     sensors.on_message_out(event.message.tp, event.message.offset, event.message)
 
 
+async def send_record(
+    app: faust.App, topic: str, key: bytes, value: bytes, partition: int | None = None
+) -> asyncio.Future:
+    """Hand one record to faust's producer, where its flush before a commit waits for it (docstring, item 8).
+
+    Returns the delivery's future, not awaited here."""
+    # faust's Producer.send has no defaults: partition, timestamp and headers go in that order
+    return await app.producer.send(topic, key, value, partition, None, None)
+
+
+def recovered_once(app: faust.App) -> bool:
+    """Whether the tables finished their first recovery since the worker started (docstring, item 9)."""
+    # `Recovery.completed`: set once, never cleared; faust offers only an awaitable of it
+    return app.tables.recovery.completed.is_set()
+
+
 class KeyPartitionedTable(faust.Table):
-    """A table whose entry for key K lives on partition murmur2(K) % partitions (bytes keys)."""
+    """A table whose entry for key K lives on partition murmur2(K) % partitions (bytes keys; docstring, item 2)."""
 
     def partition_for_key(self, key: bytes) -> int:
         return partition_for_key(key, self.partitions or self.app.conf.topic_partitions)
@@ -147,10 +145,11 @@ class _Consumer(EagerWaitFirst, faust_aiokafka.Consumer):
 
     def _to_message(self, tp: TP, record: Any) -> faust.types.Message:
         message = super()._to_message(tp, record)
-        message.time_in = time.monotonic()  # where the worker's own time per click starts (stream_app.worker.app)
+        message.time_in = time.monotonic()  # where the worker's own time per click starts (docstring, item 10)
         return message
 
     def _new_consumer_thread(self) -> _ConsumerThread:
+        # faust names the thread class nowhere else (docstring, item 3)
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def perform_seek(self) -> None:
@@ -167,7 +166,16 @@ class _Consumer(EagerWaitFirst, faust_aiokafka.Consumer):
         await super().perform_seek()
         self._sought_read_offsets = (self.app.consumer_generation_id, dict(self._read_offset))
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """faust's `perform_seek` asks the broker for the committed offsets here: keep them (docstring, item 7)."""
+        offsets = await super().seek_to_committed()
+        self.app.committed_offsets.update(
+            (TP(tp.topic, tp.partition), offset) for tp, offset in offsets.items() if offset is not None and offset >= 0
+        )
+        return offsets
+
     def resume_flow(self) -> None:
+        # `_read_offset`: what faust's fetch loop drops as already read (docstring, item 4).
         # The fetch loop may still have recorded one handed-over offset after the flow stopped.
         sought, self._sought_read_offsets = self._sought_read_offsets, None
         if sought is not None and sought[0] == self.app.consumer_generation_id:
@@ -205,7 +213,7 @@ def _close(waitables: list[WaitArgT]) -> None:
 
 
 class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
+    Consumer = _Consumer  # how faust's transport picks its consumer class
 
 
 class _TableManager(faust.tables.TableManager):
@@ -226,4 +234,5 @@ class TunedApp(faust.App):
         super().__init__(*args, TableManager=_TableManager, **kwargs)
 
     def _new_transport(self) -> _Transport:
+        # faust picks the transport by the broker URL's scheme, with no setting for the class (items 3, 4, 5, 10)
         return _Transport(self.conf.broker_consumer, self)
