@@ -28,6 +28,7 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.follow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=None, help="stop after this many updates (default: never)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for training (default: torch's own)")
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
     return parser
 
@@ -288,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = get_settings()
     if settings.follow_metrics_port:
         start_http_server(settings.follow_metrics_port)

@@ -39,7 +39,7 @@ GPU_COMPONENT = "optional/gpu-training"  # the CronJob on one GPU: a kustomize c
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 SCALED_OBJECT_FILE = K8S / "optional" / "keda-scaledobject.yaml"
 # Custom resources: not in the Kubernetes schemas, checked by the tests below that name them.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
 OLDEST_AND_NEWEST_KUBERNETES = (all_versions()[0], all_versions()[-1])
 
 
@@ -86,9 +86,10 @@ def setting_values(objects: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def containers(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(pod spec, container) of every workload: the StatefulSet's and the CronJob's."""
+    """(pod spec, container) of every workload: the StatefulSet's, the follower's and the CronJob's."""
     pod_specs = {
         "StatefulSet": lambda spec: spec["template"]["spec"],
+        "Deployment": lambda spec: spec["template"]["spec"],
         "CronJob": lambda spec: spec["jobTemplate"]["spec"]["template"]["spec"],
     }
     for workload in objects:
@@ -173,6 +174,7 @@ def test_workers_and_trainer_mount_the_folders_their_settings_name(rendered: lis
     needs = {  # container name -> {folder: written}
         "worker": {settings.artifact_dir: False, settings.table_dir: True, settings.artifact_cache_dir: True},
         "retrain": {settings.data_dir: False, settings.artifact_dir: True, settings.artifact_cache_dir: True},
+        "follow": {settings.artifact_dir: True, settings.artifact_cache_dir: True},
     }
     for pod, container in containers(rendered):
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -240,6 +242,25 @@ def test_the_cronjob_runs_the_trainer_with_flags_it_accepts(rendered: list[dict[
     assert the(rendered, "CronJob")["spec"]["concurrencyPolicy"] == "Forbid"
 
 
+def test_the_follower_runs_alone_and_is_scraped(rendered: list[dict[str, Any]]) -> None:
+    pytest.importorskip("torch")  # training.follow imports the trainers
+    from training.follow import build_parser
+
+    follower = the(rendered, "Deployment")
+    assert follower["spec"]["replicas"] == 1 and follower["spec"]["strategy"]["type"] == "Recreate"
+    [container] = follower["spec"]["template"]["spec"]["containers"]
+    images = {image["name"]: f"{image['newName']}:{image['newTag']}" for image in KUSTOMIZATION["images"]}
+    assert container["image"] == images["nextclick-training"]
+    assert container["command"] == ["python", "-m", "training.follow"]
+    build_parser().parse_args(container["args"])  # exits on an unknown flag or a bad value
+    [port] = container["ports"]
+    assert port["containerPort"] == Settings(**setting_values(rendered)).follow_metrics_port
+    monitor = the(rendered, "PodMonitor")
+    pod_labels = follower["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {port["name"]}
+
+
 @pytest.mark.parametrize("version", OLDEST_AND_NEWEST_KUBERNETES)
 def test_the_gpu_variant_validates_and_trains_on_one_gpu(
     rendered: list[dict[str, Any]], rendered_with_gpu: list[dict[str, Any]], version: str
@@ -289,6 +310,7 @@ JUDGED = "nextclick_suggestions_judged_total{%s}"
 HITS20 = 'nextclick_suggestion_hits_total{%s, cutoff="20"}'
 OFFLINE_RECALL20 = 'nextclick_model_offline_recall{%s, cutoff="20"}'
 MIN_SHARE = 'nextclick_live_quality_min_share{namespace="shop", pod="%s"}'
+FOLLOWED = 'nextclick_follow_versions_total{namespace="shop", pod="f-0", outcome="%s"}'
 
 
 def served(
@@ -309,6 +331,10 @@ def version_labels(version: str, variant: str) -> dict[str, str]:
 
 
 ALERT_CASES = [
+    ("NextclickFollowerRefused", {FOLLOWED % "refused": "0+1x120", FOLLOWED % "promoted": "0x120"}, "2h",
+     {"namespace": "shop"}),
+    ("NextclickFollowerRefused", {FOLLOWED % "refused": "0+1x120", FOLLOWED % "promoted": "0+0.05x120"}, "2h",
+     None),  # some pass
     (
         "NextclickConsumerLagGrowing",
         {LAG % 0: "0+100x60", LAG % 1: "0+50x60"},
@@ -418,6 +444,8 @@ def test_the_dashboard_shows_what_operators_need() -> None:
         "nextclick_model_offline_recall",
         "nextclick_model_offline_mrr",
         "nextclick_live_quality_min_share",
+        "nextclick_clicks_scored_total",
+        "nextclick_clicks_unknown_item_total",
     } <= metric_names(list(dashboard_queries().values()))
     model_served = dashboard_queries()[("Model version served", "model")]
     assert "variant" in model_served and "exclude_seen" in model_served  # canary or current, exclusion policy

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.click_replay import held_out_clicks
@@ -151,13 +152,14 @@ def test_promtool_accepts_the_workers_metrics(worker: Any) -> None:
     assert status == 200 and lint.returncode == 0 and not lint.stdout + lint.stderr, lint.stdout + lint.stderr
 
 
-def test_every_metric_queried_is_one_the_worker_exports(worker: Any) -> None:
+def test_every_metric_queried_is_one_the_worker_or_the_follower_exports(worker: Any) -> None:
     """Read from the `# TYPE` lines, so that labelled series nothing has incremented yet count too."""
-    declared = dict(
-        line.split()[2:4]
-        for line in worker.get("/metrics")[1].decode().splitlines()
-        if line.startswith("# TYPE ")
-    )
+    from training.follow import FollowerMetrics
+
+    registry = CollectorRegistry()
+    FollowerMetrics(registry)
+    exposition = worker.get("/metrics")[1].decode() + generate_latest(registry).decode()
+    declared = dict(line.split()[2:4] for line in exposition.splitlines() if line.startswith("# TYPE "))
     exported = set(declared) | {
         name + suffix
         for name, kind in declared.items()
