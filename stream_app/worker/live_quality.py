@@ -1,5 +1,6 @@
 """The worker's live served quality: each suggestion judged by its session's next click, counted per model,
-version and variant next to that version's offline figures (the judging itself: `stream_app.inference`)."""
+version and variant next to that version's offline figures (the judging itself: `stream_app.inference`); and
+the clicks each version answered, with those on items it does not know."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterable
 
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.served_quality import CUTOFF
-from stream_app.inference.suggestion import Judgement
+from stream_app.inference.suggestion import Judgement, Suggestion
 from stream_app.worker.metrics import QUALITY_CUTOFFS, WorkerMetrics
 
 
@@ -23,6 +24,8 @@ class LiveQuality:
         """A version starts serving: its series exist from now (at 0), with its offline figures beside."""
         labels = (scorer.name, scorer.version, variant)
         self.metrics.judged.labels(*labels)
+        self.metrics.clicks_scored.labels(*labels)
+        self.metrics.clicks_unknown_item.labels(*labels)
         for cutoff in self.cutoffs:
             self.metrics.hits.labels(*labels, str(cutoff))
             self.metrics.reciprocal_rank.labels(*labels, str(cutoff))
@@ -55,3 +58,18 @@ class LiveQuality:
         for (labels, cutoff), count in hits.items():
             self.metrics.hits.labels(*labels, str(cutoff)).inc(count)
             self.metrics.reciprocal_rank.labels(*labels, str(cutoff)).inc(reciprocal[labels, cutoff])
+
+    def count_clicks(self, suggestions: Iterable[Suggestion]) -> None:
+        """Count a batch's answered clicks, and those on items their version does not know (answered from
+        popularity): one pass over the suggestions, one increment per series, however many clicks."""
+        scored: Counter[tuple[str, str, str]] = Counter()
+        unknown: Counter[tuple[str, str, str]] = Counter()
+        for suggestion in suggestions:
+            labels = (suggestion.model, suggestion.artifact_version, suggestion.variant)
+            scored[labels] += 1
+            if suggestion.source == "popularity":
+                unknown[labels] += 1
+        for labels, count in scored.items():
+            self.metrics.clicks_scored.labels(*labels).inc(count)
+        for labels, count in unknown.items():
+            self.metrics.clicks_unknown_item.labels(*labels).inc(count)

@@ -121,6 +121,21 @@ class WorkerMetrics:
             (*VERSION_LABELS, "cutoff"),
             registry=r,
         )
+        # Clicks on items a version does not know get the popularity answer (`Suggestion.source`): their share per
+        # version, increase(clicks_unknown_item) / increase(clicks_scored), is what an incremental update with the
+        # items first seen since the version's cut-off brings down (`training.incremental`).
+        self.clicks_scored = Counter(
+            "nextclick_clicks_scored",
+            "Clicks answered by a version (repeated deliveries included), per model, version and variant.",
+            VERSION_LABELS,
+            registry=r,
+        )
+        self.clicks_unknown_item = Counter(
+            "nextclick_clicks_unknown_item",
+            "Clicks answered by a version that does not know the clicked item: answered from popularity.",
+            VERSION_LABELS,
+            registry=r,
+        )
         self.offline_recall = Gauge(
             "nextclick_model_offline_recall",
             "The served version's Recall@cutoff measured by training on its test clicks, through the "

@@ -109,10 +109,13 @@ class ServedModel:
     def recommend(
         self, clicks: list[SourcedClick], table: Mapping[bytes, SessionState], now: float
     ) -> BatchResult:
-        """One batch, each click scored by its session's variant (the canary, or the current version)."""
+        """One batch, each click scored by its session's variant (the canary, or the current version); its clicks
+        counted per version, those on items the version does not know too (`LiveQuality.count_clicks`)."""
         current, canary = self.recommender, self.canary  # read once: swaps land between batches
         assert current is not None, "no model is served yet"
-        return routed_batch(current, canary, clicks, table, now)
+        result = routed_batch(current, canary, clicks, table, now)
+        self.live_quality.count_clicks(result.suggestions)
+        return result
 
     def prepare(self, directory: Path, variant: str = "current") -> tuple[SessionRecommender, float]:
         """Load and check an artifact (blocking: run it in a thread); raises on any problem."""

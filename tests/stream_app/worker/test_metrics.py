@@ -1,19 +1,29 @@
-"""Metric names follow Prometheus conventions, and every worker counts in its own registry."""
+"""Metric names follow Prometheus conventions, every worker counts in its own registry, and a batch's clicks on
+items its version does not know are counted per version."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.inference.events import Reason
+from stream_app.inference.events import Click, Reason
 from stream_app.inference.partitioning import partition_for_key
-from stream_app.settings import REPO_ROOT
+from stream_app.inference.sessions import BatchResult
+from stream_app.inference.suggestion import SourcedClick, Suggestion
+from stream_app.settings import REPO_ROOT, Settings
+from stream_app.worker.canary import canary_position
+from stream_app.worker.live_quality import LiveQuality
 from stream_app.worker.metrics import ERROR_STAGES, WorkerMetrics
+from stream_app.worker.model_swap import ServedModel
 
 EXPECTED = {
     "nextclick_events_consumed": "counter",
@@ -30,6 +40,8 @@ EXPECTED = {
     "nextclick_suggestions_judged": "counter",
     "nextclick_suggestion_hits": "counter",
     "nextclick_suggestion_reciprocal_rank": "counter",
+    "nextclick_clicks_scored": "counter",
+    "nextclick_clicks_unknown_item": "counter",
     "nextclick_model_offline_recall": "gauge",
     "nextclick_model_offline_mrr": "gauge",
     "nextclick_live_quality_min_share": "gauge",
@@ -78,6 +90,61 @@ def test_the_code_counts_errors_only_under_known_stages() -> None:
         for stage in re.findall(r'errors\.labels\(stage="(\w+)"\)', path.read_text())
     }
     assert counted and counted <= set(ERROR_STAGES)
+
+
+def test_a_version_exports_its_unknown_item_share_from_the_start() -> None:
+    """The share's series exist (at 0) as soon as a version serves: the dashboard needs no click first."""
+    metrics = WorkerMetrics()
+    version = SimpleNamespace(name="gru4rec", version="v1", offline_figures=lambda exclude_seen: None)
+    LiveQuality(metrics, top_k=20).start(version, "current", exclude_seen=True)  # type: ignore[arg-type]
+    labels = {"model": "gru4rec", "artifact_version": "v1", "variant": "current"}
+    for name in ("nextclick_clicks_scored_total", "nextclick_clicks_unknown_item_total"):
+        assert metrics.registry.get_sample_value(name, labels) == 0
+
+
+@dataclass
+class KnownItems:
+    """A stand-in for a served version: it answers from the model exactly the clicks on `known` items."""
+
+    version: str
+    variant: str
+    known: set[str]
+
+    def recommend(self, clicks: list[SourcedClick], table: Mapping, now: float) -> BatchResult:
+        suggestions = [
+            Suggestion(sourced, [], [], "model" if sourced.click.item_id in self.known else "popularity",
+                       "gru4rec", self.version, self.variant)
+            for sourced in clicks
+        ]
+        return BatchResult(suggestions, {}, [])
+
+
+def test_a_batch_counts_the_clicks_on_items_unknown_to_their_version() -> None:
+    metrics = WorkerMetrics()
+    served = ServedModel(Settings(), metrics, asyncio.Event())
+    served.recommender = KnownItems("v1", "current", {"a"})  # type: ignore[assignment]
+    served.canary = (KnownItems("v2", "canary", {"a", "new"}), 0.5)  # type: ignore[assignment]
+    sessions = [f"s{number}" for number in range(40)]
+    on_canary = {session for session in sessions if canary_position(session) < 0.5}
+    assert 0 < len(on_canary) < len(sessions)
+    items = ["a", "new", "gone"]  # known to both, known to v2 only, known to neither
+    clicks = [
+        SourcedClick(Click(session, items[number % 3], 1.0), partition=0, offset=number)
+        for number, session in enumerate(sessions)
+    ]
+    for _ in range(2):  # two batches add up
+        result = served.recommend(clicks, {}, now=1.0)
+        assert len(result.suggestions) == len(clicks)
+    expected: dict[tuple[str, str], list[int]] = {("v1", "current"): [0, 0], ("v2", "canary"): [0, 0]}
+    for sourced in clicks:
+        canary = sourced.click.session_id in on_canary
+        counts = expected[("v2", "canary") if canary else ("v1", "current")]
+        counts[0] += 2  # two batches
+        counts[1] += 2 * (sourced.click.item_id not in ({"a", "new"} if canary else {"a"}))
+    for (version, variant), (scored, unknown) in expected.items():
+        labels = {"model": "gru4rec", "artifact_version": version, "variant": variant}
+        assert metrics.registry.get_sample_value("nextclick_clicks_scored_total", labels) == scored > 0
+        assert metrics.registry.get_sample_value("nextclick_clicks_unknown_item_total", labels) == unknown > 0
 
 
 @pytest.mark.broker
