@@ -36,6 +36,7 @@ from devtools.click_replay import WorkerProcess
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from stream_app.inference.scoring import Scorer
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.release.store import ArtifactStore
 from stream_app.settings import REPO_ROOT, Settings
 
 WORKER_START_TIMEOUT = 60.0
@@ -304,6 +305,28 @@ def start_worker(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactor
         fields = unique_worker_settings(broker.bootstrap_servers, tmp, **overrides)
         with running_worker(fields, tmp / "worker.log", require_model=require_model) as running:
             yield running
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def store_worker(broker: EmbeddedBroker) -> Callable[..., Any]:
+    """`with store_worker(tmp, current, *others) as (worker, store):` a worker following a local store in `tmp`
+    whose current version is the artifact folder `current` (`others` pushed, not promoted); announcements on,
+    polling too slow to matter."""
+
+    @contextmanager
+    def start(tmp: Path, current: Path, *others: Path, **overrides: Any) -> Iterator[tuple[Worker, ArtifactStore]]:
+        store = ArtifactStore(tmp / "store", tmp / "cache", keep_versions=10)
+        versions = [store.push(folder) for folder in (current, *others)]
+        store.promote(versions[0])
+        fields = unique_worker_settings(
+            broker.bootstrap_servers, tmp, serving_artifact_dir=None, artifact_dir=tmp / "store",
+            artifact_cache_dir=tmp / "worker-cache", model_updates_topic=f"model-updates-{uuid.uuid4().hex[:8]}",
+            model_poll_interval=600.0, **overrides,
+        )
+        with running_worker(fields, tmp / "worker.log", require_model=True) as worker:
+            yield worker, store
 
     return start
 

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from devtools.click_replay import held_out_clicks
 from stream_app.inference.artifact_format import ITEM_IDS
-from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
 from tests.artifact_versions import renamed
@@ -52,31 +50,15 @@ class Stream:
         return json.loads((self.store.local_copy(version) / "manifest.json").read_text())
 
 
-async def create_topic(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(**aiokafka_client_kwargs(settings))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(settings.clicks_topic, settings.partitions, 1)])
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="module")
-def stream(broker, artifact: Path, launch_worker, worker_fields, tmp_path_factory) -> Iterator[Stream]:
+def stream(artifact: Path, store_worker, tmp_path_factory) -> Iterator[Stream]:
     """v1 (the tiny artifact, trained on days before the test day) current in a store that a worker follows."""
     tmp = tmp_path_factory.mktemp("follow")
-    store = ArtifactStore(tmp / "store", tmp / "cache", keep_versions=10)
-    store.push(renamed(artifact, tmp / "v1", "v1"))
-    store.promote("v1")
-    fields = worker_fields(broker.bootstrap_servers, tmp, serving_artifact_dir=None, artifact_dir=tmp / "store",
-                           artifact_cache_dir=tmp / "worker-cache", model_poll_interval=600.0,
-                           model_updates_topic=f"model-updates-{uuid.uuid4().hex[:8]}")
-    follower_fields = {"artifact_cache_dir": tmp / "follower-cache", "follow_interval_clicks": ROUND_CLICKS,
-                       "follow_poll_seconds": 0.5, "follow_metrics_port": 0,
-                       "quality_gate_tolerance": 1.0}  # always passes here: the refusal is a test of its own
-    settings = Settings(**fields | follower_fields)
-    asyncio.run(create_topic(settings))
-    with launch_worker(fields, tmp / "worker.log", require_model=True) as worker:
+    with store_worker(tmp, renamed(artifact, tmp / "v1", "v1")) as (worker, store):
+        settings = worker.settings.model_copy(update={
+            "artifact_cache_dir": tmp / "follower-cache", "follow_interval_clicks": ROUND_CLICKS,
+            "follow_poll_seconds": 0.5, "follow_metrics_port": 0,
+            "quality_gate_tolerance": 1.0})  # always passes here: the refusal is a test of its own
         yield Stream(settings, store, worker, held_out_clicks(get_settings()))
 
 

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import json
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,6 @@ import pytest
 from aiokafka.structs import RecordMetadata
 
 from devtools.click_replay import held_out_clicks, kafka_producer
-from devtools.embedded_broker import EmbeddedBroker
 from stream_app.inference.scoring import Scorer
 from stream_app.release.publish import promote_and_announce
 from stream_app.release.store import ArtifactStore
@@ -107,15 +105,13 @@ class Catalogue:
 
 @pytest.fixture(scope="module")
 def catalogue(
-    broker: EmbeddedBroker,
     artifact: Path,
-    launch_worker: Callable[..., Any],
-    worker_fields: Callable[..., dict[str, Any]],
+    store_worker: Callable[..., Any],
     tmp_path_factory: pytest.TempPathFactory,
     one_torch_thread: None,
 ) -> Iterator[Catalogue]:
-    """A worker following a local store (announcements on, polling too slow to matter) that serves v1 (the tiny
-    artifact); v2, v1 updated over the whole real test day, is built but not pushed."""
+    """A worker following a local store that serves v1 (the tiny artifact); v2, v1 updated over the whole real
+    test day, is built but not pushed."""
     pytest.importorskip("torch")
     from training.data.datasets import load_dataset
     from training.incremental import UpdateBudget, update
@@ -126,19 +122,7 @@ def catalogue(
     grown = update(v1, test_day, tmp / "v2", budget=UpdateBudget(epochs=1),
                    cutoff={"until": float(test_day.times.max())})
     assert grown.new_items > 0
-    store = ArtifactStore(tmp / "store", tmp / "cache", keep_versions=10)
-    store.push(v1)
-    store.promote("v1")
-    fields = worker_fields(
-        broker.bootstrap_servers,
-        tmp,
-        serving_artifact_dir=None,
-        artifact_dir=tmp / "store",
-        artifact_cache_dir=tmp / "worker-cache",
-        model_updates_topic=f"model-updates-{uuid.uuid4().hex[:8]}",
-        model_poll_interval=600.0,
-    )
-    with launch_worker(fields, tmp / "worker.log", require_model=True) as worker:
+    with store_worker(tmp, v1) as (worker, store):
         yield Catalogue(worker, store, grown.directory, {"v1": Scorer(v1), grown.version: Scorer(grown.directory)})
 
 

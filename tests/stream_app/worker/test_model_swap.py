@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -120,33 +119,18 @@ class Story:
 
 @pytest.fixture(scope="module")
 def story(
-    broker: EmbeddedBroker,
     artifact: Path,
     tiny_retrain: Callable[..., Any],
-    launch_worker: Callable[..., Any],
-    worker_fields: Callable[..., dict[str, Any]],
+    store_worker: Callable[..., Any],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Story]:
-    """A worker in store mode (announcements on, polling too slow to matter) serving v1 of a local store;
-    v2 is another real model (48 units instead of 32, another seed) pushed but not promoted."""
+    """A worker in store mode serving v1 of a local store; v2 is another real model (48 units instead of 32,
+    another seed) pushed but not promoted."""
     tmp = tmp_path_factory.mktemp("hot-swap")
     other = tmp / "other-model"
     tiny_retrain("--gru4rec-layers", "48", "--gru4rec-seed", "7", "--out", str(other))
-    store = ArtifactStore(tmp / "store", tmp / "cache", keep_versions=10)
     folders = {"v1": renamed(artifact, tmp / "v1", "v1"), "v2": renamed(other, tmp / "v2", "v2")}
-    for folder in folders.values():
-        store.push(folder)
-    store.promote("v1")
-    fields = worker_fields(
-        broker.bootstrap_servers,
-        tmp,
-        serving_artifact_dir=None,
-        artifact_dir=tmp / "store",
-        artifact_cache_dir=tmp / "worker-cache",
-        model_updates_topic=f"model-updates-{uuid.uuid4().hex[:8]}",
-        model_poll_interval=600.0,
-    )
-    with launch_worker(fields, tmp / "worker.log", require_model=True) as worker:
+    with store_worker(tmp, folders["v1"], folders["v2"]) as (worker, store):
         scorers = {version: Scorer(folder) for version, folder in folders.items()}
         yield Story(worker, store, scorers, worker.process.pid)
 
