@@ -79,3 +79,32 @@ def plot_search(study: optuna.Study, path: Path, title: str, metric: str,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_prequential(result: dict, path: Path, title: str) -> Path:
+    """A prequential replay (`training.prequential`'s result): per slice, each policy's hit-rate@20 and its share
+    of clicks on items the serving version did not know."""
+    slices = [entry["slice"] for entry in result["slices"]]
+    x = range(len(slices))
+    fig, (ax_hits, ax_unknown) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, policy in result["policies"].items():
+        hit_rate = [entry[f"hit_rate@{result['cutoff']}"] for entry in policy["slices"]]
+        overall = policy["overall"][f"hit_rate@{result['cutoff']}"]
+        ax_hits.plot(x[: len(hit_rate)], hit_rate, "o-", lw=1.2, ms=3, label=f"{name} ({overall:.4f} overall)")
+        ax_unknown.plot(x[: len(hit_rate)], [entry["unknown_share"] for entry in policy["slices"]], "o-", lw=1.2,
+                        ms=3, label=name)
+    for ax, label in ((ax_hits, f"hit-rate@{result['cutoff']}"), (ax_unknown, "clicks on items it does not know")):
+        tilted = len(slices) > 6
+        ax.set_xticks(list(x), slices, rotation=45 if tilted else 0, ha="right" if tilted else "center", fontsize=8)
+        if len(slices) > 20:
+            ax.xaxis.set_major_locator(MaxNLocator(12, integer=True))
+        ax.set_xlabel(f"slice ({result['stream']['slicing']})")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_unknown.set_ylim(bottom=0)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,100 @@
+"""The prequential replay (`python -m training.prequential`) on a small real slice of YOOCHOOSE: with the updates
+turned off it gives the frozen version's served figures on the same clicks, the incremental updates know the
+stream's new items, and bad data ends it with one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_quality import served_top_k_metrics
+from stream_app.settings import get_settings
+from training import prequential
+from training.data.datasets import dataset_files
+
+pytestmark = pytest.mark.training
+
+SESSIONS, SLICE_CLICKS = 1200, 800  # 600 sessions train the first version, 2,325 clicks stream in 3 slices
+# conftest.TINY_TRAINING's model: trains in a second on two busy cores
+TINY_MODEL = ["--models", "gru4rec", "--epochs", "1", "--gru4rec-layers", "32", "--gru4rec-batch-size", "64",
+              "--gru4rec-n-sample", "256", "--threads", "1"]
+
+
+def replay(out: Path, *flags: str) -> dict:
+    return prequential.main(["--dataset", "yoochoose_rsc15_100k", "--max-sessions", str(SESSIONS), "--slice-clicks",
+                             str(SLICE_CLICKS), "--no-progress", "--out", str(out), *TINY_MODEL, *flags])
+
+
+def stream_sessions() -> list[list[str]]:
+    files = dataset_files("yoochoose_rsc15_100k")
+    log = prequential.joined(files.read_train(), files.read_test()).head_sessions(SESSIONS)
+    return prequential.initial_and_stream(log, 0.5)[1].sessions_as_ids()
+
+
+def test_with_the_updates_turned_off_it_gives_the_frozen_versions_served_figures(tmp_path: Path) -> None:
+    result = replay(tmp_path, "--policies", "frozen", "incremental", "--incremental-every", "0")
+    sessions = stream_sessions()
+    assert sum(entry["sessions"] for entry in result["slices"]) > len(sessions)  # sessions cross slice boundaries
+    served = served_top_k_metrics(Scorer(tmp_path / "initial"), sessions, get_settings(), exclude_seen=False)
+    assert served.predictions == sum(len(session) - 1 for session in sessions)
+    for name in ("frozen", "incremental"):
+        policy = result["policies"][name]
+        assert policy["overall"] == {
+            "hit_rate@20": served.recall, "mrr@20": served.mrr, "predictions": served.predictions,
+            "clicks": sum(map(len, sessions)), "unknown_clicks": policy["overall"]["unknown_clicks"],
+            "unknown_share": policy["overall"]["unknown_share"],
+        }
+        assert sum(entry["predictions"] for entry in policy["slices"]) == served.predictions
+        assert policy["training"]["versions"] == 0
+    slices = {name: [{k: v for k, v in entry.items() if "seconds" not in k} for entry in policy["slices"]]
+              for name, policy in result["policies"].items()}
+    assert slices["incremental"] == slices["frozen"]
+
+
+def test_incremental_updates_know_the_new_items_the_frozen_version_does_not(tmp_path: Path) -> None:
+    result = replay(tmp_path, "--retrain-every", "2")
+    assert result["stream"]["new_items"] > 0
+    policies = result["policies"]
+    frozen, incremental = policies["frozen"], policies["incremental"]
+    assert incremental["overall"]["unknown_share"] < frozen["overall"]["unknown_share"]
+    assert frozen["new_items"]["suggested"] == 0  # it cannot name what it never saw
+    assert incremental["new_items"]["suggested"] > 0
+    assert incremental["new_items"]["stream_clicks_until_suggested"]["median"] > 0
+    assert incremental["training"]["versions"] == 2 and incremental["training"]["cpu_seconds"] > 0
+    assert policies["retrain"]["training"]["versions"] == 1  # after slice 1 of 0..2; none after the last
+    assert {p["overall"]["predictions"] for p in policies.values()} == {frozen["overall"]["predictions"]}
+    assert all(0 < p["overall"]["hit_rate@20"] < 1 for p in policies.values())
+    assert policies["vsknn"]["overall"]["hit_rate@20"] > policies["popularity"]["overall"]["hit_rate@20"]
+    assert json.loads((tmp_path / prequential.RESULT).read_text()) == json.loads(json.dumps(result))
+    assert (tmp_path / prequential.PLOT).stat().st_size > 0
+    assert not (tmp_path / "versions" / "incremental" / "after-slice-0").exists()  # superseded: removed
+
+
+def test_slices_per_day_follow_the_logged_times() -> None:
+    files = dataset_files("yoochoose_rsc15_100k")
+    log = prequential.joined(files.read_train(), files.read_test())
+    assert np.all(np.diff(log.times[log.session_offsets()[:-1]]) >= 0)  # sessions in the order of their first click
+    stream = prequential.Stream.of(prequential.initial_and_stream(log, 0.5)[1], None)
+    times = stream.log.times[stream.order]
+    assert np.all(np.diff(times) >= 0)
+    days = [np.floor(times[start:end] / prequential.DAY) for start, end in zip(stream.bounds[:-1], stream.bounds[1:])]
+    assert all(len(set(day)) == 1 for day in days[:-1]) and len({day[0] for day in days}) == stream.n_slices
+    # the test file ends 50 minutes (9 clicks) into 2014-04-08: they join the day before
+    assert set(days[-1]) == {days[-1][0], days[-1][0] + 1} and len(days[-1]) - np.sum(days[-1] == days[-1][0]) == 9
+    assert stream.labels == ["2014-04-04", "2014-04-05", "2014-04-06", "2014-04-07"]
+    assert stream.bounds[-1] == stream.n_clicks
+
+
+def test_bad_data_ends_it_with_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("SessionId\tItemId\tTime\n1\t214536502\t1396839069.277\n1\t214536500\tnot a time\n")
+    with pytest.raises(SystemExit) as exit:
+        prequential.main(["--train", str(bad), "--test", str(bad), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and error.startswith("python -m training.prequential: error: bad.tsv: ")
+    assert not (tmp_path / "out").exists()
