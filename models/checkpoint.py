@@ -1,8 +1,9 @@
 """A trained model as a file that training can continue from, and a model grown by new items.
 
 Serving reads the ONNX graph; a checkpoint (`{name}.pt` in an artifact) keeps what the graph does not: the
-model's config and its weights as torch tensors, so that an incremental update (`training.incremental`)
-warm-starts from exactly the served model. Loaded with `torch.load(weights_only=True)`: no code runs.
+model's config, its weights as torch tensors and where its optimiser ended (`training.trainers.warm_state`), so
+that an incremental update (`training.incremental`) continues exactly the served model. Loaded with
+`torch.load(weights_only=True)`: no code runs.
 
 Growing the catalogue appends rows to a model's item tables and leaves every other weight as it is, so an
 old item's score for any session is unchanged until training moves it. A new item's row starts as the mean
@@ -39,11 +40,17 @@ def kind_of(model: nn.Module) -> str:
     raise TypeError(f"no checkpoint format for {type(model).__name__}")
 
 
-def save_checkpoint(model: nn.Module, path: Path) -> Path:
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    model: nn.Module
+    optimiser: dict | None  # `training.trainers.warm_state`'s plain dict; None: nothing to continue
+
+
+def save_checkpoint(model: nn.Module, path: Path, optimiser: dict | None = None) -> Path:
     members = len(model.members) if isinstance(model, DIENEnsemble) else 0
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     torch.save({"kind": kind_of(model), "config": dataclasses.asdict(model.config), "members": members,
-                "state_dict": state}, path)
+                "state_dict": state, "optimiser": optimiser}, path)
     return path
 
 
@@ -67,30 +74,39 @@ def _build(kind: str, config: typing.Any, members: int, state: dict[str, torch.T
     return model.eval()
 
 
-def load_checkpoint(path: Path) -> nn.Module:
+def load_checkpoint(path: Path) -> Checkpoint:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     kind = saved["kind"]
-    return _build(kind, _config(kind, saved["config"]), saved["members"], saved["state_dict"])
+    return Checkpoint(_build(kind, _config(kind, saved["config"]), saved["members"], saved["state_dict"]),
+                      saved.get("optimiser"))
 
 
 def is_item_table(kind: str, name: str) -> bool:
     return any(name == table or name.endswith("." + table) for table in ITEM_TABLES[kind])
 
 
-def grown(model: nn.Module, co_clicked: typing.Sequence[np.ndarray]) -> nn.Module:
-    """A copy of `model` with one more item per entry of `co_clicked` (the known item indices clicked with it),
-    appended after the known items."""
+def grown(checkpoint: Checkpoint, co_clicked: typing.Sequence[np.ndarray]) -> Checkpoint:
+    """A copy of `checkpoint` with one more item per entry of `co_clicked` (the known item indices clicked with
+    it), appended after the known items: in the model's item tables and in its optimiser's statistics of them."""
+    model = checkpoint.model
     kind = kind_of(model)
     n_old, n_new = model.config.n_items, len(co_clicked)
-    state = {}
-    for name, table in model.state_dict().items():
-        if is_item_table(kind, name):
-            table = torch.cat([table, _new_rows(table, co_clicked)]) if n_new else table.clone()
-            assert len(table) == n_old + n_new, name
-        state[name] = table.detach().cpu().clone()
+
+    def extended(name: str, table: torch.Tensor) -> torch.Tensor:
+        if not is_item_table(kind, name):
+            return table.detach().cpu().clone()
+        table = torch.cat([table, _new_rows(table, co_clicked)]) if n_new else table.clone()
+        assert len(table) == n_old + n_new, name
+        return table.detach().cpu()
+
+    state = {name: extended(name, table) for name, table in model.state_dict().items()}
     members = len(model.members) if isinstance(model, DIENEnsemble) else 0
     config = dataclasses.replace(model.config, n_items=n_old + n_new)
-    return _build(kind, config, members, state)
+    optimiser = checkpoint.optimiser
+    if optimiser is not None:
+        optimiser = optimiser | {"squares": {name: extended(name, square)
+                                             for name, square in optimiser["squares"].items()}}
+    return Checkpoint(_build(kind, config, members, state), optimiser)
 
 
 def _new_rows(table: torch.Tensor, co_clicked: typing.Sequence[np.ndarray]) -> torch.Tensor:

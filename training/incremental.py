@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import grown, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, grown, load_checkpoint, save_checkpoint
 from models.export import export_dien, export_gru4rec, export_narm
 from stream_app.inference.artifact_format import (
     CONFIG,
@@ -75,7 +75,7 @@ class Parent:
                    np.load(directory / POPULARITY), json.loads((directory / CONFIG).read_text()),
                    json.loads(replay.read_text()) if replay.is_file() else {"seen": 0, "sessions": []})
 
-    def checkpoint(self, name: str) -> torch.nn.Module:
+    def checkpoint(self, name: str) -> Checkpoint:
         entry = self.manifest["models"][name]
         if "weights" not in entry:
             raise ValueError(f"{self.directory}: {name} has no checkpoint to continue from (trained before they "
@@ -151,13 +151,14 @@ def update(parent_dir: Path, new_log: ClickLog, out: Path, *, budget: UpdateBudg
     models, seconds = {}, {}
     for name, entry in parent.manifest["models"].items():
         model_started = time.monotonic()
-        model = grown(parent.checkpoint(name), neighbours)
+        warm = grown(parent.checkpoint(name), neighbours)
+        model, optimiser = warm.model, warm.optimiser
         if name in TRAINED and training.n_clicks > training.n_sessions:
             params = dataclasses.replace(_params(name, parent.config[name]), n_epochs=budget.epochs)
-            model = _trained(name, model, params, training, popularity, progress)
+            model, optimiser = _trained(name, warm, params, training, popularity, progress)
         (EXPORTS[name](model, out / entry["file"], top_k=entry["top_k"]) if name in EXPORTS
          else export_dien(model, out / entry["file"]))
-        save_checkpoint(model, out / weights_file(entry))
+        save_checkpoint(model, out / weights_file(entry), optimiser)
         models[name] = entry | {"n_items": n_items, "weights": weights_file(entry)}
         seconds[name] = round(time.monotonic() - model_started, 2)
 
@@ -185,11 +186,15 @@ def _params(name: str, fields: dict) -> GRU4RecTraining | NARMTraining:
     return TRAINED[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
-def _trained(name: str, model: torch.nn.Module, params, sessions: Sessions, popularity: np.ndarray,
-             progress: bool) -> torch.nn.Module:
+def _trained(name: str, warm: Checkpoint, params, sessions: Sessions, popularity: np.ndarray,
+             progress: bool) -> tuple[torch.nn.Module, dict | None]:
+    """The model trained on, and where its optimiser ended."""
     if name == "gru4rec":
-        return GRU4RecTrainer(popularity, params, warm=model).fit(sessions, params.n_epochs, progress)
-    return train_narm(sessions, popularity, params, progress=progress, warm=model)[0]
+        trainer = GRU4RecTrainer(popularity, params, warm=warm.model, warm_optimiser=warm.optimiser)
+        return trainer.fit(sessions, params.n_epochs, progress), trainer.history.optimiser_state
+    model, history = train_narm(sessions, popularity, params, progress=progress, warm=warm.model,
+                                warm_optimiser=warm.optimiser)
+    return model, history.optimiser_state
 
 
 def _encoded(sessions: list[list[str]], item_map: ItemMap) -> Sessions:

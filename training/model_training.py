@@ -151,7 +151,8 @@ def served_retriever(name: str, params: Any, model: torch.nn.Module, history: Tr
         export = lambda path: export_narm(model, path, top_k=top_k)
     entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": n_items, "top_k": top_k}
     retrieval_of = partial(retrieve, retriever_scores(model, params))
-    trained = TrainedModel(name, history, params, test.ranks, entry, export, partial(save_checkpoint, model))
+    trained = TrainedModel(name, history, params, test.ranks, entry, export,
+                           partial(save_checkpoint, model, optimiser=history.optimiser_state))
     return trained, retrieval_of
 
 

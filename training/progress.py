@@ -41,6 +41,7 @@ class TrainingHistory:
     epochs: list[EpochStats] = field(default_factory=list)
     curve_events: list[int] = field(default_factory=list)  # events seen so far, at each curve point
     curve_loss: list[float] = field(default_factory=list)  # mean loss per event since the previous point
+    optimiser_state: dict | None = None  # where the optimiser ended (`training.trainers.warm_state`)
 
 
 class TrainingDiverged(RuntimeError):

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.checkpoint import grown, load_checkpoint
+from models.checkpoint import Checkpoint, grown, load_checkpoint
 from models.export import GRU4RecServingStep, NARMServingStep
 from stream_app.inference.artifact_format import ITEM_IDS, REPLAY, verify_artifact
 from stream_app.inference.events import Click
@@ -29,8 +29,12 @@ from training.trainers.narm import NARMTraining, train_narm
 pytestmark = pytest.mark.training
 
 
-def checkpoint_of(artifact: Path, name: str) -> torch.nn.Module:
+def checkpoint_of(artifact: Path, name: str) -> Checkpoint:
     return load_checkpoint(artifact / verify_artifact(artifact)["models"][name]["weights"])
+
+
+def model_of(artifact: Path, name: str) -> torch.nn.Module:
+    return checkpoint_of(artifact, name).model
 
 
 def run(artifact: Path, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
@@ -44,7 +48,7 @@ def narm_inputs(n_items: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_each_checkpoint_scores_as_its_served_graph(three_model_artifact: Path) -> None:
-    gru4rec = checkpoint_of(three_model_artifact, "gru4rec")
+    gru4rec = model_of(three_model_artifact, "gru4rec")
     items = np.arange(8, dtype=np.int64)
     hidden = np.zeros((gru4rec.n_layers, 8, gru4rec.hidden_size), np.float32)
     top_items, top_scores, next_hidden = run(three_model_artifact, "gru4rec", items, hidden)
@@ -53,14 +57,14 @@ def test_each_checkpoint_scores_as_its_served_graph(three_model_artifact: Path) 
     np.testing.assert_allclose(top_scores, expected[1].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(next_hidden, expected[2].numpy(), rtol=1e-5, atol=1e-5)
 
-    narm = checkpoint_of(three_model_artifact, "narm")
+    narm = model_of(three_model_artifact, "narm")
     inputs = narm_inputs(narm.config.n_items)
     top_items, top_scores = run(three_model_artifact, "narm", *inputs)
     with torch.no_grad():
         expected = NARMServingStep(narm, top_items.shape[1])(*map(torch.from_numpy, inputs))
     np.testing.assert_allclose(top_scores, expected[1].numpy(), rtol=1e-5, atol=1e-5)
 
-    dien = checkpoint_of(three_model_artifact, "dien")
+    dien = model_of(three_model_artifact, "dien")
     candidates = np.arange(24, dtype=np.int64).reshape(8, 3)
     [scores] = run(three_model_artifact, "dien", *inputs, candidates)
     with torch.no_grad():
@@ -70,50 +74,69 @@ def test_each_checkpoint_scores_as_its_served_graph(three_model_artifact: Path) 
 
 def test_grown_items_leave_every_known_items_score_unchanged(three_model_artifact: Path) -> None:
     neighbours = [np.array([0, 3]), np.array([], dtype=np.int64), np.array([5])]
-    gru4rec = checkpoint_of(three_model_artifact, "gru4rec")
-    bigger = grown(gru4rec, neighbours)
+    checkpoint = checkpoint_of(three_model_artifact, "gru4rec")
+    gru4rec, bigger = checkpoint.model, grown(checkpoint, neighbours)
     n = gru4rec.config.n_items
-    assert bigger.config.n_items == n + 3
+    assert bigger.model.config.n_items == n + 3
     items = torch.arange(6)
     with torch.no_grad():
         old_scores, old_hidden = gru4rec(items, gru4rec.initial_hidden(6))
-        new_scores, new_hidden = bigger(items, bigger.initial_hidden(6))
+        new_scores, new_hidden = bigger.model(items, bigger.model.initial_hidden(6))
     np.testing.assert_allclose(new_scores[:, :n].numpy(), old_scores.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(new_hidden[0].numpy(), old_hidden[0].numpy())
-    torch.testing.assert_close(bigger.output_weights[n], gru4rec.output_weights[[0, 3]].mean(0))
-    torch.testing.assert_close(bigger.output_weights[n + 1], gru4rec.output_weights.mean(0))  # none co-clicked
-    torch.testing.assert_close(bigger.output_bias[n + 2], gru4rec.output_bias[5])
+    torch.testing.assert_close(bigger.model.output_weights[n], gru4rec.output_weights[[0, 3]].mean(0))
+    torch.testing.assert_close(bigger.model.output_weights[n + 1], gru4rec.output_weights.mean(0))  # none co-clicked
+    torch.testing.assert_close(bigger.model.output_bias[n + 2], gru4rec.output_bias[5])
+    # the optimiser's statistics grow with the tables they belong to, and only those
+    for name, square in bigger.optimiser["squares"].items():
+        kept = checkpoint.optimiser["squares"][name]
+        assert len(square) == (n + 3 if name.startswith("output_") else len(kept))
+        torch.testing.assert_close(square[:len(kept)], kept)
 
-    narm = checkpoint_of(three_model_artifact, "narm")
+    narm = model_of(three_model_artifact, "narm")
     inputs = tuple(map(torch.from_numpy, narm_inputs(narm.config.n_items)))
     with torch.no_grad():
-        np.testing.assert_allclose(grown(narm, neighbours)(*inputs)[:, :n].numpy(), narm(*inputs).numpy(),
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(grown(checkpoint_of(three_model_artifact, "narm"), neighbours).model(*inputs)[:, :n]
+                                   .numpy(), narm(*inputs).numpy(), rtol=1e-6, atol=1e-6)
 
     dien = checkpoint_of(three_model_artifact, "dien")
     candidates = torch.arange(24).reshape(8, 3)
     with torch.no_grad():
-        np.testing.assert_array_equal(grown(dien, neighbours)(*inputs, candidates).numpy(),
-                                      dien(*inputs, candidates).numpy())
+        np.testing.assert_array_equal(grown(dien, neighbours).model(*inputs, candidates).numpy(),
+                                      dien.model(*inputs, candidates).numpy())
 
 
-def test_a_warm_start_starts_from_the_current_weights(three_model_artifact: Path) -> None:
-    gru4rec = checkpoint_of(three_model_artifact, "gru4rec")
+def test_a_warm_start_continues_the_weights_and_the_optimiser(three_model_artifact: Path) -> None:
+    checkpoint = checkpoint_of(three_model_artifact, "gru4rec")
+    gru4rec, kept = checkpoint.model, checkpoint.optimiser
+    assert kept["kind"] == "adagrad" and kept["squares"]
     popularity = np.ones(gru4rec.config.n_items, np.int64)
     params = GRU4RecTraining(layers=(gru4rec.hidden_size,), n_sample=16, batch_size=4)
-    trainer = GRU4RecTrainer(popularity, params, warm=gru4rec)
-    before = checkpoint_of(three_model_artifact, "gru4rec").state_dict()
+    trainer = GRU4RecTrainer(popularity, params, warm=gru4rec, warm_optimiser=kept)
+    before = model_of(three_model_artifact, "gru4rec").state_dict()
     assert all(torch.equal(before[name], tensor) for name, tensor in trainer.model.state_dict().items())
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    for p, accumulated in trainer.optimiser.accumulators():  # dense sums whole, a table's as its row means
+        square = kept["squares"][names[id(p)]]
+        torch.testing.assert_close(accumulated.reshape(len(accumulated), -1).mean(1) if square.dim() == 1
+                                   and accumulated.dim() > 1 else accumulated, square)
+    assert all(a.abs().sum() > 0 for _, a in trainer.optimiser.accumulators())
     with pytest.raises(ValueError, match="items"):
         GRU4RecTrainer(popularity[:-1], params, warm=gru4rec)
 
-    narm = checkpoint_of(three_model_artifact, "narm")
+    checkpoint = checkpoint_of(three_model_artifact, "narm")
+    narm, kept = checkpoint.model, checkpoint.optimiser
+    assert kept["kind"] == "adam" and 0 < kept["lr"] <= NARMTraining().learning_rate  # where the schedule left it
     sessions = Sessions(np.array([0, 3, 5]), np.array([1, 2, 3, 4, 5]), 0)
-    untrained, _ = train_narm(sessions, np.ones(narm.config.n_items, np.int64),
-                              NARMTraining(hidden_size=narm.config.hidden_size, embedding_dim=narm.config.embedding_dim,
-                                           max_len=narm.config.max_len, n_epochs=0), progress=False, warm=narm)
-    fresh = checkpoint_of(three_model_artifact, "narm")
+    untrained, history = train_narm(
+        sessions, np.ones(narm.config.n_items, np.int64),
+        NARMTraining(hidden_size=narm.config.hidden_size, embedding_dim=narm.config.embedding_dim,
+                     max_len=narm.config.max_len, n_epochs=0), progress=False, warm=narm, warm_optimiser=kept)
+    fresh = model_of(three_model_artifact, "narm")
     assert all(torch.equal(fresh.state_dict()[name], tensor) for name, tensor in untrained.state_dict().items())
+    assert history.optimiser_state["lr"] == kept["lr"] and history.optimiser_state["steps"] == kept["steps"]
+    for name, square in kept["squares"].items():
+        torch.testing.assert_close(history.optimiser_state["squares"][name], square)
 
 
 def test_new_items_start_from_the_known_items_clicked_with_them() -> None:

@@ -44,6 +44,7 @@ from training.trainers.losses import make_loss
 from training.trainers.optim import AdagradMomentum
 from training.trainers.params import TrainingParams
 from training.trainers.sampling import PopularitySampler, sampled_candidates
+from training.trainers.warm_state import adagrad_state, load_adagrad_state
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ class GRU4RecTrainer:
     serving retriever continues the fold retriever of DIEN's stacking (`DIENTraining.retriever_warm_start_epochs`)."""
 
     def __init__(self, popularity: np.ndarray, params: GRU4RecTraining, device: torch.device = CPU,
-                 warm: GRU4Rec | None = None):
-        """`warm`: start from this model's weights (an incremental update) instead of a fresh initialisation."""
+                 warm: GRU4Rec | None = None, warm_optimiser: dict | None = None):
+        """`warm`, `warm_optimiser`: continue this model and the optimiser's state it was left with (an incremental
+        update, `training.trainers.warm_state`) instead of starting afresh."""
         torch.manual_seed(params.seed)
         self.params, self.device = params, device
         if warm is not None and warm.config.n_items != len(popularity):
@@ -95,6 +97,8 @@ class GRU4RecTrainer:
             tables.append(model.input_embedding)
         dense = [p for p in model.parameters() if all(p is not t for t in tables)]
         self.optimiser = AdagradMomentum(dense, tables, lr=params.learning_rate, momentum=params.momentum)
+        if warm_optimiser is not None:
+            load_adagrad_state(model, self.optimiser.accumulators(), warm_optimiser)
         self.loss_fn = make_loss(params.loss_config())
         self.sampler = None
         if params.n_sample > 0:
@@ -139,6 +143,8 @@ class GRU4RecTrainer:
                 on_epoch(epoch, model)
                 model.train()
         self.rng_state = rng_state(self.device)
+        self.history.optimiser_state = adagrad_state(model, self.optimiser.accumulators(),
+                                                     {id(t) for t in self.optimiser.tables}, params.learning_rate)
         model.eval()
         return model
 

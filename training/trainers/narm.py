@@ -36,6 +36,7 @@ from training.trainers.device import CPU
 from training.trainers.losses import LossConfig, make_loss
 from training.trainers.params import TrainingParams
 from training.trainers.sampling import PopularitySampler, sampled_candidates
+from training.trainers.warm_state import adam_state, load_adam_state
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,9 @@ class NARMTraining(TrainingParams):
 
 def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining, progress: bool = True,
                on_epoch: EpochCallback | None = None, device: torch.device = CPU,
-               warm: NARM | None = None) -> tuple[NARM, TrainingHistory]:
-    """`warm`: continue this model (an incremental update) instead of a freshly initialised one."""
+               warm: NARM | None = None, warm_optimiser: dict | None = None) -> tuple[NARM, TrainingHistory]:
+    """`warm`, `warm_optimiser`: continue this model and the optimiser's state it was left with (an incremental
+    update, `training.trainers.warm_state`) instead of a freshly initialised one."""
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     if warm is not None and warm.config.n_items != len(popularity):
@@ -82,6 +84,8 @@ def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
                       torch.optim.Adam(rest, lr=params.learning_rate)]
     else:
         optimisers = [torch.optim.Adam(model.parameters(), lr=params.learning_rate)]
+    if warm_optimiser is not None:
+        load_adam_state(model, optimisers, warm_optimiser)
     schedules = [torch.optim.lr_scheduler.StepLR(o, step_size=params.lr_decay_every, gamma=params.lr_decay)
                  for o in optimisers]
     loss_fn = make_loss(params.loss_config())
@@ -122,5 +126,6 @@ def train_narm(sessions: Sessions, popularity: np.ndarray, params: NARMTraining,
             model.eval()
             on_epoch(epoch, model)
             model.train()
+    history.optimiser_state = adam_state(model, optimisers, {"item_embedding"})
     model.eval()
     return model, history

@@ -21,7 +21,7 @@ class AdagradMomentum:
     def __init__(self, dense: list[nn.Parameter], tables: list[nn.Parameter], lr: float = 0.05,
                  momentum: float = 0.0, eps: float = 1e-6):
         self.lr, self.momentum, self.eps = lr, momentum, eps
-        self.dense = dense
+        self.dense, self.tables = dense, tables
         self._dense_acc = [torch.zeros_like(p) for p in dense]
         self._dense_mom = [torch.zeros_like(p) for p in dense]
         self._table_acc = {id(t): torch.zeros_like(t) for t in tables}
@@ -53,6 +53,10 @@ class AdagradMomentum:
         step = momentum.index_select(0, ids).mul_(self.momentum).addcdiv_(grad, denom, value=-self.lr)
         momentum.index_copy_(0, ids, step)
         table.index_add_(0, ids, step)
+
+    def accumulators(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, its accumulated squared gradient a): the dense weights, then the item tables."""
+        return [*zip(self.dense, self._dense_acc), *((t, self._table_acc[id(t)]) for t in self.tables)]
 
     def zero_grad(self) -> None:
         for p in self.dense:
