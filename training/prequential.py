@@ -5,62 +5,11 @@
         --slice-clicks 50000 --retrain-every 4
     python -m training.prequential --train clicks_a.tsv --test clicks_b.tsv --policies frozen incremental
 
-The log (a data set's train and test files as one stream, or `--train/--test`) is cut in two by sessions, in the
-order of their first click: the first `--initial-share` trains the first version (a full retrain), the rest is
-the stream. The stream's clicks are walked in time order (file order for a log without times) in slices: per
-day (UTC of the logged times; a last day with under 1 % of the stream's clicks joins the day before) when the
-log has times, else (or with `--slice-clicks N`) every N clicks. Each slice is served by every policy's current
-version, then each policy learns from it:
-
-- frozen: the first version, never changed;
-- retrain: a full retrain from scratch on every click seen so far (the first part and the stream up to the end
-  of the slice), every `--retrain-every` slices;
-- incremental: `training.incremental.update` on the clicks since its last version, warm-started from it, every
-  `--incremental-every` slices (0: never, the updates turned off: then it serves the frozen version);
-- popularity and vsknn: rebuilt after every slice from every click seen so far (V-SKNN through
-  `training.evaluation.baselines`, its settings from the config's [vsknn] table).
-
-A version becomes current at the start of the slice after the one it learnt from, as if training took no time;
-each policy's training CPU time (user + system, of this process and its children: the threads and lanes of
-training, the exports) is measured around it and reported, with its wall time.
-
-Serving and judging are the served protocol's (`stream_app.inference.served_quality`, the worker's own
-`SessionRecommender` asked for the top 20, no session expiry, the same exclusion policy for every version:
-`--exclude-seen`). The popularity and V-SKNN policies are served through the same recommender: `ServedBaseline`
-gives it a baseline's top items where an artifact's `Scorer` gives a graph's.
-
-Sessions across slices. A click is served once, by the version current when it arrives, and the suggestion
-that answers it is judged once, by the session's next click (a hit when that item is in its top 20, the
-reciprocal rank for MRR, a miss when it is absent: `Judgement`). At slice t, every session with clicks in the
-slice is replayed through the recommender of the policy's version v_t from the session's first click up to its
-last click in the slice, the earlier slices' clicks included: the state the session carries into the slice is
-v_t's over all its clicks, as a worker rebuilds a session's state from its clicked items after swapping to a new
-version. Only the suggestions that answer the slice's own clicks are taken; those answering earlier clicks were
-taken, and judged, in their own slices by their own versions. Each is judged by the session's next click even
-when that click arrives in a later slice (the worker too judges the suggestion its state kept, by whichever
-version made it), and it counts in the slice (and to the version) that served it. So every click of the stream
-but a session's last gives one prediction, whatever the slicing, and with a single version throughout (frozen,
-or the updates turned off) the replay is exactly `served_top_k_metrics` of that version over the stream's
-sessions (tested). Two worker details are left out, the same for every policy: a session idle for longer than
-the worker's `session_ttl` keeps its state here, and a rebuilt state here reads every earlier click, where a
-worker's reads the last `max_history` (50 by default).
-
-Learning from a slice. The retrain reads every click seen so far, sessions as they stand (a session still
-open at the slice's end is trained as far as it went, and again in full by a later retrain). An incremental
-update reads the new clicks only, grouped by session: a session that crosses a slice boundary gives it the
-part after the boundary alone, as the follower (`training.follow`) trains a session that crosses its
-interval's boundary, so no new click is trained by two updates (the update's replay sample of older sessions
-aside). Popularity counts every click seen so far, V-SKNN's neighbours are every session seen so far as it
-stands (a session still open counts with its clicks so far). The first part's sessions are whole: a
-session of the first part that is still running when the stream's first session starts is trained in full
-(the same for every policy).
-
-Reported per slice and overall, per policy: hit-rate@20 and MRR@20 of those predictions, the share of the
-stream's clicks on items the serving version does not know (their suggestion is the popularity answer), and for
-the items that first appear in the stream, the stream clicks (and their own clicks, and hours when the log has
-times) from an item's first click to the first suggestion naming it, and how many were never suggested. The
-result (`prequential.json`, rewritten after every slice) and a plot of hit-rate@20 and the unknown-item share
-per slice (`prequential.png`) go to `--out`.
+The log is cut in two by sessions: the first `--initial-share` trains the first version (a full retrain), the
+rest streams in time order in slices (per day, or every `--slice-clicks`). Each slice is first served by every
+policy's current version (frozen, retrain, incremental, popularity, vsknn) through the served protocol, then each
+policy learns from it. docs/continuous-training.md ("What freshness is worth") says how sessions that cross
+slices are served and judged, what each policy learns from, and what is reported.
 
 Every flag this command does not define is `training.retrain`'s (the models and their hyper-parameters:
 `--models`, `--config`, `--epochs`, `--gru4rec-*`, `--narm-*`, `--dien-*`, `--top-k`, `--threads`, `--device`,
