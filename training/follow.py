@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from stream_app.inference.artifact_format import verify_artifact
@@ -126,14 +127,20 @@ class Follower:
         outcomes: list[Outcome] = []
         try:
             while rounds is None or len(outcomes) < rounds:
-                current = await asyncio.to_thread(self.current)
-                if current is None:
+                try:
+                    current = await asyncio.to_thread(self.current)
+                    if current is None:
+                        await asyncio.sleep(self.settings.follow_poll_seconds)
+                        continue
+                    directory, manifest = current
+                    if manifest["version"] != self.following:
+                        await self.start_from(consumer, manifest)
+                    await self.fetch(consumer)
+                except KafkaError as error:  # the broker away: what is held stays valid, reading resumes
+                    self.metrics.failures.labels(stage="read").inc()
+                    logger.warning("reading %s failed (%r); trying again", self.settings.clicks_topic, error)
                     await asyncio.sleep(self.settings.follow_poll_seconds)
                     continue
-                directory, manifest = current
-                if manifest["version"] != self.following:
-                    await self.start_from(consumer, manifest)
-                await self.fetch(consumer)
                 if self.due():
                     outcome = await self.update(directory, manifest)
                     if outcome is not None:

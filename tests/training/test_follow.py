@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -113,3 +115,26 @@ def test_a_refused_version_is_kept_and_the_current_one_keeps_serving(stream: Str
     assert outcome.version in stream.store.versions()
     assert stream.manifest(outcome.version)["quality_gate"]["passed"] is False
     assert registry.get_sample_value("nextclick_follow_versions_total", {"outcome": "refused"}) == 1
+
+
+def test_the_follower_rides_out_a_frozen_broker(stream: Stream, broker) -> None:
+    """The broker stops answering for a while (SIGSTOP): the follower waits, then trains the clicks that came."""
+    previous = stream.store.current().version
+
+    async def freeze_then_send() -> list:
+        # due only with the clicks sent after the freeze (the refused round's clicks are still new to the lineage)
+        follower = stream.follower(CollectorRegistry(), follow_interval_clicks=2 * ROUND_CLICKS)
+        following = asyncio.create_task(follower.run(rounds=1))
+        await asyncio.sleep(2.0)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(8.0)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        await asyncio.to_thread(stream.send, ROUND_CLICKS)
+        return await asyncio.wait_for(following, timeout=180.0)
+
+    [outcome] = asyncio.run(freeze_then_send())
+    lineage = stream.manifest(outcome.version)["lineage"]
+    assert lineage["parent"] == previous
+    assert lineage["clicks"]["from"] == stream.manifest(previous)["lineage"]["clicks"]["offsets"]
