@@ -46,7 +46,7 @@ from stream_app.settings import REPO_ROOT, Settings, get_settings
 from training import retrain
 from training.artifact import code_version, new_version, write_retrain_artifact
 from training.data.click_log import ClickLog, EncodedSplit, ItemMap, encode_sessions, item_popularity
-from training.data.datasets import custom_dataset, dataset_files, dataset_names
+from training.data.datasets import add_column_arguments, custom_dataset, dataset_files, dataset_names
 from training.data.errors import exits_on_data_errors
 from training.evaluation.baselines import build_baseline
 from training.evaluation.plots import plot_prequential
@@ -557,9 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a data set under NEXTCLICK_DATA_DIR: its train and test files as one stream")
     data.add_argument("--train", type=Path, help="your own first click log (CSV/TSV/Parquet or session pickle)")
     data.add_argument("--test", type=Path, help="your own second click log, after the first in time")
-    data.add_argument("--session-key", default="SessionId", help="--train/--test: the session id column")
-    data.add_argument("--item-key", default="ItemId", help="--train/--test: the item id column")
-    data.add_argument("--time-key", default="Time", help="--train/--test: the click time column (Unix seconds)")
+    add_column_arguments(data)
     data.add_argument("--max-sessions", type=int, help="replay only the first N sessions of the log (smoke runs)")
 
     replay = parser.add_argument_group("the replay")

@@ -49,7 +49,7 @@ from stream_app.release.publish import gate_and_push
 from stream_app.settings import get_settings
 from training.artifact import code_version, new_version, write_retrain_artifact
 from training.data.click_log import ClickLog, EncodedSplit
-from training.data.datasets import custom_dataset, dataset_files, dataset_names
+from training.data.datasets import add_column_arguments, custom_dataset, dataset_files, dataset_names
 from training.data.errors import exits_on_data_errors
 from training.data.stream_source import add_topic_arguments, topic_click_logs
 from training.evaluation.baselines import BASELINES, BaselineParams, session_start_times
@@ -100,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--validation", action="store_true", help="evaluate on the validation split instead of test")
     data.add_argument("--train", type=Path, help="your own training click log (CSV/TSV/Parquet); needs --test")
     data.add_argument("--test", type=Path, help="your own test click log")
-    data.add_argument("--session-key", default="SessionId", help="--train/--test: the session id column")
-    data.add_argument("--item-key", default="ItemId", help="--train/--test: the item id column")
-    data.add_argument("--time-key", default="Time", help="--train/--test: the click time column (Unix seconds)")
+    add_column_arguments(data)
     data.add_argument("--max-train-sessions", type=int, help="train on the first N sessions only (smoke runs)")
     data.add_argument("--max-test-sessions", type=int, help="evaluate on the first N test sessions only")
     add_topic_arguments(parser)

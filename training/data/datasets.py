@@ -6,6 +6,7 @@ Trainer, evaluator and benchmarks name a data set instead of spelling out file n
 
 from __future__ import annotations
 
+import argparse
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ DATASETS: dict[str, DatasetSpec] = {
     "diginetica_srgnn": _srgnn("diginetica_srgnn"),
     "yoochoose1_64_srgnn": _srgnn("yoochoose1_64_srgnn"),
 }
+
+
+def add_column_arguments(group: argparse._ArgumentGroup) -> None:
+    """The flags that name a click log file's columns (`--train/--test` of retrain and the prequential replay)."""
+    group.add_argument("--session-key", default="SessionId", help="--train/--test: the session id column")
+    group.add_argument("--item-key", default="ItemId", help="--train/--test: the item id column")
+    group.add_argument("--time-key", default="Time", help="--train/--test: the click time column (Unix seconds)")
 
 
 def dataset_names() -> list[str]:
