@@ -33,11 +33,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from stream_app.inference.artifact_format import verify_artifact
+from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.events import InvalidClick, check_partition, parse_click
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.release.publish import gate_and_push
-from stream_app.release.store import ArtifactStore
+from stream_app.release.store import ArtifactStore, StoreError
 from stream_app.settings import Settings, get_settings
 from training.data.click_log import DataError
 from training.data.errors import exits_on_data_errors
@@ -119,6 +119,8 @@ class Follower:
         self.following: str | None = None  # the version whose cut-off the windows start at
         self.cutoff = Cutoff(None, None)
         self.last_update = time.monotonic()
+        self.unloadable: str | None = None  # why the current version last failed to load
+        self.held_at_update = 0  # held clicks when the last update (of this version's lineage) started
 
     async def run(self, rounds: int | None = None) -> list[Outcome]:
         """Follow the topic; with `rounds`, return after that many updates."""
@@ -133,12 +135,20 @@ class Follower:
                         await asyncio.sleep(self.settings.follow_poll_seconds)
                         continue
                     directory, manifest = current
+                    self.unloadable = None
                     if manifest["version"] != self.following:
                         await self.start_from(consumer, manifest)
                     await self.fetch(consumer)
                 except KafkaError as error:  # the broker away: what is held stays valid, reading resumes
                     self.metrics.failures.labels(stage="read").inc()
                     logger.warning("reading %s failed (%r); trying again", self.settings.clicks_topic, error)
+                    await asyncio.sleep(self.settings.follow_poll_seconds)
+                    continue
+                except (StoreError, ArtifactError) as error:  # a damaged current version: wait for another one
+                    self.metrics.failures.labels(stage="load").inc()
+                    if str(error) != self.unloadable:  # one line per damage, however long it lasts
+                        logger.warning("the current version does not load (%s); waiting for another", error)
+                    self.unloadable = str(error)
                     await asyncio.sleep(self.settings.follow_poll_seconds)
                     continue
                 if self.due():
@@ -179,6 +189,7 @@ class Follower:
                 consumer.seek(tp, start)
                 self.windows[tp.partition] = Window(start)
         self.following = manifest["version"]
+        self.held_at_update = 0
         logger.info("following %s: new clicks from %s", self.following,
                     ", ".join(f"{p}:{w.start}" for p, w in sorted(self.windows.items())))
 
@@ -229,9 +240,11 @@ class Follower:
             excess -= drop
 
     def due(self) -> bool:
+        """Enough new clicks since the last update: after a refusal the same clicks alone never make another."""
         held, settings = self.held_clicks(), self.settings
         waited = time.monotonic() - self.last_update >= settings.follow_interval_seconds
-        return held >= settings.follow_interval_clicks or (waited and held >= settings.follow_min_clicks)
+        new = held - self.held_at_update
+        return new >= settings.follow_interval_clicks or (waited and new >= settings.follow_min_clicks)
 
     def split(self) -> tuple[list[TopicClick], list[TopicClick], dict[str, int]]:
         """(trained, held out, where the trained clicks end per partition): the newest share of each partition
@@ -248,7 +261,7 @@ class Follower:
 
     async def update(self, directory: Path, manifest: dict) -> Outcome | None:
         started = time.monotonic()
-        self.last_update = started
+        self.last_update, self.held_at_update = started, self.held_clicks()
         trained, held_out, ends = self.split()
         topic, settings = self.settings.clicks_topic, self.settings
         source = f"kafka topic {topic}: {len(trained):,} clicks after {manifest['version']}'s cut-off"

@@ -23,7 +23,8 @@ from stream_app.inference.artifact_format import ITEM_IDS
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
 from tests.artifact_versions import renamed
-from training.follow import Follower, FollowerMetrics
+from training.data.stream_source import TopicClick
+from training.follow import Follower, FollowerMetrics, Window
 
 pytestmark = pytest.mark.training
 
@@ -138,3 +139,15 @@ def test_the_follower_rides_out_a_frozen_broker(stream: Stream, broker) -> None:
     lineage = stream.manifest(outcome.version)["lineage"]
     assert lineage["parent"] == previous
     assert lineage["clicks"]["from"] == stream.manifest(previous)["lineage"]["clicks"]["offsets"]
+
+
+def test_a_refused_update_is_not_tried_again_on_the_same_clicks(tmp_path: Path) -> None:
+    settings = Settings(artifact_dir=tmp_path / "store", follow_interval_clicks=100, follow_min_clicks=10,
+                        follow_interval_seconds=3600.0)
+    follower = Follower(settings, FollowerMetrics(CollectorRegistry()))
+    follower.windows = {0: Window(0, [TopicClick("s", "i", 0.0, 0, n) for n in range(150)])}
+    assert follower.due()
+    follower.held_at_update = follower.held_clicks()  # an update ran on these 150 and was refused
+    assert not follower.due()
+    follower.windows[0].clicks += [TopicClick("s", "i", 0.0, 0, n) for n in range(150, 250)]
+    assert follower.due()
