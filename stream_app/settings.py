@@ -216,6 +216,16 @@ class Settings(BaseSettings):
     web_port: int = Field(
         default=6066, description="HTTP port of /metrics, /livez and /readyz (faust's web server)."
     )
+    web_bind: str = Field(
+        default="0.0.0.0",
+        description="Address the web server binds to: `0.0.0.0` (all interfaces, what Kubernetes' probes and "
+        "Prometheus need in a pod), `127.0.0.1` to serve this machine only.",
+    )
+    web_faust_views: bool = Field(
+        default=False,
+        description="Also serve faust's `/table/` (table names and per-key session state) and `/router/` (every "
+        "worker's URL) views; off: they answer 404. nextclick needs neither.",
+    )
     consumer_lag_interval: float = Field(
         default=5.0,
         gt=0,

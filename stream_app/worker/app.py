@@ -61,6 +61,10 @@ app = TunedApp(
     producer_max_batch_size=settings.producer_max_batch_size,
     consumer_auto_offset_reset="earliest",
     web_port=settings.web_port,
+    web_bind=settings.web_bind,
+    # faust's own settings for its /table/ and /router/ views: off unless NEXTCLICK_WEB_FAUST_VIEWS (docs/serving.md)
+    web_tables_enabled=settings.web_faust_views,
+    web_router_enabled=settings.web_faust_views,
     broker_session_timeout=settings.broker_session_timeout,
     broker_heartbeat_interval=settings.broker_heartbeat_interval,
     broker_rebalance_timeout=settings.broker_rebalance_timeout,

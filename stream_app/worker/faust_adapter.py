@@ -15,7 +15,7 @@ is checked at the pinned versions by tests/stream_app/worker/test_faust_adapter.
    unless it has to wait; in the race each record reaches the queue in an event-loop step of its own, and
    `ready_batches` would take batches of one.
 6. `ready_batches`: batches of what the topic has delivered, not `stream.take_events`, with the stream
-   iterator's commit bookkeeping.
+   iterator's commit bookkeeping, and its end on a stop (faust throws StopAsyncIteration into the queue).
 7. `TunedApp.committed_offsets`: only offsets the broker accepted (commits, and what a seek read back from it);
    faust's own `Consumer._committed_offset` also moves on a commit that failed.
 8. `send_record`: faust's producer `send` takes its arguments by position, with no defaults.
@@ -64,9 +64,15 @@ async def ready_batches(stream: faust.StreamT, max_events: int) -> AsyncIterator
     queue = aiter(stream.channel).queue  # the iterator clone the conductor delivers into
     unacked, acking_topics, sensors = app.consumer.unacked, app.topics.acking_topics, app.sensors
     while True:
-        ready = [await queue.get()]
-        while len(ready) < max_events and not queue.empty():
-            ready.append(queue.get_nowait())
+        try:
+            ready = [await queue.get()]
+            while len(ready) < max_events and not queue.empty():
+                ready.append(queue.get_nowait())
+        except StopAsyncIteration:
+            # faust stops an agent by throwing StopAsyncIteration into its channel's queue (`Actor.cancel`), which
+            # faust's own iterator catches; raised out of an async generator it would become a RuntimeError (PEP
+            # 479) and crash the agent. Events taken but not yet yielded are not acked: read again after a restart.
+            return
         events = []
         for event in ready:
             message = event.message

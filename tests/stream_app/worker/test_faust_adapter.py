@@ -21,6 +21,7 @@ from typing import Any
 
 import aiokafka
 import faust
+import faust.agents.actor
 import faust.events
 import faust.streams
 import faust.tables
@@ -37,6 +38,7 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.tables.table import Table
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
+from mode.utils.queues import ThrowableQueue
 
 from stream_app.worker import faust_adapter
 from stream_app.worker.faust_adapter import EagerWaitFirst
@@ -148,6 +150,14 @@ def current_event_follows_event_context() -> bool:
     return inside and faust.streams.current_event() is None
 
 
+def web_prefixes(views: bool) -> set[str]:
+    """The URL prefixes of the blueprints a TunedApp's web server mounts, with faust's table and router views or not."""
+    app = faust_adapter.TunedApp(
+        "faust-adapter-guard-web", broker="kafka://127.0.0.1:1", web_tables_enabled=views, web_router_enabled=views
+    )
+    return {prefix for prefix, _ in app.web.blueprints._enabled}
+
+
 @functools.cache
 def worker() -> dict[str, Any]:
     """What a TunedApp builds without a broker: its classes, its worker consumer, a topic iterator, its recovery."""
@@ -164,6 +174,7 @@ def worker() -> dict[str, Any]:
             "iterator": iterator, "iterator_of_iterator": aiter(iterator), "queue": iterator.queue,
             "recovery_completed": app.tables.recovery.completed,
             "flow_control_active": app.flow_control.is_active(),
+            "web_prefixes": {views: web_prefixes(views) for views in (False, True)},
         }
 
     return asyncio.run(build())
@@ -220,6 +231,11 @@ CHECKS: list[tuple[str, Callable[[], object]]] = [
     ("ready_batches (Consumer.unacked, Conductor.acking_topics)",
      lambda: isinstance(Consumer.unacked, property)
      and isinstance(faust.transport.conductor.Conductor.acking_topics, property)),
+    ("ready_batches' end (Actor.cancel, on stop, throws StopAsyncIteration into its stream's channel)",
+     lambda: "self.stream.channel)._throw(StopAsyncIteration())" in code(faust.agents.actor.Actor.cancel)),
+    ("ready_batches' end (ThrowableQueue.get and get_nowait raise what was thrown; empty() is False meanwhile)",
+     lambda: all("raiseself._errors.popleft()" in code(f) for f in (ThrowableQueue.get, ThrowableQueue.get_nowait))
+     and "andnotself._errors" in code(ThrowableQueue.empty)),
     ("ready_batches (Message.tracked, generation_id, time_in)",
      lambda: {"tracked", "generation_id", "time_in"} <= set(faust.types.tuples.Message.__slots__)),
     ("ready_batches (App.consumer_generation_id, App.flow_control.is_active())",
@@ -235,6 +251,9 @@ CHECKS: list[tuple[str, Callable[[], object]]] = [
     ("send_record (Producer.send(topic, key, value, partition, timestamp, headers, *, transactional_id=))",
      lambda: shape(faust_aiokafka.Producer.send)
      == "topic, key, value, partition, timestamp, headers, *, transactional_id="),
+    ("web_faust_views (faust's web_tables_enabled and web_router_enabled settings gate /table and /router)",
+     lambda: {"/table", "/router"} & worker()["web_prefixes"][False] == set()
+     and {"/table", "/router"} <= worker()["web_prefixes"][True]),
     ("recovered_once (TableManager.recovery.completed, an Event that faust sets and never clears)",
      lambda: isinstance(faust.tables.TableManager.recovery, property)
      and hasattr(worker()["recovery_completed"], "is_set") and "completed.clear()" not in code(faust.tables.recovery)),
@@ -249,3 +268,20 @@ def test_what_the_adapter_relies_on_is_there(patch: str, holds: Callable[[], obj
         held, why = False, repr(error)
     versions = ", ".join(f"{name} {version(name)}" for name in ("faust-streaming", "aiokafka", "mode-streaming"))
     assert held, f"faust_adapter: {patch}: {why} ({versions})"
+
+
+def test_ready_batches_ends_when_faust_stops_the_agent() -> None:
+    """faust stops an agent by throwing StopAsyncIteration into its channel (`Actor.cancel`): the batches end, with
+    no RuntimeError (an async generator may not let StopAsyncIteration out), whether it was waiting or not."""
+
+    async def batches_until_stopped(waiting: bool) -> list[list[Any]]:
+        app = faust_adapter.TunedApp("faust-adapter-stop", broker="kafka://127.0.0.1:1")
+        stream = app.stream(aiter(app.topic("stop")))
+        if not waiting:  # thrown before the generator asks: its first get() raises it at once
+            stream.channel._throw(StopAsyncIteration())
+        else:
+            asyncio.get_running_loop().call_soon(stream.channel._throw, StopAsyncIteration())
+        return [batch async for batch in faust_adapter.ready_batches(stream, 8)]
+
+    for waiting in (True, False):
+        assert run(batches_until_stopped(waiting)) == []
