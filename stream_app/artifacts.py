@@ -12,7 +12,10 @@ The store is the one the settings name (NEXTCLICK_ARTIFACT_DIR, or NEXTCLICK_ART
 Promotions, rollbacks and canary starts and stops are announced on the model-updates topic
 (NEXTCLICK_MODEL_UPDATES_TOPIC), so running workers follow at once. A version the quality gate refused
 when it was pushed is promoted, or made the canary, only with --force; a rollback needs no gate (it
-returns to a version that was served before). Promotion of the canary ends the canary.
+returns to a version that was served before). Promotion of the canary ends the canary; a damaged version (an
+unreadable manifest, files that do not match it) is never promoted, made the canary or rolled back to, and
+`list` leaves out versions whose manifest is unreadable, with one warning naming them. Any refusal or bad
+input is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import json
 import logging
 import sys
 from dataclasses import asdict
+from pathlib import Path
+from typing import NoReturn
+
+from pydantic import ValidationError
 
 from stream_app.cli_help import HelpFormatter
 from stream_app.inference.artifact_format import ArtifactError
@@ -54,8 +61,15 @@ def version_line(store: ArtifactStore, version: str, current: Pointer | None, ca
     return line + f"  canary: share {canary.share:g}" if is_canary else line
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit status 2), like every other refusal of this command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m stream_app.artifacts",
         description=__doc__,
         formatter_class=HelpFormatter,
@@ -83,9 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("canary VERSION needs --share; canary stop takes none")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    settings = get_settings()
-    store = ArtifactStore.from_settings(settings)
     try:
+        settings = get_settings()
+    except ValidationError as error:
+        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        print(f"error: invalid settings: {wrong}", file=sys.stderr)
+        return 2
+    try:
+        store = ArtifactStore.from_settings(settings)
+        if store.is_local and not Path(store.location).is_dir():
+            raise StoreError(f"no artifact store at {store.location} (NEXTCLICK_ARTIFACT_DIR)")
         current, running = store.current(), store.canary()
         if args.command == "list":
             print(f"store: {store.location}")
@@ -120,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             started = canary_checked(store, args.version, args.share, settings, force=args.force)
             print(f"canary: {started.version} serves {started.share:g} of the sessions next to {current.version}")
-    except (StoreError, ArtifactError) as error:
+    except (StoreError, ArtifactError, OSError, ValueError) as error:  # ValueError: a damaged JSON file
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -84,11 +84,17 @@ def write_manifest(directory: Path, *, version: str, code_version: str, models: 
 
 
 def verify_artifact(artifact_dir: Path, models: Sequence[str] = ("gru4rec",)) -> dict:
-    """Read the manifest and check every listed file against its sha256, and that it has `models`."""
+    """Read the manifest and check every listed file against its sha256, that it has `models`, and that every
+    model's `n_items` is the length of item_ids.json."""
     manifest_path = artifact_dir / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{artifact_dir} has no manifest.json")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ArtifactError(f"{manifest_path} is unreadable: {error}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path} is not a JSON object")
     for name, expected in manifest.get("files", {}).items():
         path = artifact_dir / name
         if not path.is_file():
@@ -98,4 +104,9 @@ def verify_artifact(artifact_dir: Path, models: Sequence[str] = ("gru4rec",)) ->
     for model in models:
         if model not in manifest.get("models", {}):
             raise ArtifactError(f"{manifest_path} has no {model!r} model")
+    counts = {name: entry["n_items"] for name, entry in manifest.get("models", {}).items() if "n_items" in entry}
+    if counts and ITEM_IDS in manifest.get("files", {}):
+        n_items = len(json.loads((artifact_dir / ITEM_IDS).read_text()))
+        if wrong := {name: count for name, count in counts.items() if count != n_items}:
+            raise ArtifactError(f"{artifact_dir}: {ITEM_IDS} holds {n_items} items, the models say {wrong}")
     return manifest

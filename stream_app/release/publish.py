@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_app.inference.artifact_format import verify_artifact
+from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.scoring import Scorer
 from stream_app.release.announcements import announce, announce_canary
 from stream_app.release.gate import GateDecision, quality_gate, record_decision
@@ -87,12 +87,14 @@ def promote_and_announce(store: ArtifactStore, version: str, settings: Settings)
 def promote_checked(store: ArtifactStore, version: str, settings: Settings, *, force: bool) -> Pointer:
     """Promote a stored version, refusing one its quality gate refused unless `force` (logged)."""
     check_gate(store, version, "promotes", force=force)
+    check_intact(store, version)
     return promote_and_announce(store, version, settings)
 
 
 def canary_checked(store: ArtifactStore, version: str, share: float, settings: Settings, *, force: bool) -> Canary:
     """Start (and announce) a canary of a stored version, with the same gate check as a promotion."""
     check_gate(store, version, "makes it the canary", force=force)
+    check_intact(store, version)
     canary = store.start_canary(version, share)
     asyncio.run(announce_canary(settings, canary, store.location))
     return canary
@@ -115,7 +117,17 @@ def check_gate(store: ArtifactStore, version: str, what: str, *, force: bool) ->
         logger.warning("%s: its quality gate refused it, --force %s anyway", version, what)
 
 
+def check_intact(store: ArtifactStore, version: str) -> None:
+    """Refuse a stored version whose files do not match its manifest (a truncated graph, a wrong item count):
+    workers would refuse to load it."""
+    try:
+        verify_artifact(store.local_copy(version), models=())
+    except ArtifactError as error:
+        raise StoreError(f"version {version} is damaged: {error}") from None
+
+
 def rollback_and_announce(store: ArtifactStore, settings: Settings, to: str | None = None) -> Pointer:
+    check_intact(store, store.rollback_target(to)[0])
     pointer = store.rollback(to)
     asyncio.run(announce(settings, pointer, store.location))
     return pointer

@@ -10,7 +10,10 @@ Layout under the store's root (a local folder, or any fsspec URL such as `s3://b
 A version exists once its manifest.json does. `push` copies every other file first, reads each copy
 back and checks its sha256 against the manifest, and writes the manifest last, in one atomic write:
 a reader never sees a half-written version, and a push that dies midway leaves only files without a
-manifest, which nothing lists and the next push or prune clears. The pointer is replaced the same
+manifest, which nothing lists and the next push or prune clears. A version whose manifest cannot be read
+(damaged by hand or by a broken copy) is skipped: `versions()` (and so listing, `prune`) leaves it out, keeps
+it in place and logs one line naming it (`scan()` returns it, for callers that count); promoting it, making it
+the canary or rolling back to it is a `StoreError`. The pointer is replaced the same
 way (write aside, then rename; one object write on object stores), so a worker reads the old pointer
 or the new one, never a torn one. `history` is the stack of promoted versions, the newest last:
 promote pushes onto it, rollback pops. One publisher at a time is assumed (no locking).
@@ -51,6 +54,10 @@ CANARY = "canary.json"
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked: unknown version, version already there, nothing to roll back to."""
+
+
+class UnreadableVersion(StoreError):
+    """A version whose manifest.json is there but cannot be read (not JSON, not an object)."""
 
 
 @dataclass(frozen=True)
@@ -209,36 +216,69 @@ class ArtifactStore:
 
     # --- reading --------------------------------------------------------------------------------
     def versions(self) -> list[str]:
-        """Complete versions (manifest present), oldest first (by the manifest's `created_at`)."""
-        complete = [v for v in self._files.children(VERSIONS) if self._files.exists(_manifest_key(v))]
-        return sorted(complete, key=lambda v: (self.manifest(v).get("created_at", ""), v))
+        """Complete versions (manifest present and readable), oldest first (by the manifest's `created_at`);
+        unreadable ones are left out, with one warning naming them."""
+        complete, unreadable = self.scan()
+        if unreadable:
+            logger.warning("skipped %d unreadable version(s) in %s: %s", len(unreadable), self.location,
+                           "; ".join(f"{version} ({why})" for version, why in unreadable.items()))
+        return complete
+
+    def scan(self) -> tuple[list[str], dict[str, str]]:
+        """The complete versions, oldest first, and the unreadable ones ({version: why}); logs nothing."""
+        created: dict[str, str] = {}
+        unreadable: dict[str, str] = {}
+        for version in self._files.children(VERSIONS):
+            if not self._files.exists(_manifest_key(version)):
+                continue  # what a push that died left
+            try:
+                created[version] = str(self._read_manifest(version).get("created_at", ""))
+            except ValueError as error:
+                unreadable[version] = f"manifest.json: {error}"
+        return sorted(created, key=lambda v: (created[v], v)), unreadable
 
     def holds(self, version: str) -> bool:
         return self._files.exists(_manifest_key(version))
 
     def manifest(self, version: str) -> dict:
+        """The version's manifest: StoreError when the store lacks it, UnreadableVersion when it is damaged."""
         try:
-            with self._files.open(_manifest_key(version)) as file:
-                return json.load(file)
+            return self._read_manifest(version)
         except FileNotFoundError:
             raise StoreError(f"no version {version!r} in the store {self.location}") from None
+        except ValueError as error:
+            raise UnreadableVersion(
+                f"version {version!r} in the store {self.location} is unreadable: manifest.json: {error}"
+            ) from None
+
+    def _read_manifest(self, version: str) -> dict:
+        """The parsed manifest; ValueError (JSONDecodeError, UnicodeDecodeError among them) when damaged."""
+        with self._files.open(_manifest_key(version)) as file:
+            manifest = json.load(file)
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+        return manifest
 
     def current(self) -> Pointer | None:
-        """The pointer, or None before the first promotion."""
+        """The pointer, or None before the first promotion (StoreError when it cannot be read)."""
         try:
             with self._files.open(POINTER) as file:
                 document = json.load(file)
+            return Pointer(**document | {"history": tuple(document.get("history", ()))})
         except FileNotFoundError:
             return None
-        return Pointer(**document | {"history": tuple(document.get("history", ()))})
+        except (ValueError, TypeError) as error:
+            raise StoreError(f"the pointer {POINTER} in {self.location} is unreadable: {error}") from None
 
     def canary(self) -> Canary | None:
-        """The running canary, or None."""
+        """The running canary, or None (StoreError when its pointer cannot be read)."""
         try:
             with self._files.open(CANARY) as file:
                 return Canary(**json.load(file))
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError) as error:
+            raise StoreError(f"the canary pointer {CANARY} in {self.location} is unreadable: {error}") from None
 
     def local_copy(self, version: str) -> Path:
         """A local folder holding `version`, for the Scorer (which checks every sha256 on load).
@@ -247,7 +287,7 @@ class ArtifactStore:
         renamed) unless an intact copy is already there. Copies of versions the store no longer
         holds are removed from the cache.
         """
-        manifest = self.manifest(version)  # raises StoreError for a version the store lacks
+        manifest = self.manifest(version)  # raises StoreError for a version the store lacks or cannot read
         if self.is_local:
             return Path(self.location) / VERSIONS / version
         cached = self.cache_dir / version
@@ -305,8 +345,7 @@ class ArtifactStore:
         """Make `version` current (no quality gate here: see `stream_app.release.publish.gate_and_push`).
 
         Promotion of the canary ends the canary."""
-        if not self.holds(version):
-            raise StoreError(f"no version {version!r} in the store {self.location}")
+        self.manifest(version)  # StoreError for a version the store lacks or cannot read
         pointer = self.current()
         history = pointer.history if pointer else ()
         return self._point(version, "promote", history + (version,))
@@ -315,8 +354,7 @@ class ArtifactStore:
         """Serve `version` to `share` of the sessions next to the current one (replacing a running canary)."""
         if not 0 < share < 1:
             raise StoreError(f"a canary's share must be strictly between 0 and 1, not {share}")
-        if not self.holds(version):
-            raise StoreError(f"no version {version!r} in the store {self.location}")
+        self.manifest(version)  # StoreError for a version the store lacks or cannot read
         pointer = self.current()
         if pointer is None:
             raise StoreError(f"nothing is current in {self.location}: a canary needs a version to compare with")
@@ -337,6 +375,11 @@ class ArtifactStore:
 
     def rollback(self, to: str | None = None) -> Pointer:
         """Pop promotions off the history until `to` (default: the previous version) is current."""
+        target, history = self.rollback_target(to)
+        return self._point(target, "rollback", history)
+
+    def rollback_target(self, to: str | None = None) -> tuple[str, tuple[str, ...]]:
+        """The version `rollback(to)` would make current, and the history it would leave; StoreError if none."""
         pointer = self.current()
         if pointer is None or pointer.previous is None:
             raise StoreError(f"nothing to roll back to in {self.location}: fewer than two promotions")
@@ -347,14 +390,17 @@ class ArtifactStore:
         history = earlier[: len(earlier) - earlier[::-1].index(target)]
         if not self.holds(target):
             raise StoreError(f"version {target} is no longer in the store (pruned)")
-        return self._point(target, "rollback", history)
+        self.manifest(target)  # UnreadableVersion when damaged
+        return target, history
 
     def prune(self) -> list[str]:
         """Remove what failed pushes left and all but the newest `keep_versions` versions (never the
-        current one, its rollback target nor the canary); return the versions removed."""
+        current one, its rollback target nor the canary); return the versions removed. Unreadable versions
+        are left in place (logged by `versions()`) and do not count among the newest."""
         pointer, canary = self.current(), self.canary()
         complete = self.versions()
-        kept = set(complete[-self.keep_versions :])
+        unreadable = {v for v in self._files.children(VERSIONS) if v not in complete and self.holds(v)}
+        kept = set(complete[-self.keep_versions :]) | unreadable
         if pointer is not None:
             kept |= {pointer.version, pointer.previous} - {None}
         if canary is not None:

@@ -20,7 +20,7 @@ from stream_app.release.gate import quality_gate
 from stream_app.release.publish import Published, gate_and_push
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
-from tests.artifact_versions import renamed, shuffled_vocabulary
+from tests.artifact_versions import edit_manifest, renamed, shuffled_vocabulary
 from training.data.datasets import load_dataset
 
 TEST_SESSIONS = 100  # the tiny artifact's own test sessions (conftest.TINY_TRAINING)
@@ -111,7 +111,7 @@ def test_publishing_gates_records_and_promotes_only_what_passes(
     assert forced.pointer.version == "v3" and store.manifest("v3")["quality_gate"]["forced"] is True
     assert "overridden" in caplog.text
 
-    assert artifacts.main(["promote", "v2"]) == 1  # refused at push time: needs --force
+    assert artifacts.main(["promote", "v2"]) == 2  # refused at push time: needs --force
     assert "--force" in capsys.readouterr().err
     assert artifacts.main(["promote", "v2", "--force"]) == 0 and store.current().version == "v2"
     assert artifacts.main(["rollback"]) == 0 and store.current().version == "v3"
@@ -140,11 +140,11 @@ def test_a_canary_from_the_command_line_is_checked_like_a_promotion_and_listed(
     assert store.current().version == "v1" and not store.manifest("v2")["quality_gate"]["passed"]
     capsys.readouterr()
 
-    assert artifacts.main(["canary", "v2", "--share", "0.1"]) == 1  # refused at push time: needs --force
+    assert artifacts.main(["canary", "v2", "--share", "0.1"]) == 2  # refused at push time: needs --force
     assert "--force" in capsys.readouterr().err and store.canary() is None
-    assert artifacts.main(["canary", "v1", "--share", "0.1"]) == 1
+    assert artifacts.main(["canary", "v1", "--share", "0.1"]) == 2
     assert "current version" in capsys.readouterr().err
-    assert artifacts.main(["canary", "v2", "--share", "1.5", "--force"]) == 1
+    assert artifacts.main(["canary", "v2", "--share", "1.5", "--force"]) == 2
     for usage in (["canary", "v2"], ["canary", "stop", "--share", "0.1"]):
         with pytest.raises(SystemExit):
             artifacts.main(usage)
@@ -203,3 +203,72 @@ def test_canary_starts_and_stops_are_announced_on_the_model_updates_topic(
         {"version": "v2", "action": action, "share": 0.25, "store": store.location, "updated_at": started.updated_at}
         for action in ("canary", "canary-stop")
     ]
+
+
+def test_damaged_versions_are_skipped_refused_in_one_line_and_do_not_stop_publishing(
+    artifact: Path,
+    held_out: list[list[str]],
+    store_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unreadable manifest (v2), a truncated ONNX graph (v3), a wrong item count (v4), as an operator meets them."""
+    store = ArtifactStore.from_settings(store_settings)
+    gate_and_push(renamed(artifact, tmp_path / "v1", "v1"), held_out, store_settings, source="test day")
+    for version in ("v2", "v3", "v4"):
+        store.push(renamed(artifact, tmp_path / version, version))
+    stored = Path(store.location) / "versions"
+    (stored / "v2" / "manifest.json").write_text('{"version": ')
+    graph = stored / "v3" / "gru4rec.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    edit_manifest(stored / "v4", models={"gru4rec": store.manifest("v4")["models"]["gru4rec"] | {"n_items": 7}})
+    capsys.readouterr()
+
+    with caplog.at_level(logging.WARNING):
+        assert artifacts.main(["list"]) == 0
+    listed = capsys.readouterr().out.splitlines()[1:]
+    assert [line[2:].split()[0] for line in listed] == ["v4", "v3", "v1"]  # newest first, v2 left out
+    [warning] = caplog.messages
+    assert "1 unreadable version(s)" in warning and "v2 (manifest.json: Expecting value" in warning
+
+    def refused(argv: list[str], why: str) -> None:
+        try:
+            status = artifacts.main(argv)
+        except SystemExit as usage:  # argparse's refusals exit from within
+            status = usage.code
+        assert status == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and why in err, (argv, err)
+
+    refused(["promote", "v2"], "'v2' in the store")
+    refused(["promote", "v2"], "is unreadable: manifest.json: Expecting value")
+    refused(["canary", "v2", "--share", "0.1"], "is unreadable")
+    refused(["show", "v2"], "is unreadable")
+    refused(["promote", "v3"], "version v3 is damaged: ")
+    refused(["promote", "v3"], "gru4rec.onnx does not match its sha256")
+    refused(["canary", "v3", "--share", "0.1"], "does not match its sha256")
+    refused(["promote", "v4"], "the models say {'gru4rec': 7}")
+    refused(["promote", "v9"], "no version 'v9'")
+    refused(["canary", "v1", "--share", "nan"], "strictly between 0 and 1")
+    refused(["canary", "v4", "--share", "x"], "invalid float value: 'x'")
+    refused(["canary", "v4"], "canary VERSION needs --share")
+    refused(["rollback"], "nothing to roll back to")
+    assert store.current().version == "v1" and store.canary() is None
+
+    monkeypatch.setenv("NEXTCLICK_ARTIFACT_KEEP_VERSIONS", "2")
+    get_settings.cache_clear()
+    published = gate_and_push(renamed(artifact, tmp_path / "v5", "v5"), held_out, get_settings(), source="test day")
+    assert published.pointer.version == "v5"  # then pruned: v3 goes (v4, v5 newest, v1 the rollback target), v2 stays
+    assert store.versions() == ["v1", "v4", "v5"] and (stored / "v2").is_dir()
+    damaged = stored / "v1" / "popularity.npy"
+    damaged.write_bytes(b"")
+    refused(["rollback"], "version v1 is damaged: ")
+    assert store.current().version == "v5"
+
+    for name, value, why in [("NEXTCLICK_ARTIFACT_DIR", str(tmp_path / "nowhere"), "no artifact store at"),
+                             ("NEXTCLICK_ARTIFACT_KEEP_VERSIONS", "one", "invalid settings: artifact_keep_versions")]:
+        monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        refused(["list"], why)

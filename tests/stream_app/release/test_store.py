@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.inference.artifact_format import ArtifactError
+from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.scoring import Scorer
 from stream_app.release import store as artifact_store
 from stream_app.release.store import ArtifactStore, Canary, StoreError
-from tests.artifact_versions import renamed
+from tests.artifact_versions import edit_manifest, renamed
 
 
 @pytest.fixture
@@ -218,3 +218,73 @@ def test_pruning_keeps_the_canary(versions: dict[str, Path], tmp_path: Path) -> 
     assert store.versions() == ["v1", "v3", "v4"]
     store.stop_canary()
     assert store.prune() == ["v1"]
+
+
+def damage_manifest(store: ArtifactStore, version: str) -> None:
+    """The fault seen in the field: a manifest.json cut short."""
+    (Path(store.location) / "versions" / version / "manifest.json").write_text('{"version": ')
+
+
+def test_an_unreadable_manifest_is_skipped_reported_once_kept_and_never_made_current(
+    versions: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = local_store(tmp_path, keep=2)
+    for folder in versions.values():
+        store.push(folder)
+    damage_manifest(store, "v2")
+    with caplog.at_level("WARNING", logger=artifact_store.__name__):
+        assert store.versions() == ["v1", "v3", "v4"]
+    [line] = caplog.messages
+    assert "v2 (manifest.json: Expecting value" in line and "\n" not in line
+    assert store.scan() == (["v1", "v3", "v4"], {"v2": "manifest.json: Expecting value: line 1 column 13 (char 12)"})
+    for refused in (lambda: store.promote("v2"), lambda: store.start_canary("v2", 0.1), lambda: store.local_copy("v2")):
+        with pytest.raises(artifact_store.UnreadableVersion, match=r"'v2' .* is unreadable: manifest.json: Expecting"):
+            refused()
+    assert store.current() is None and store.canary() is None
+    store.promote("v3")
+    store.promote("v4")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=artifact_store.__name__):
+        assert store.prune() == ["v1"]  # v2 stays for a person to look at; it is not among the newest two
+    assert len(caplog.messages) == 1 and "v2" in caplog.messages[0]
+    assert (Path(store.location) / "versions" / "v2").is_dir() and store.versions() == ["v3", "v4"]
+
+
+def test_a_rollback_to_a_version_damaged_since_it_served_is_refused(versions: dict[str, Path], tmp_path: Path) -> None:
+    store = local_store(tmp_path)
+    for version in ("v1", "v2"):
+        store.push(versions[version])
+        store.promote(version)
+    damage_manifest(store, "v1")
+    with pytest.raises(StoreError, match="'v1' .* is unreadable"):
+        store.rollback()
+    assert store.current().version == "v2"
+    damage_manifest(store, "v2")  # the current version itself: prune keeps it, and its rollback target
+    assert store.prune() == [] and sorted(p.name for p in (Path(store.location) / "versions").iterdir()) == ["v1", "v2"]
+
+
+def test_an_unreadable_pointer_is_a_store_error(versions: dict[str, Path], tmp_path: Path) -> None:
+    store = local_store(tmp_path)
+    store.push(versions["v1"])
+    store.promote("v1")
+    (Path(store.location) / "current.json").write_text('{"version": "v1"')
+    with pytest.raises(StoreError, match="current.json .* is unreadable"):
+        store.current()
+    (Path(store.location) / "canary.json").write_text('{"share": 0.1}')
+    with pytest.raises(StoreError, match="canary.json .* is unreadable"):
+        store.canary()
+
+
+def test_verification_refuses_an_unreadable_manifest_and_a_wrong_item_count(
+    versions: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = versions["v1"]
+    manifest = verify_artifact(folder)
+    n_items = len(json.loads((folder / "item_ids.json").read_text()))
+    assert manifest["models"]["gru4rec"]["n_items"] == n_items  # what every artifact says today
+    edit_manifest(folder, models={"gru4rec": manifest["models"]["gru4rec"] | {"n_items": n_items + 1}})
+    with pytest.raises(ArtifactError, match=f"item_ids.json holds {n_items} items, the models say .*{n_items + 1}"):
+        verify_artifact(folder)
+    (folder / "manifest.json").write_text('{"version": ')
+    with pytest.raises(ArtifactError, match="manifest.json is unreadable"):
+        verify_artifact(folder)
