@@ -231,6 +231,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between measurements of the clicks partitions' consumer lag (a metric).",
     )
+    broker_check_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between the worker's metadata requests to the broker, which tell whether it "
+        "answers and whether the clicks, recommendations, dead-letter and changelog topics exist with "
+        "`NEXTCLICK_PARTITIONS` partitions (`/readyz`'s `broker_reachable` and `topics_present`).",
+    )
+    broker_ready_grace: float = Field(
+        default=30.0,
+        gt=0,
+        description="`/readyz` turns 503 (`broker_reachable`) after this many seconds without a metadata "
+        "answer from the broker, and 200 again at the next answer; `/livez` is unaffected.",
+    )
     broker_session_timeout: float = Field(
         default=60.0, gt=0, description="Consumer group session timeout, seconds (faust default)."
     )

@@ -22,13 +22,15 @@ import time
 from collections.abc import Sequence
 
 import faust
+from aiokafka import AIOKafkaClient
 
 from stream_app.inference.events import InvalidClick, Reason, check_partition, parse_click
 from stream_app.inference.partitioning import partition_for_key
 from stream_app.inference.sessions import SessionState
 from stream_app.inference.suggestion import SourcedClick, Suggestion
-from stream_app.kafka_security import faust_credentials
+from stream_app.kafka_security import aiokafka_client_kwargs, faust_credentials
 from stream_app.settings import get_settings
+from stream_app.worker.broker_watch import BrokerWatch
 from stream_app.worker.dead_letters import dead_letter
 from stream_app.worker.faust_adapter import (
     KeyPartitionedTable,
@@ -107,15 +109,21 @@ model_loaded = asyncio.Event()
 served = ServedModel(settings, metrics, loaded=model_loaded)
 
 
+broker_watch = BrokerWatch(metrics, grace=settings.broker_ready_grace)
+output_topics_declared = asyncio.Event()
+
+
 def readiness_checks() -> dict[str, bool]:
     return {
         "model_loaded": model_loaded.is_set(),
         "partitions_assigned": recovered_once(app) and not app.rebalancing,
         "tables_recovered": not app.in_recovery,
+        "broker_reachable": broker_watch.reachable(),
+        "topics_present": broker_watch.topics_present(),
     }
 
 
-add_web_endpoints(app, metrics, readiness_checks)
+add_web_endpoints(app, metrics, readiness_checks, broker_watch.reasons)
 
 
 @app.task
@@ -123,6 +131,38 @@ async def declare_output_topics() -> None:
     """Create the topics the worker writes to, if missing (faust only creates what it consumes)."""
     for topic in (recommendations_topic, dead_letter_topic):
         await topic.maybe_declare()
+    output_topics_declared.set()
+
+
+def expected_topics() -> dict[str, int] | None:
+    """The worker's topics and their partition counts, once they all exist (None before: nothing to verify)."""
+    if not (output_topics_declared.is_set() and recovered_once(app)):  # faust has created clicks and changelog
+        return None
+    names = (settings.clicks_topic, settings.recommendations_topic, settings.dead_letter_topic,
+             sessions.changelog_topic.get_topic_name())
+    return dict.fromkeys(names, settings.partitions)
+
+
+@app.task
+async def watch_broker() -> None:
+    """Ask the broker for its metadata every `broker_check_interval` (`stream_app.worker.broker_watch`)."""
+    client: AIOKafkaClient | None = None
+    try:
+        while True:
+            if client is None:
+                client = AIOKafkaClient(**aiokafka_client_kwargs(settings), client_id=f"{settings.app_id}-broker-watch")
+                try:
+                    await asyncio.wait_for(client.bootstrap(), settings.broker_check_interval)
+                except Exception as exc:  # no broker answers yet: try again at the next tick
+                    await client.close()
+                    client = None
+                    broker_watch.no_answer(exc)
+            if client is not None:
+                await broker_watch.check(client, expected_topics(), timeout=settings.broker_check_interval)
+            await asyncio.sleep(settings.broker_check_interval)
+    finally:
+        if client is not None:
+            await client.close()
 
 
 @app.task
@@ -215,7 +255,10 @@ async def write_states(states: dict[bytes, SessionState], last_event_of: dict[by
 
 
 async def serve_batch(events: Sequence[faust.EventT]) -> None:
-    """Validate, score and publish one micro-batch; nothing in it may stop the worker."""
+    """Validate, score and publish one micro-batch; nothing in it may stop the worker.
+
+    Not while the broker has lost a topic of the worker: the batch waits, uncommitted, until they are back."""
+    await broker_watch.wait_for_topics()
     started = time.monotonic()
     metrics.batch_size.observe(len(events))
     metrics.events_consumed.inc(len(events))

@@ -3,7 +3,7 @@
 Each worker owns a `CollectorRegistry` (not prometheus-client's global one), so tests and
 several apps in one process never share counters. The endpoints ride on faust's own web server:
 `/metrics` (Prometheus text format), `/livez` (the event loop answers) and `/readyz`
-(200 only when every readiness check passes, 503 with the failing checks otherwise).
+(200 only when every readiness check passes, 503 with the failing checks, and reasons where known, otherwise).
 """
 
 from __future__ import annotations
@@ -176,6 +176,16 @@ class WorkerMetrics:
             registry=r,
         )
         self.ready = Gauge("nextclick_ready", "1 while every /readyz check passes, else 0.", registry=r)
+        self.broker_faults = Counter(
+            "nextclick_broker_faults",
+            "Broker faults the worker noticed, counted when each starts: `unreachable` (no metadata answer for "
+            "NEXTCLICK_BROKER_READY_GRACE seconds) or `topics_missing` (a topic of the worker is gone or has "
+            "another partition count: serving stops).",
+            ["fault"],
+            registry=r,
+        )
+        for fault in ("unreachable", "topics_missing"):  # stream_app.worker.broker_watch.BROKER_FAULTS
+            self.broker_faults.labels(fault=fault)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -197,9 +207,13 @@ class ActiveSessionCount(faust.Sensor):
 
 
 def add_web_endpoints(
-    app: faust.App, metrics: WorkerMetrics, readiness_checks: Callable[[], Mapping[str, bool]]
+    app: faust.App,
+    metrics: WorkerMetrics,
+    readiness_checks: Callable[[], Mapping[str, bool]],
+    readiness_reasons: Callable[[], Mapping[str, str]] = dict,
 ) -> None:
-    """Register /metrics, /livez and /readyz on the app's web server."""
+    """Register /metrics, /livez and /readyz on the app's web server; /readyz's body carries `reasons`
+    (check -> text) for failing checks that explain themselves."""
     # Read at each scrape, so alerts see the same readiness as Kubernetes' probe.
     metrics.ready.set_function(lambda: float(all(readiness_checks().values())))
 
@@ -216,4 +230,7 @@ def add_web_endpoints(
     async def readiness_view(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         checks = dict(readiness_checks())
         ready = all(checks.values())
-        return view.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
+        body: dict[str, object] = {"ready": ready, "checks": checks}
+        if reasons := {name: text for name, text in readiness_reasons().items() if not checks.get(name, True)}:
+            body["reasons"] = reasons
+        return view.json(body, status=200 if ready else 503)

@@ -154,6 +154,9 @@ def test_the_worker_keeps_running_and_reports_why_it_is_not_ready(worker: Any) -
         "model_loaded": False,
         "partitions_assigned": True,
         "tables_recovered": True,
+        "broker_reachable": True,
+        "topics_present": True,
     }
+    assert "reasons" not in json.loads(body)  # only the broker checks explain themselves
     assert worker.metric("nextclick_errors_total", stage="model_load") >= 1
     assert worker.process.poll() is None

@@ -45,6 +45,7 @@ EXPECTED = {
     "nextclick_model_offline_recall": "gauge",
     "nextclick_model_offline_mrr": "gauge",
     "nextclick_live_quality_min_share": "gauge",
+    "nextclick_broker_faults": "counter",
 }
 
 
