@@ -311,6 +311,7 @@ HITS20 = 'nextclick_suggestion_hits_total{%s, cutoff="20"}'
 OFFLINE_RECALL20 = 'nextclick_model_offline_recall{%s, cutoff="20"}'
 MIN_SHARE = 'nextclick_live_quality_min_share{namespace="shop", pod="%s"}'
 FOLLOWED = 'nextclick_follow_versions_total{namespace="shop", pod="f-0", outcome="%s"}'
+FAULTS = 'nextclick_broker_faults_total{namespace="shop", pod="w-0", fault="%s"}'
 
 
 def served(
@@ -331,6 +332,11 @@ def version_labels(version: str, variant: str) -> dict[str, str]:
 
 
 ALERT_CASES = [
+    ("NextclickBrokerLostTopics", {FAULTS % "topics_missing": "0x10 1x10", FAULTS % "unreachable": "0x20"}, "15m",
+     {"namespace": "shop", "pod": "w-0"}),
+    ("NextclickBrokerLostTopics", {FAULTS % "topics_missing": "0x40", FAULTS % "unreachable": "0x10 1x30"}, "15m",
+     None),  # an outage alone is NextclickNoReadyWorker's business
+    ("NextclickBrokerLostTopics", {FAULTS % "topics_missing": "0x10 1x30"}, "35m", None),  # 25 min ago: over
     ("NextclickFollowerRefused", {FOLLOWED % "refused": "0+1x120", FOLLOWED % "promoted": "0x120"}, "2h",
      {"namespace": "shop"}),
     ("NextclickFollowerRefused", {FOLLOWED % "refused": "0+1x120", FOLLOWED % "promoted": "0+0.05x120"}, "2h",
