@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         description="Older sessions (the artifact's replay sample) trained per new session, so that an "
         "update does not forget what the version knew.",
     )
+    follow_dien: Literal["keep", "fine-tune"] = Field(
+        default="keep",
+        description="DIEN in an update: kept (grown by the new items, not trained) or fine-tuned on the new "
+        "sessions, re-ranking the current version's retriever (docs/continuous-training.md).",
+    )
     follow_poll_seconds: float = Field(
         default=5.0, gt=0, description="How long the follower waits for new clicks between checks."
     )

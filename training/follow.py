@@ -113,7 +113,8 @@ class Follower:
         self.settings = settings
         self.metrics = metrics or FollowerMetrics()
         self.store = ArtifactStore.from_settings(settings)
-        self.budget = UpdateBudget(epochs=settings.follow_epochs, replay_ratio=settings.follow_replay_ratio)
+        self.budget = UpdateBudget(epochs=settings.follow_epochs, replay_ratio=settings.follow_replay_ratio,
+                                   dien=settings.follow_dien)
         self.progress = progress
         self.windows: dict[int, Window] = {}
         self.following: str | None = None  # the version whose cut-off the windows start at

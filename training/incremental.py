@@ -6,7 +6,9 @@ and trained a bounded budget on the new clicks mixed with a replay sample of old
       -> the item map grown (known items keep their index; new ones appended in order of first click)
       -> each model's checkpoint grown (`models.checkpoint.grown`: new rows from co-clicked items' rows)
       -> GRU4Rec and NARM trained `epochs` over the new sessions and a replay sample of older ones, shuffled,
-         with the parent's hyper-parameters; DIEN is kept (grown, not trained)
+         with the parent's hyper-parameters; DIEN kept (grown, not trained) or, with `dien="fine-tune"`,
+         trained `epochs` on the new sessions alone, re-ranking the parent retriever's top-N for them (a
+         retriever that never saw them, as stacking gives a full retrain's DIEN)
       -> a new artifact whose lineage names the parent and the new cut-off.
 
 The replay sample is what keeps the model from forgetting: each artifact carries up to `replay_keep` sessions
@@ -41,10 +43,15 @@ from stream_app.inference.served_quality import served_evaluation
 from stream_app.settings import Settings
 from training.artifact import REPLAY_KEEP, code_version, merged_replay, new_version, write_artifact_metadata
 from training.data.click_log import ClickLog, ItemMap, Sessions, encode_sessions, item_popularity
+from training.evaluation.evaluate import retrieve
+from training.model_training import retriever_scores
+from training.trainers.dien import DIENTraining, train_dien
 from training.trainers.gru4rec import GRU4RecTrainer, GRU4RecTraining
 from training.trainers.narm import NARMTraining, train_narm
 
-TRAINED = {"gru4rec": GRU4RecTraining, "narm": NARMTraining}  # updated by training; DIEN is kept (grown)
+TRAINED = {"gru4rec": GRU4RecTraining, "narm": NARMTraining}  # updated by training; DIEN by the budget's `dien`
+PARAMS = TRAINED | {"dien": DIENTraining}
+DIEN_POLICIES = ("keep", "fine-tune")
 EXPORTS = {"gru4rec": export_gru4rec, "narm": export_narm}
 
 
@@ -54,6 +61,11 @@ class UpdateBudget:
     replay_ratio: float = 1.0  # replayed older sessions per new session
     replay_keep: int = REPLAY_KEEP  # sessions the new artifact keeps for later updates' replay
     seed: int = 0
+    dien: str = "keep"  # the re-ranker: "keep" (grown only) or "fine-tune" (docs/continuous-training.md)
+
+    def __post_init__(self) -> None:
+        if self.dien not in DIEN_POLICIES:
+            raise ValueError(f"dien must be one of {', '.join(DIEN_POLICIES)}, got {self.dien!r}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,9 @@ def update(parent_dir: Path, new_log: ClickLog, out: Path, *, budget: UpdateBudg
         if name in TRAINED and training.n_clicks > training.n_sessions:
             params = dataclasses.replace(_params(name, parent.config[name]), n_epochs=budget.epochs)
             model, optimiser = _trained(name, warm, params, training, popularity, progress)
+        elif name == "dien" and budget.dien == "fine-tune" and new.n_clicks > new.n_sessions:
+            params = dataclasses.replace(_params(name, parent.config[name]), n_epochs=budget.epochs)
+            model = _fine_tuned_dien(parent, neighbours, warm.model, params, new, popularity, progress)
         (EXPORTS[name](model, out / entry["file"], top_k=entry["top_k"]) if name in EXPORTS
          else export_dien(model, out / entry["file"]))
         save_checkpoint(model, out / weights_file(entry), optimiser)
@@ -182,8 +197,18 @@ def update(parent_dir: Path, new_log: ClickLog, out: Path, *, budget: UpdateBudg
                   time.monotonic() - started)
 
 
-def _params(name: str, fields: dict) -> GRU4RecTraining | NARMTraining:
-    return TRAINED[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+def _params(name: str, fields: dict) -> GRU4RecTraining | NARMTraining | DIENTraining:
+    return PARAMS[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _fine_tuned_dien(parent: Parent, neighbours: list[np.ndarray], warm: torch.nn.Module, params: DIENTraining,
+                     sessions: Sessions, popularity: np.ndarray, progress: bool) -> torch.nn.Module:
+    """DIEN trained on, re-ranking the parent retriever's (grown) top-N of `sessions`, which it never saw."""
+    retriever = grown(parent.checkpoint(params.retriever), neighbours).model
+    retriever_params = _params(params.retriever, parent.config[params.retriever])
+    retrieved = retrieve(retriever_scores(retriever, retriever_params), sessions, params.n_candidates)
+    model, _ = train_dien(sessions, popularity, params, retrieved, progress=progress, warm=warm)
+    return model
 
 
 def _trained(name: str, warm: Checkpoint, params, sessions: Sessions, popularity: np.ndarray,

@@ -50,7 +50,7 @@ from training.data.datasets import add_column_arguments, custom_dataset, dataset
 from training.data.errors import exits_on_data_errors
 from training.evaluation.baselines import build_baseline
 from training.evaluation.plots import plot_prequential
-from training.incremental import UpdateBudget, update
+from training.incremental import DIEN_POLICIES, UpdateBudget, update
 from training.model_training import ModelTraining, RetrainData, RetrainPlan, evaluated_models
 from training.progress import StageClock
 
@@ -578,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--replay-ratio", type=float, default=get_settings().follow_replay_ratio,
                         help="incremental: replayed older sessions per new one (default: "
                              "NEXTCLICK_FOLLOW_REPLAY_RATIO, %(default)s)")
+    replay.add_argument("--update-dien", choices=DIEN_POLICIES, default=get_settings().follow_dien,
+                        help="incremental: DIEN kept or fine-tuned (default: NEXTCLICK_FOLLOW_DIEN, %(default)s)")
     replay.add_argument("--pipeline", choices=PIPELINES, default="gru4rec",
                         help="what the artifacts serve (default: %(default)s)")
     replay.add_argument("--exclude-seen", choices=("true", "false"),
@@ -636,7 +638,8 @@ def make_policies(args: argparse.Namespace, flags: argparse.Namespace, initial_d
                            keep_versions=args.keep_versions),
         "incremental": Incremental("incremental", directory=initial_dir, pipeline=args.pipeline,
                                    every=args.incremental_every, keep_versions=args.keep_versions,
-                                   budget=UpdateBudget(epochs=args.update_epochs, replay_ratio=args.replay_ratio)),
+                                   budget=UpdateBudget(epochs=args.update_epochs, replay_ratio=args.replay_ratio,
+                                                       dien=args.update_dien)),
         "popularity": Rebuilt("popularity", graph_top_k=flags.top_k),
         "vsknn": Rebuilt("vsknn", baseline="vsknn", params=retrain.training_params("vsknn", flags.config),
                          window=settings.max_history + 1, graph_top_k=flags.top_k),

@@ -199,3 +199,25 @@ def suggested_items(scorer: Scorer, sessions: list[list[str]]) -> set[str]:
             table.update(result.states)
             found.update(result.suggestions[0].items)
     return found
+
+
+@pytest.mark.parametrize("dien", ["keep", "fine-tune"])
+def test_dien_is_kept_or_fine_tuned_as_the_budget_says(three_model_artifact: Path, tmp_path: Path, dien: str) -> None:
+    _, test = load_dataset("yoochoose_rsc15_100k")
+    new_log = test.head_sessions(300)
+    result = update(three_model_artifact, new_log, tmp_path / "next", budget=UpdateBudget(epochs=1, dien=dien),
+                    cutoff={})
+    parent_ids = json.loads((three_model_artifact / ITEM_IDS).read_text())
+    before, after = model_of(three_model_artifact, "dien"), model_of(result.directory, "dien")
+    known = slice(0, len(parent_ids))
+    unchanged = [torch.equal(before.state_dict()[name][known] if "item" in name else before.state_dict()[name],
+                             tensor[known] if "item" in name else tensor)
+                 for name, tensor in after.state_dict().items()]
+    assert all(unchanged) if dien == "keep" else not all(unchanged)
+    assert json.loads((result.directory / "metrics.json").read_text())["incremental"]["budget"]["dien"] == dien
+    assert suggested_items(Scorer(result.directory, pipeline="gru4rec+dien"), new_log.sessions_as_ids()[:5])
+
+
+def test_an_unknown_dien_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="dien must be one of keep, fine-tune"):
+        UpdateBudget(dien="retrain")

@@ -35,6 +35,7 @@ average of their logits (`DIENEnsemble`): on Diginetica two members re-rank bett
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
@@ -168,31 +169,39 @@ def fit_prior_weight(retrieved: Retrieval, targets: np.ndarray, most: int = 20_0
 def train_dien(sessions: Sessions, popularity: np.ndarray, params: DIENTraining, retrieved: Retrieval | None,
                item_categories: np.ndarray | None = None, progress: bool = True,
                on_epoch: EpochCallback | None = None, device: torch.device = CPU,
-               ) -> tuple[DIEN | DIENEnsemble, TrainingHistory]:
+               warm: DIEN | DIENEnsemble | None = None) -> tuple[DIEN | DIENEnsemble, TrainingHistory]:
     """`retrieved`: the retriever's top-N for each training prefix (`evaluate.retrieve` on `sessions`), or
     None for popularity negatives only (not `residual`). One DIEN, or with `n_members` > 1 their ensemble,
-    the members' epochs one after another in the history (`on_epoch` sees each member's epochs, the member alone)."""
+    the members' epochs one after another in the history (`on_epoch` sees each member's epochs, the member alone).
+    `warm`: each member continues from a copy of that one's weights and prior weight (a fresh Adam), for
+    `params.n_epochs` more (continuous training)."""
     if params.residual and retrieved is None:
         raise ValueError("a residual re-ranker trains on the retriever's scores: pass `retrieved`")
+    starts = [None] * params.n_members
+    if warm is not None:
+        starts = list(warm.members) if isinstance(warm, DIENEnsemble) else [warm]
+        params = replace(params, n_members=len(starts))
     history = TrainingHistory()
     members = []
-    for member in range(params.n_members):
+    for member, start in enumerate(starts):
         if params.n_members > 1:
             print(f"member {member + 1}/{params.n_members} (seed {params.seed + member})", flush=True)
         members.append(_train_member(sessions, popularity, replace(params, seed=params.seed + member), retrieved,
                                      item_categories, history, first_epoch=member * params.n_epochs,
-                                     progress=progress, on_epoch=on_epoch, device=device))
+                                     progress=progress, on_epoch=on_epoch, device=device, warm=start))
     return (members[0] if params.n_members == 1 else DIENEnsemble(members)), history
 
 
 def _train_member(sessions: Sessions, popularity: np.ndarray, params: DIENTraining, retrieved: Retrieval | None,
                   item_categories: np.ndarray | None, history: TrainingHistory, first_epoch: int,
-                  progress: bool, device: torch.device, on_epoch: EpochCallback | None = None) -> DIEN:
+                  progress: bool, device: torch.device, on_epoch: EpochCallback | None = None,
+                  warm: DIEN | None = None) -> DIEN:
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     categories = None if item_categories is None else torch.as_tensor(item_categories)
     n_categories = 0 if categories is None else int(categories.max()) + 1
-    model = DIEN(params.model_config(len(popularity), n_categories), categories).to(device)
+    model = (copy.deepcopy(warm) if warm is not None
+             else DIEN(params.model_config(len(popularity), n_categories), categories)).to(device)
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     prefixes = Prefixes.of(sessions, params.max_len)
@@ -201,8 +210,9 @@ def _train_member(sessions: Sessions, popularity: np.ndarray, params: DIENTraini
     samples = np.arange(len(prefixes))
     if params.residual:
         samples = samples[retrieved.target_columns(prefixes.targets) >= 0]
-        with torch.no_grad():
-            model.prior_weight.fill_(fit_prior_weight(retrieved, prefixes.targets))
+        if warm is None:
+            with torch.no_grad():
+                model.prior_weight.fill_(fit_prior_weight(retrieved, prefixes.targets))
     negatives = NegativeSampler(popularity, params, retrieved)
     # the hard negatives are a uniform sample of k of the top-N's other N − 1 items: each stands for
     # (N − 1) / k of them in the softmax (the sampled-softmax log-Q correction)
