@@ -5,6 +5,7 @@ likely wants next, scored by ONNX models (onnxruntime).
 \b
     python -m stream_app worker -l info     # the worker (this command line is faust's; its options below)
     python -m stream_app.artifacts --help   # the artifact store: list, show, promote, rollback, canary
+    python -m stream_app.catalogue --help   # what may be suggested: set, load, show, remove items
     python -m training.retrain --help       # train, evaluate, gate and publish a new version
     python -m devtools.demo --help          # the whole loop live on one machine (from a checkout)
 

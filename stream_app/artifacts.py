@@ -26,11 +26,8 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import NoReturn
 
-from pydantic import ValidationError
-
-from stream_app.cli_help import HelpFormatter
+from stream_app.cli_help import HelpFormatter, OneLineErrors, settings_or_none
 from stream_app.inference.artifact_format import ArtifactError
 from stream_app.release.publish import (
     canary_checked,
@@ -39,7 +36,6 @@ from stream_app.release.publish import (
     stop_canary_and_announce,
 )
 from stream_app.release.store import ArtifactStore, Canary, Pointer, StoreError
-from stream_app.settings import get_settings
 
 
 def version_line(store: ArtifactStore, version: str, current: Pointer | None, canary: Canary | None) -> str:
@@ -61,15 +57,8 @@ def version_line(store: ArtifactStore, version: str, current: Pointer | None, ca
     return line + f"  canary: share {canary.share:g}" if is_canary else line
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (exit status 2), like every other refusal of this command."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrors(
         prog="python -m stream_app.artifacts",
         description=__doc__,
         formatter_class=HelpFormatter,
@@ -97,11 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("canary VERSION needs --share; canary stop takes none")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    try:
-        settings = get_settings()
-    except ValidationError as error:
-        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        print(f"error: invalid settings: {wrong}", file=sys.stderr)
+    settings = settings_or_none()
+    if settings is None:
         return 2
     try:
         store = ArtifactStore.from_settings(settings)

@@ -1,15 +1,19 @@
 """How every nextclick command line shows its flags: the module docstring as written, and each flag's
 default as a reader would type it (`512,256`, `runs/demo`, `yes`), never a Python repr (`(512,)`,
-`PosixPath(...)`) and never a blank or a `None`.
+`PosixPath(...)`) and never a blank or a `None`; and how the operators' commands refuse bad input (one line).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
-from stream_app.settings import REPO_ROOT
+from pydantic import ValidationError
+
+from stream_app.settings import REPO_ROOT, Settings, get_settings
 
 
 def readable(value: object) -> str:
@@ -39,3 +43,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if shown and "%(default)" not in text and action.option_strings:
             text += f" (default: {readable(action.default).replace('%', '%%')})"
         return text
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage errors in one line (exit status 2), like every other refusal of the operators' commands."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def settings_or_none() -> Settings | None:
+    """The settings in effect; None, after one line on stderr, when a NEXTCLICK_* variable is invalid."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        print(f"error: invalid settings: {wrong}", file=sys.stderr)
+        return None

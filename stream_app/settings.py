@@ -151,7 +151,12 @@ class Settings(BaseSettings):
         default="recommendations", description="Output suggestions (JSON), keyed by session id."
     )
     dead_letter_topic: str = Field(
-        default="clicks-dlq", description="Malformed clicks, original bytes plus reason headers."
+        default="clicks-dlq", description="Malformed clicks and catalogue records, original bytes plus reason headers."
+    )
+    catalogue_topic: str = Field(
+        default="catalogue",
+        description="The compacted catalogue topic (key: item id; value: `stream_app/catalogue.schema.json`; a "
+        "tombstone removes the item), which every worker reads whole; created with one partition when missing.",
     )
     partitions: int = Field(
         default=4, ge=1, description="Partitions of the clicks topic and of the session table."
@@ -185,6 +190,15 @@ class Settings(BaseSettings):
 
     # --- Streaming worker: recommendation behaviour -------------------------------------------
     top_k: int = Field(default=20, ge=1, description="Items per suggestion.")
+    catalogue_rules: bool = Field(
+        default=True,
+        description="Never suggest an item the catalogue topic marks unavailable or blocked, and honour clicks' "
+        "`rules` (docs/serving.md, Catalogue and rules); a worker then serves only once it has read the catalogue "
+        "to its end. Off: the worker does not read the catalogue, and suggestions are the model's own.",
+    )
+    catalogue_max_record_bytes: int = Field(
+        default=4_096, ge=64, description="Larger catalogue records go to the dead-letter topic."
+    )
     exclude_seen: Literal["auto", "true", "false"] = Field(
         default="auto",
         description="Leave items already clicked in the session out of suggestions. `auto`: as the served "

@@ -260,6 +260,7 @@ def unique_worker_settings(bootstrap_servers: str, tmp_dir: Path, **overrides: A
         "clicks_topic": f"{app_id}-clicks",
         "recommendations_topic": f"{app_id}-recommendations",
         "dead_letter_topic": f"{app_id}-dlq",
+        "catalogue_topic": f"{app_id}-catalogue",
         "partitions": 2,
         "table_dir": tmp_dir / "state" / "tables",  # not there yet: the worker must create its parents
         "web_port": free_port(),
@@ -277,7 +278,8 @@ def running_worker(fields: dict[str, Any], log: Path, require_model: bool = Fals
     the developer's environment); stop it on exit."""
     clean_env = {key: value for key, value in os.environ.items() if not key.startswith("NEXTCLICK_")}
     with WorkerProcess(fields, log, base_env=clean_env) as process:
-        checks = ["partitions_assigned", "tables_recovered"] + (["model_loaded"] if require_model else [])
+        checks = ["partitions_assigned", "tables_recovered", "catalogue_loaded"]
+        checks += ["model_loaded"] if require_model else []
         process.wait_ready(timeout=WORKER_START_TIMEOUT, checks=checks)
         yield Worker(process.settings, process.process, log)
 

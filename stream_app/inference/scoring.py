@@ -96,7 +96,8 @@ class Scorer:
                 f"popularity.npy has shape {popularity.shape}, expected ({len(self.item_ids)},)"
             )
         self.popularity = popularity.astype(np.float32)
-        self._popular_order: list[int] = np.argsort(-popularity, kind="stable").tolist()
+        self.popular_order = np.argsort(-popularity, kind="stable")  # item indices, most clicked first
+        self._popular_order: list[int] = self.popular_order.tolist()
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream_app.inference.catalogue import CatalogueView
 from stream_app.inference.scoring import Scorer
+from stream_app.inference.serving_rules import allowed_candidates, refused_items, topped_up
 from stream_app.inference.suggestion import Judgement, SourcedClick, Suggestion
 from stream_app.settings import Settings
 
@@ -137,8 +139,11 @@ class SessionRecommender:
         exclude_seen: bool,
         variant: str = "current",
         observe_inference: Callable[[float], None] = lambda seconds: None,
+        catalogue: CatalogueView | None = None,
     ) -> None:
         self.observe_inference = observe_inference  # gets the wall time of each model call
+        # what may be shown, and clicks' own rules applied (`stream_app.inference.serving_rules`); None: neither
+        self.catalogue = catalogue
         self.scorer = scorer
         self.top_k = top_k
         self.max_history = max_history
@@ -285,9 +290,14 @@ class SessionRecommender:
             started = time.perf_counter()
             result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows)
             self.observe_inference(time.perf_counter() - started)
-            # a row's best `top_k` after leaving out at most `max_history` seen items: no need to read further
-            read = self.top_k + (self.max_history if self.exclude_seen else 0)
-            top_items, top_scores = result.top_items[:, :read].tolist(), result.top_scores[:, :read].tolist()
+            if self.catalogue is None:
+                # a row's best `top_k` after leaving out at most `max_history` seen items: no need to read further
+                read = self.top_k + (self.max_history if self.exclude_seen else 0)
+                top_items, top_scores = result.top_items[:, :read].tolist(), result.top_scores[:, :read].tolist()
+            else:  # every candidate: the next ones take the places of those the rules refuse
+                rules = [clicks[p].click.rules for p in stepped]
+                top_items = allowed_candidates(self.catalogue, result.top_items, rules).tolist()
+                top_scores = result.top_scores.tolist()
         rows = {p: row for row, p in enumerate(stepped)}
 
         for p in positions:
@@ -298,6 +308,8 @@ class SessionRecommender:
             session.items = (session.items + [sourced.click.item_id])[-self.max_history :]
             session.offsets = (session.offsets + [sourced.offset])[-self.max_history :]
             exclude = self._seen(session) if self.exclude_seen else set()
+            if self.catalogue is not None:
+                exclude |= refused_items(self.catalogue, sourced.click.rules)
             if p in rows:
                 row = rows[p]
                 if result.next_hidden is not None:
@@ -305,8 +317,13 @@ class SessionRecommender:
                 items, scores = scorer.select(top_items[row], top_scores[row], self.top_k, exclude)
                 source = "model"
             else:
-                items, scores = scorer.popular(self.top_k, exclude)
+                items, scores = ([], []) if self.catalogue is not None else scorer.popular(self.top_k, exclude)
                 source = "popularity"
+            if self.catalogue is not None and len(items) < self.top_k:  # the model's candidates ran dry
+                topped, scores = topped_up(self.catalogue, items, scores, self.top_k, exclude, sourced.click.rules)
+                if source == "model" and len(topped) > len(items):
+                    source = "model+popularity"
+                items = topped
             suggestion = Suggestion(
                 sourced,
                 [scorer.item_ids[i] for i in items],

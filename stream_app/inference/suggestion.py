@@ -27,14 +27,16 @@ class Suggestion:
 
     Published as JSON (`as_json`):
         {"session_id", "click": {"item_id", "timestamp", "partition", "offset"},
-         "items": [item id, ...], "scores": [float, ...], "source": "model" | "popularity",
+         "items": [item id, ...], "scores": [float, ...], "source": "model" | "popularity" | "model+popularity",
          "model", "artifact_version", "variant": "current" | "canary", "produced_at": Unix seconds}
     """
 
     answers: SourcedClick
     items: list[str]  # external item ids
     scores: list[float]
-    source: Literal["model", "popularity"]  # popularity: the clicked item is unknown to the model
+    # popularity: the clicked item is unknown to the model; model+popularity: the model's candidates ran dry under the
+    # catalogue and the click's rules, and popular items topped the suggestion up (`stream_app.inference.serving_rules`)
+    source: Literal["model", "popularity", "model+popularity"]
     model: str  # the served pipeline (`stream_app.inference.scoring.PIPELINES`)
     artifact_version: str
     variant: str  # "current", or "canary": a second version serving a share of the sessions

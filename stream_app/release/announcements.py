@@ -24,28 +24,15 @@ import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.kafka_topics import ensure_topic
 from stream_app.release.store import Canary, Pointer
 from stream_app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 ANNOUNCE_TIMEOUT = 15.0  # seconds: a promotion never hangs on an unreachable broker (workers poll anyway)
-
-
-async def ensure_topic(settings: Settings) -> None:
-    """Create the model-updates topic (one partition) unless it exists."""
-    admin = AIOKafkaAdminClient(**aiokafka_client_kwargs(settings))
-    await admin.start()
-    try:
-        if settings.model_updates_topic not in await admin.list_topics():
-            await admin.create_topics(
-                [NewTopic(settings.model_updates_topic, 1, settings.topic_replication_factor)]
-            )
-    finally:
-        await admin.close()
 
 
 async def announce(settings: Settings, pointer: Pointer, store: str) -> bool:
@@ -75,7 +62,7 @@ async def _publish(settings: Settings, message: dict) -> bool:
         return False
 
     async def send() -> None:
-        await ensure_topic(settings)
+        await ensure_topic(settings, settings.model_updates_topic)  # one partition
         producer = AIOKafkaProducer(acks="all", **aiokafka_client_kwargs(settings))
         await producer.start()
         try:
@@ -103,7 +90,7 @@ async def _publish(settings: Settings, message: dict) -> bool:
 async def listen(settings: Settings, on_update: Callable[[dict], None]) -> None:
     """Call `on_update` with every announcement published from now on (and once with {} when
     connected); runs until cancelled."""
-    await ensure_topic(settings)
+    await ensure_topic(settings, settings.model_updates_topic)
     consumer = AIOKafkaConsumer(
         settings.model_updates_topic,
         group_id=None,

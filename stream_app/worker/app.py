@@ -7,9 +7,10 @@ GRU hidden state live in the `sessions` table (one compact record per session, w
 batch: `stream_app.inference.sessions.SessionState`), whose changelog lets a restarted or rebalanced worker
 carry on. Suggestions go to the recommendations topic keyed by session id, encoded once and handed
 to the producer without waiting for each delivery; refused clicks go unchanged to the dead-letter
-topic (format: `stream_app.worker.dead_letters`). Delivery is at-least-once: faust commits a batch's
-offsets only after flushing the producer (the suggestions and changelog records handed to it), so
-a crash can repeat suggestions, never lose clicks.
+topic (format: `stream_app.worker.dead_letters`). Every worker reads the whole catalogue topic
+(`stream_app.worker.catalogue_reader`) and never suggests what it hides. Delivery is at-least-once:
+faust commits a batch's offsets only after flushing the producer (the suggestions and changelog
+records handed to it), so a crash can repeat suggestions, never lose clicks.
 
 A suggestion is a JSON object (`stream_app.inference.suggestion.Suggestion`).
 """
@@ -23,14 +24,18 @@ from collections.abc import Sequence
 
 import faust
 from aiokafka import AIOKafkaClient
+from aiokafka.structs import ConsumerRecord
 
-from stream_app.inference.events import InvalidClick, Reason, check_partition, parse_click
+from stream_app.inference.catalogue import Catalogue
+from stream_app.inference.catalogue_records import InvalidItemRecord
+from stream_app.inference.events import InvalidClick, InvalidMessage, Reason, check_partition, parse_click
 from stream_app.inference.partitioning import partition_for_key
 from stream_app.inference.sessions import SessionState
 from stream_app.inference.suggestion import SourcedClick, Suggestion
 from stream_app.kafka_security import aiokafka_client_kwargs, faust_credentials
 from stream_app.settings import get_settings
 from stream_app.worker.broker_watch import BrokerWatch
+from stream_app.worker.catalogue_reader import CatalogueReader
 from stream_app.worker.dead_letters import dead_letter
 from stream_app.worker.faust_adapter import (
     KeyPartitionedTable,
@@ -106,7 +111,8 @@ sessions = app.Table(
 app.sensors.add(ActiveSessionCount(sessions, metrics.active_sessions))  # sessions evicted between sweeps
 
 model_loaded = asyncio.Event()
-served = ServedModel(settings, metrics, loaded=model_loaded)
+catalogue = Catalogue() if settings.catalogue_rules else None
+served = ServedModel(settings, metrics, loaded=model_loaded, catalogue=catalogue)
 
 
 broker_watch = BrokerWatch(metrics, grace=settings.broker_ready_grace)
@@ -116,6 +122,7 @@ output_topics_declared = asyncio.Event()
 def readiness_checks() -> dict[str, bool]:
     return {
         "model_loaded": model_loaded.is_set(),
+        "catalogue_loaded": catalogue_reader is None or catalogue_reader.loaded.is_set(),
         "partitions_assigned": recovered_once(app) and not app.rebalancing,
         "tables_recovered": not app.in_recovery,
         "broker_reachable": broker_watch.reachable(),
@@ -172,18 +179,39 @@ async def load_model() -> None:
     await served.run()
 
 
-async def send_dead_letter(message: faust.types.Message, refusal: InvalidClick) -> None:
-    letter = dead_letter(
-        message.key, message.value, refusal, topic=message.topic, partition=message.partition,
-        offset=message.offset,
-    )
+async def send_dead_letter(
+    key: bytes | None, value: bytes | None, refusal: InvalidMessage, topic: str, partition: int, offset: int
+) -> bool:
+    """Send a refused message to the dead-letter topic; False (and an error counted) when that failed."""
+    letter = dead_letter(key, value, refusal, topic=topic, partition=partition, offset=offset)
     try:
         await dead_letter_topic.send(key=letter.key, value=letter.value, headers=letter.headers)
     except Exception:
         metrics.errors.labels(stage="dead_letter").inc()
-        logger.exception("dead-lettering %s[%d]@%d failed", message.topic, message.partition, message.offset)
-        return
-    metrics.dead_letters.labels(reason=str(refusal.reason)).inc()
+        logger.exception("dead-lettering %s[%d]@%d failed", topic, partition, offset)
+        return False
+    return True
+
+
+async def refuse_click(message: faust.types.Message, refusal: InvalidClick) -> None:
+    if await send_dead_letter(message.key, message.value, refusal, message.topic, message.partition, message.offset):
+        metrics.dead_letters.labels(reason=str(refusal.reason)).inc()
+
+
+async def refuse_catalogue_record(record: ConsumerRecord, refusal: InvalidItemRecord) -> bool:
+    return await send_dead_letter(record.key, record.value, refusal, record.topic, record.partition, record.offset)
+
+
+catalogue_reader = (
+    CatalogueReader(settings, catalogue, metrics, refuse_catalogue_record) if catalogue is not None else None
+)
+
+
+@app.task
+async def follow_catalogue() -> None:
+    """Read the catalogue topic into the item table, whole at start, then live (`catalogue_reader`)."""
+    if catalogue_reader is not None:
+        await catalogue_reader.run()
 
 
 def validated(message: faust.types.Message) -> SourcedClick:
@@ -267,22 +295,24 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
         try:
             clicks.append((validated(event.message), event))
         except InvalidClick as refusal:
-            await send_dead_letter(event.message, refusal)
+            await refuse_click(event.message, refusal)
         except Exception as exc:  # a bug in validation must cost one message, not the stream
             metrics.errors.labels(stage="validate").inc()
             logger.exception("validating a click failed")
-            await send_dead_letter(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
+            await refuse_click(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
     if not clicks:
         return
 
     await model_loaded.wait()  # refusals above flow even while the model is still loading
+    if catalogue_reader is not None:
+        await catalogue_reader.loaded.wait()  # never serve what the catalogue has hidden before the worker read it
     try:  # the served versions are read once: a swap lands between two batches, never inside one
         result = served.recommend([sourced for sourced, _ in clicks], sessions, now=time.time())
     except Exception as exc:
         metrics.errors.labels(stage="score").inc()
         logger.exception("scoring a batch of %d clicks failed; dead-lettering it", len(clicks))
         for _, event in clicks:
-            await send_dead_letter(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
+            await refuse_click(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
         return
     served.live_quality.observe(result.judgements)
     last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}

@@ -1,4 +1,5 @@
-"""The dead-letter record format: the refused message unchanged, the why and where in headers.
+"""The dead-letter record format: the refused message (a click, or a catalogue record) unchanged, the why and where
+in headers.
 
 Keeping the original key and value byte for byte (no base64 envelope) lets an operator replay a
 fixed message with any Kafka tool, and mirrors Kafka Connect's dead-letter queues. Headers (UTF-8):
@@ -25,7 +26,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from stream_app.inference.events import InvalidClick
+from stream_app.inference.events import InvalidMessage
 
 HEADER_PREFIX = "nextclick.dlq."
 KEPT_BYTES = 256 * 1024  # of a key and of a value: a dead letter stays far below 1 MB
@@ -38,7 +39,7 @@ class DeadLetter:
     headers: dict[str, bytes]
 
 
-def dead_letter_headers(error: InvalidClick, *, topic: str, partition: int, offset: int) -> dict[str, bytes]:
+def dead_letter_headers(error: InvalidMessage, *, topic: str, partition: int, offset: int) -> dict[str, bytes]:
     fields = {
         "reason": str(error.reason),
         "message": error.message,
@@ -51,7 +52,7 @@ def dead_letter_headers(error: InvalidClick, *, topic: str, partition: int, offs
 
 
 def dead_letter(
-    key: bytes | None, value: bytes | None, error: InvalidClick, *, topic: str, partition: int, offset: int,
+    key: bytes | None, value: bytes | None, error: InvalidMessage, *, topic: str, partition: int, offset: int,
     max_bytes: int = KEPT_BYTES,
 ) -> DeadLetter:
     """The record that carries a refused message to the dead-letter topic (module docstring)."""

@@ -1,6 +1,7 @@
 """The worker's live served quality: each suggestion judged by its session's next click, counted per model,
 version and variant next to that version's offline figures (the judging itself: `stream_app.inference`); and
-the clicks each version answered, with those on items it does not know."""
+the clicks each version answered, with those on items it does not know and the suggestions topped up with popular
+items."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class LiveQuality:
         self.metrics.judged.labels(*labels)
         self.metrics.clicks_scored.labels(*labels)
         self.metrics.clicks_unknown_item.labels(*labels)
+        self.metrics.topped_up.labels(*labels)
         for cutoff in self.cutoffs:
             self.metrics.hits.labels(*labels, str(cutoff))
             self.metrics.reciprocal_rank.labels(*labels, str(cutoff))
@@ -60,16 +62,17 @@ class LiveQuality:
             self.metrics.reciprocal_rank.labels(*labels, str(cutoff)).inc(reciprocal[labels, cutoff])
 
     def count_clicks(self, suggestions: Iterable[Suggestion]) -> None:
-        """Count a batch's answered clicks, and those on items their version does not know (answered from
-        popularity): one pass over the suggestions, one increment per series, however many clicks."""
+        """Count a batch's answered clicks, those on items their version does not know (answered from popularity)
+        and those topped up with popular items: one pass over the suggestions, one increment per series."""
         scored: Counter[tuple[str, str, str]] = Counter()
-        unknown: Counter[tuple[str, str, str]] = Counter()
+        by_source: Counter[tuple[str, tuple[str, str, str]]] = Counter()
         for suggestion in suggestions:
             labels = (suggestion.model, suggestion.artifact_version, suggestion.variant)
             scored[labels] += 1
-            if suggestion.source == "popularity":
-                unknown[labels] += 1
+            by_source[suggestion.source, labels] += 1
         for labels, count in scored.items():
             self.metrics.clicks_scored.labels(*labels).inc(count)
-        for labels, count in unknown.items():
-            self.metrics.clicks_unknown_item.labels(*labels).inc(count)
+        counters = {"popularity": self.metrics.clicks_unknown_item, "model+popularity": self.metrics.topped_up}
+        for (source, labels), count in by_source.items():
+            if source in counters:
+                counters[source].labels(*labels).inc(count)

@@ -18,6 +18,7 @@ from stream_app.inference.events import Reason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 INFERENCE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 QUALITY_CUTOFFS = (5, 10, 20)  # live hit-rate@K and MRR@K are exported for these K (those <= top_k)
@@ -26,7 +27,7 @@ VERSION_LABELS = ("model", "artifact_version", "variant")  # variant: "current" 
 # and alerts work before the first error (a test checks that the code counts no other stage).
 ERROR_STAGES = (
     "validate", "score", "publish", "dead_letter", "consumer_lag",
-    "model_watch", "model_updates", "model_fetch", "model_load", "changelog",
+    "model_watch", "model_updates", "model_fetch", "model_load", "changelog", "catalogue",
 )
 
 # A click's own timestamp is the producer's claim: the end-to-end latency is observed only for clicks
@@ -136,6 +137,13 @@ class WorkerMetrics:
             VERSION_LABELS,
             registry=r,
         )
+        self.topped_up = Counter(
+            "nextclick_suggestions_topped_up",
+            "Suggestions whose model candidates ran dry under the catalogue and the click's rules, topped up with "
+            "popular items (source `model+popularity`).",
+            VERSION_LABELS,
+            registry=r,
+        )
         self.offline_recall = Gauge(
             "nextclick_model_offline_recall",
             "The served version's Recall@cutoff measured by training on its test clicks, through the "
@@ -186,6 +194,26 @@ class WorkerMetrics:
         )
         for fault in ("unreachable", "topics_missing"):  # stream_app.worker.broker_watch.BROKER_FAULTS
             self.broker_faults.labels(fault=fault)
+
+        # The catalogue topic (stream_app.worker.catalogue_reader)
+        self.catalogue_items = Gauge(
+            "nextclick_catalogue_items", "Items with a record in the worker's catalogue.", registry=r
+        )
+        self.catalogue_propagation = Histogram(
+            "nextclick_catalogue_propagation_seconds",
+            "From a catalogue record's timestamp (the producer's) to the worker applying it, once the worker has "
+            "read the topic to its end (records stamped within LATENCY_HORIZON of the worker's clock).",
+            buckets=PROPAGATION_BUCKETS,
+            registry=r,
+        )
+        self.catalogue_dead_letters = Counter(
+            "nextclick_catalogue_dead_letters",
+            "Catalogue records sent to the dead-letter topic, by reason (each worker that reads one counts it).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in Reason:
+            self.catalogue_dead_letters.labels(reason=str(reason))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

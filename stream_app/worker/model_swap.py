@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 
 from stream_app.inference.artifact_format import MANIFEST, ArtifactError
+from stream_app.inference.catalogue import Catalogue
 from stream_app.inference.events import Click
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.sessions import BatchResult, SessionRecommender, SessionState
@@ -97,9 +98,11 @@ def created_timestamp(directory: Path) -> float:
 class ServedModel:
     """The recommender a worker serves now, and the loading and swapping that replace it."""
 
-    def __init__(self, settings: Settings, metrics: WorkerMetrics, loaded: asyncio.Event) -> None:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics, loaded: asyncio.Event,
+                 catalogue: Catalogue | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.catalogue = catalogue  # what may be shown; each version served gets its view of it (None: no rules)
         self.loaded = loaded  # set once a first model serves (readiness)
         self.recommender: SessionRecommender | None = None
         self.canary: tuple[SessionRecommender, float] | None = None  # and the share of sessions it serves
@@ -127,10 +130,12 @@ class ServedModel:
         return recommender, created
 
     def _started(self, recommender: SessionRecommender, variant: str, previous: SessionRecommender | None) -> None:
-        """Metrics and log of a version that serves from now on (`previous`: the one it replaces)."""
+        """Catalogue view, metrics and log of a version that serves from now on (`previous`: the one it replaces)."""
         scorer = recommender.scorer
+        if self.catalogue is not None:
+            recommender.catalogue = self.catalogue.view(scorer)
         if previous is not None:
-            self.live_quality.stop(previous.scorer, variant)
+            self._stopped(previous, variant)
         self.live_quality.start(scorer, variant, recommender.exclude_seen)
         self.metrics.model.labels(variant=variant).info(
             {
@@ -220,11 +225,17 @@ class ServedModel:
         )
         return done if served is None else canary
 
+    def _stopped(self, recommender: SessionRecommender, variant: str) -> None:
+        """A version stops serving as `variant`: its offline figures and its catalogue view go."""
+        self.live_quality.stop(recommender.scorer, variant)
+        if self.catalogue is not None and recommender.catalogue is not None:
+            self.catalogue.release(recommender.catalogue)
+
     def _stop_canary(self) -> None:
         if self.canary is None:
             return
         (recommender, _), self.canary = self.canary, None
-        self.live_quality.stop(recommender.scorer, "canary")
+        self._stopped(recommender, "canary")
         self.metrics.model.remove("canary")
         logger.info("canary %s stopped: its sessions go to the current version", recommender.scorer.version)
 

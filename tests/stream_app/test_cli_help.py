@@ -10,10 +10,11 @@ import sys
 import pytest
 
 from devtools import demo
-from stream_app import artifacts, settings
+from stream_app import artifacts, catalogue, settings
 from stream_app.settings import REPO_ROOT
 
-PARSERS = {"demo": demo.build_parser, "artifacts": artifacts.build_parser, "settings": settings.build_parser}
+PARSERS = {"demo": demo.build_parser, "artifacts": artifacts.build_parser, "settings": settings.build_parser,
+           "catalogue": catalogue.build_parser}
 REPR = re.compile(r"\(default:\s+(\(|\[|'|None|\))|PosixPath")  # a tuple, list, str repr, None, blank or Path
 
 
@@ -57,7 +58,8 @@ def test_stream_app_help_describes_nextclick() -> None:
         assert "nextclick" in shown and "NEXTCLICK_" in shown
     top = subprocess.run([sys.executable, "-m", "stream_app", "--help"], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True, timeout=120).stdout
-    for where in ("python -m stream_app worker", "python -m stream_app.artifacts", "python -m devtools.demo",
+    for where in ("python -m stream_app worker", "python -m stream_app.artifacts", "python -m stream_app.catalogue",
+                  "python -m devtools.demo",
                   "python -m training.retrain", "python -m stream_app.settings"):
         assert where in top
     assert "--loglevel" in top  # faust's own options are still there

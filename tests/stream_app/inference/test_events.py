@@ -7,7 +7,15 @@ import json
 import jsonschema
 import pytest
 
-from stream_app.inference.events import Click, InvalidClick, Reason, check_partition, click_schema, parse_click
+from stream_app.inference.events import (
+    Click,
+    ClickRules,
+    InvalidClick,
+    Reason,
+    check_partition,
+    click_schema,
+    parse_click,
+)
 from stream_app.inference.partitioning import partition_for_key
 from stream_app.kafka_security import aiokafka_client_kwargs, faust_credentials, ssl_context
 from stream_app.settings import Settings
@@ -32,6 +40,25 @@ def refusal(value: bytes | None, key: bytes | None = b"s1") -> Reason:
 def test_a_valid_click_is_parsed_with_its_extra_fields() -> None:
     click = parse_click(click_bytes(referrer="search"), key=b"s1", max_bytes=LIMIT)
     assert click == Click("s1", "214536502", 1396321357.5, {"referrer": "search"})
+
+
+def test_a_clicks_rules_are_parsed_and_a_click_without_them_has_none() -> None:
+    click = parse_click(click_bytes(rules={"categories": ["1096"], "exclude_items": [214829887, "x"]}), key=b"s1",
+                        max_bytes=LIMIT)
+    assert click.rules == ClickRules(frozenset({"1096"}), frozenset({"214829887", "x"})) and click.extra == {}
+    assert parse_click(click_bytes(), key=b"s1", max_bytes=LIMIT).rules is None
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [[], "1096", {"category": ["1096"]}, {"categories": []}, {"categories": "1096"}, {"categories": [1096]},
+     {"categories": [""]}, {"exclude_items": [True]}, {"exclude_items": [[1]]}, {"exclude_items": ["x" * 257]},
+     {"exclude_items": ["1"] * 1001}, {"exclude_items": ["a\ud800"]}],  # json.dumps writes a lone surrogate escape
+)
+def test_malformed_rules_are_bad_values(rules: object) -> None:
+    with pytest.raises(InvalidClick) as caught:
+        parse_click(click_bytes(rules=rules), key=b"s1", max_bytes=1 << 20)
+    assert caught.value.reason == Reason.BAD_VALUE
 
 
 def test_integer_ids_are_read_as_decimal_strings() -> None:
@@ -130,7 +157,8 @@ def _schema_reason(document: dict) -> Reason | None:
     """What `click.schema.json` itself refuses a document for (None: valid), the most basic problem first."""
     errors = list(jsonschema.Draft202012Validator(click_schema()).iter_errors(document))
     reasons = [
-        Reason.MISSING_FIELD if e.validator == "required"
+        Reason.BAD_VALUE if list(e.absolute_path)[:1] == ["rules"]  # malformed rules are bad values, whatever JSON type
+        else Reason.MISSING_FIELD if e.validator == "required"
         else Reason.WRONG_TYPE if e.validator == "type"
         else Reason.BAD_TIMESTAMP if list(e.absolute_path)[:1] == ["timestamp"]
         else Reason.BAD_VALUE
@@ -146,6 +174,9 @@ def _schema_reason(document: dict) -> Reason | None:
         {"item_id": "x" * 256}, {"item_id": "x" * 257}, {"session_id": ["s1"]}, {"timestamp": 0},
         {"timestamp": -0.5}, {"timestamp": True}, {"timestamp": "1"}, {"timestamp": 10**400},
         {"item_id": {}, "timestamp": -1}, {"session_id": "", "timestamp": -1}, {"item_id": "é" * 256},
+        {"rules": {}}, {"rules": {"categories": ["a"], "exclude_items": []}}, {"rules": {"categories": ["a"] * 101}},
+        {"rules": None}, {"rules": {"exclude_items": [1.0, "2"]}}, {"rules": {"exclude_items": [1.5]}},
+        {"rules": {"categories": [""]}, "timestamp": -1}, {"rules": {"other": 1}}, {"item_id": [], "rules": []},
     ],
 )
 def test_the_hand_check_gives_the_schemas_verdict(fields: dict) -> None:

@@ -50,6 +50,9 @@ MALFORMED: list[tuple[str, str, bytes | None, bytes | None]] = [
     ("integer id of 300 digits", "bad_value", b"s1", click(item_id=10**300)),
     ("lone surrogate in the session id", "bad_value", b"s1", click(session_id="\udc00")),
     ("lone surrogate in the item id", "bad_value", b"s1", click(item_id="a\ud800")),
+    ("rules not an object", "bad_value", b"s1", click(rules=["1096"])),
+    ("rules with an unknown field", "bad_value", b"s1", click(rules={"category": "1096"})),
+    ("an excluded item of the wrong type", "bad_value", b"s1", click(rules={"exclude_items": [None]})),
 ]
 
 
@@ -152,6 +155,7 @@ def test_the_worker_keeps_running_and_reports_why_it_is_not_ready(worker: Any) -
     assert status == 503
     assert json.loads(body)["checks"] == {
         "model_loaded": False,
+        "catalogue_loaded": True,
         "partitions_assigned": True,
         "tables_recovered": True,
         "broker_reachable": True,
