@@ -253,8 +253,11 @@ def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: Tr
     prior_weight = model.prior_weight.item() if params.residual else None
     with clock.stage(f"dien test re-ranking of the top-{n}"):
         ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
-    with clock.stage("dien AUC"):
-        auc = pairwise_auc(model, params.max_len, split.test, split.popularity, params.sample_alpha, seed=params.seed)
+    auc = None  # no test clicks: a prequential replay's first version, trained on all it is given
+    if split.test.n_clicks > split.test.n_sessions:
+        with clock.stage("dien AUC"):
+            auc = pairwise_auc(model, params.max_len, split.test, split.popularity, params.sample_alpha,
+                               seed=params.seed)
     figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
                "dien_training_sessions": training_sessions.n_sessions, "holdout_fraction": params.holdout_fraction,
                f"retriever_recall@{n}": float((test_retrieval.ranks <= n).mean()) if len(ranks) else 0.0,
@@ -370,7 +373,7 @@ def evaluated_models(trained: TrainedModels, split: EncodedSplit, clock: StageCl
     print()
     print(format_table(rows))
     two_stage = trained.two_stage
-    if two_stage:
+    if two_stage and two_stage["dien_auc"] is not None:
         n = two_stage["n_candidates"]
         print(f"\n{two_stage['retriever']} Recall@{n} (the re-ranker's ceiling): "
               f"{two_stage[f'retriever_recall@{n}']:.4f}; DIEN AUC (held-out next clicks vs popularity-sampled "

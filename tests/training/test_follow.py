@@ -141,6 +141,33 @@ def test_the_follower_rides_out_a_frozen_broker(stream: Stream, broker) -> None:
     assert lineage["clicks"]["from"] == stream.manifest(previous)["lineage"]["clicks"]["offsets"]
 
 
+def test_a_damaged_current_version_is_waited_out(stream: Stream, artifact: Path, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Its own store: the current version's graph truncated after promotion. The follower counts the failed load,
+    says so in one line however long it lasts, trains nothing, and follows the next good version."""
+    store = ArtifactStore.from_settings(settings := stream.settings.model_copy(update={
+        "artifact_dir": tmp_path / "store", "artifact_cache_dir": tmp_path / "cache"}))
+    store.promote(store.push(renamed(artifact, tmp_path / "bad", "bad")))
+    graph = store.local_copy("bad") / "gru4rec.onnx"
+    graph.write_bytes(graph.read_bytes()[:100])
+    stream.send(ROUND_CLICKS)
+    registry = CollectorRegistry()
+
+    async def damaged_then_good() -> list:
+        follower = Follower(settings.model_copy(update={"follow_poll_seconds": 0.2}), FollowerMetrics(registry))
+        following = asyncio.create_task(follower.run(rounds=1))
+        await asyncio.sleep(3.0)
+        assert not following.done()  # waiting, not dead
+        await asyncio.to_thread(lambda: store.promote(store.push(renamed(artifact, tmp_path / "good", "good"))))
+        return await asyncio.wait_for(following, timeout=120.0)
+
+    with caplog.at_level("WARNING", logger="training.follow"):
+        [outcome] = asyncio.run(damaged_then_good())
+    assert registry.get_sample_value("nextclick_follow_failures_total", {"stage": "load"}) >= 5
+    assert len([r for r in caplog.records if "does not load" in r.getMessage()]) == 1
+    assert json.loads((store.local_copy(outcome.version) / "manifest.json").read_text())["lineage"]["parent"] == "good"
+
+
 def test_a_refused_update_is_not_tried_again_on_the_same_clicks(tmp_path: Path) -> None:
     settings = Settings(artifact_dir=tmp_path / "store", follow_interval_clicks=100, follow_min_clicks=10,
                         follow_interval_seconds=3600.0)

@@ -74,6 +74,17 @@ def test_incremental_updates_know_the_new_items_the_frozen_version_does_not(tmp_
     assert not (tmp_path / "versions" / "incremental" / "after-slice-0").exists()  # superseded: removed
 
 
+def test_the_two_stage_pipeline_replays_with_dien_fine_tuned(tmp_path: Path) -> None:
+    result = replay(tmp_path, "--models", "gru4rec", "dien", "--pipeline", "gru4rec+dien", "--policies", "frozen",
+                    "incremental", "--update-dien", "fine-tune", "--dien-holdout-fraction", "0", "--dien-mlp", "16",
+                    "--dien-n-candidates", "30")
+    frozen, incremental = result["policies"]["frozen"], result["policies"]["incremental"]
+    assert incremental["training"]["versions"] == 2
+    assert incremental["overall"]["predictions"] == frozen["overall"]["predictions"] > 0
+    assert incremental["overall"]["unknown_share"] < frozen["overall"]["unknown_share"]
+    assert result["flags"]["prequential"]["update_dien"] == "fine-tune"
+
+
 def test_slices_per_day_follow_the_logged_times() -> None:
     files = dataset_files("yoochoose_rsc15_100k")
     log = prequential.joined(files.read_train(), files.read_test())
