@@ -358,8 +358,7 @@ def evaluated_models(trained: TrainedModels, split: EncodedSplit, clock: StageCl
                      progress: bool = False) -> list[RankingMetrics]:
     """Every model's row and the baselines' on the same test predictions, printed as a table (with DIEN's
     two-stage figures): popularity, then `baselines` (`training.evaluation.baselines`; `train_times`: each
-    training session's
-    start, for STAN's time decay)."""
+    training session's last click, for STAN's time decay)."""
     rows: list[RankingMetrics] = []
     with clock.stage("evaluation"):
         for t in trained.models.values():

@@ -52,7 +52,7 @@ from training.data.click_log import ClickLog, EncodedSplit
 from training.data.datasets import add_column_arguments, custom_dataset, dataset_files, dataset_names
 from training.data.errors import exits_on_data_errors
 from training.data.stream_source import add_topic_arguments, topic_click_logs
-from training.evaluation.baselines import BASELINES, BaselineParams, session_start_times
+from training.evaluation.baselines import BASELINES, BaselineParams, session_end_times
 from training.model_training import (
     RETRIEVERS,
     ModelTraining,
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> Path:
     print(data.summary())
 
     trained = ModelTraining(plan, data.split, clock).run()
-    rows = evaluated_models(trained, data.split, clock, plan.baselines, session_start_times(train_log), plan.progress)
+    rows = evaluated_models(trained, data.split, clock, plan.baselines, session_end_times(train_log), plan.progress)
 
     version = new_version()
     out = args.out or staging_dir(version)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.real_slices import yoochoose_slice
-from training.data.click_log import EncodedSplit, ItemMap, Sessions
+from training.data.click_log import ClickLog, EncodedSplit, ItemMap, Sessions
 from training.data.datasets import load_dataset
 from training.evaluation.baselines import (
     BASELINES,
@@ -20,7 +20,7 @@ from training.evaluation.baselines import (
     build_baseline,
     dense_scores,
     ranks_of,
-    session_start_times,
+    session_end_times,
 )
 from training.evaluation.evaluate import RankingMetrics, popularity_ranks
 
@@ -56,15 +56,14 @@ def naive_item_knn(prefix, n_sims, lam, alpha):
     return np.array([row[j] if j in kept else 0.0 for j in range(N_ITEMS)])
 
 
-def naive_neighbours(prefix, weight_of_position, sample_size, k, recency=lambda n: 1.0):
+def naive_neighbours(prefix, weight_of_position, sample_size, k):
     """(session index, similarity) of the k neighbours: the most recent `sample_size` sessions sharing an item,
-    similarity = recency(n) * sum of the weights of the shared items."""
+    similarity = sum of the weights of the shared items."""
     pos = last_positions(prefix)
     sharing = [n for n, s in enumerate(TOY_TRAIN) if set(s) & set(prefix)]
     if sample_size:
         sharing = sorted(sharing, reverse=True)[:sample_size]
-    sims = {n: recency(n) * sum(weight_of_position(pos[i], len(prefix)) for i in set(TOY_TRAIN[n]) & set(prefix))
-            for n in sharing}
+    sims = {n: sum(weight_of_position(pos[i], len(prefix)) for i in set(TOY_TRAIN[n]) & set(prefix)) for n in sharing}
     return sorted(sims.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
 
 
@@ -77,18 +76,27 @@ def naive_vsknn(prefix, k, sample_size, idf_weighting):
     return scores
 
 
-def naive_stan(prefix, k, sample_size, l1, l2, l3, times=None, zero_shared=True):
+def naive_stan(prefix, k, sample_size, l1, l2, l3, times=None, zero_shared=False):
+    """session-rec's STAN (`knn/stan.py`): cosine similarity with position weights, times the neighbour's recency;
+    w3 from the last position in n of an item s holds."""
     times = list(range(len(TOY_TRAIN))) if times is None else times
-    t_s = max(times)
-    w2 = lambda n: math.exp(-(t_s - times[n]) / l2)  # noqa: E731
-    neighbours = naive_neighbours(prefix, lambda p, length: math.exp((p - length) / l1), sample_size, k, w2)
-    scores = np.zeros(N_ITEMS)
     pos_s = last_positions(prefix)
+    w1 = {i: math.exp((p - len(prefix)) / l1) for i, p in pos_s.items()}
+    norm_s = math.sqrt(sum(w ** 2 for w in w1.values()))
+    sharing = [n for n, s in enumerate(TOY_TRAIN) if set(s) & set(prefix)]
+    if sample_size:
+        sharing = sorted(sharing, reverse=True)[:sample_size]
+    sims = {}
+    for n in sharing:
+        cosine = sum(w1[i] for i in set(TOY_TRAIN[n]) & set(prefix)) / (norm_s * math.sqrt(len(set(TOY_TRAIN[n]))))
+        sims[n] = cosine * math.exp(-(max(times) - times[n]) / l2)
+    neighbours = sorted(sims.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]
+    scores = np.zeros(N_ITEMS)
     for n, sim in neighbours:
         pos_n = last_positions(TOY_TRAIN[n])
-        star = max(set(TOY_TRAIN[n]) & set(prefix), key=lambda i: pos_s[i])  # most recent shared item
+        star = max(p for p, i in enumerate(TOY_TRAIN[n], start=1) if i in pos_s)  # the latest click on a shared item
         for j, p in pos_n.items():
-            w3 = 0.0 if j == star and zero_shared else math.exp(-abs(p - pos_n[star]) / l3)
+            w3 = 0.0 if p == star and zero_shared else math.exp(-abs(p - star) / l3)
             scores[j] += sim * w3
     return scores
 
@@ -101,8 +109,8 @@ CASES = [
     ("vsknn", VSKNNParams(k=2, sample_size=3, idf_weighting=1.0), lambda p: naive_vsknn(p, 2, 3, 1.0)),
     ("vsknn", VSKNNParams(k=3, sample_size=0, idf_weighting=0.5), lambda p: naive_vsknn(p, 3, 0, 0.5)),
     ("stan", STANParams(), lambda p: naive_stan(p, 100, 5000, 1.02, math.inf, 2.05)),
-    ("stan", STANParams(lambda_time_sessions=2.0, zero_shared_item=False),
-     lambda p: naive_stan(p, 100, 5000, 1.02, 2.0, 2.05, zero_shared=False)),
+    ("stan", STANParams(lambda_time_sessions=2.0, zero_shared_item=True),
+     lambda p: naive_stan(p, 100, 5000, 1.02, 2.0, 2.05, zero_shared=True)),
     ("stan", STANParams(k=2, sample_size=4, lambda_position=0.7, lambda_time_sessions=3.0, lambda_item=1.3),
      lambda p: naive_stan(p, 2, 4, 0.7, 3.0, 1.3)),
 ]
@@ -123,6 +131,53 @@ def test_stan_time_decay_uses_session_times_in_seconds():
     for prefix in TOY_PREFIXES:
         np.testing.assert_allclose(dense_scores(model, np.array(prefix)),
                                    naive_stan(prefix, 3, 5000, 1.02, 50_000.0, 2.05, times), rtol=1e-12, atol=1e-15)
+
+
+def stan_scores(train, prefix, n_items=10, train_times=None, **params):
+    model = build_baseline("stan", STANParams(**params), sessions_of(train), n_items,
+                           train_times=None if train_times is None else np.array(train_times))
+    return dense_scores(model, np.array(prefix))
+
+
+def test_stan_position_decay_weighs_the_matching_click():
+    # s = [0, 1]: A matches the click one step back (w1 = e^-1), B the current one (w1 = 1); both of length 2
+    scores = stan_scores([[0, 5], [1, 6]], [0, 1], lambda_position=1.0, lambda_item=1.0)
+    norm = math.sqrt(math.exp(-2) + 1) * math.sqrt(2)  # the cosine's |s| (weighted) and |n| terms
+    np.testing.assert_allclose(scores[[5, 6]], [math.exp(-1) / norm * math.exp(-1), 1 / norm * math.exp(-1)])
+    np.testing.assert_allclose(scores[[0, 1]], [math.exp(-1) / norm, 1 / norm])  # s's own items are scored too
+
+
+def test_stan_similarity_is_a_cosine_shorter_neighbours_win():
+    # one shared item each: A (2 items) has cosine 1/sqrt(2), the more recent B (4 items) 1/2; k=1 keeps A
+    scores = stan_scores([[0, 1], [0, 2, 3, 4]], [0], k=1, lambda_item=1.0)
+    np.testing.assert_allclose(scores[[0, 1, 2]], [1 / math.sqrt(2), math.exp(-1) / math.sqrt(2), 0.0])
+
+
+def test_stan_recency_decay_in_sessions_and_in_seconds():
+    # A and B alike but for age: 2 and 1 sessions (or days) before the latest session C
+    train = [[0, 1], [0, 2], [5, 6]]
+    by_order = stan_scores(train, [0], lambda_item=1.0, lambda_time_sessions=1.0)
+    np.testing.assert_allclose(by_order[[1, 2]], np.exp([-2.0, -1.0]) * math.exp(-1) / math.sqrt(2))
+    by_time = stan_scores(train, [0], lambda_item=1.0, train_times=[0.0, 86_400.0, 172_800.0], lambda_time=86_400.0)
+    np.testing.assert_allclose(by_time, by_order)
+    assert stan_scores(train, [0], lambda_item=1.0)[1] == stan_scores(train, [0], lambda_item=1.0)[2]  # no decay
+
+
+def test_stan_item_decay_from_the_last_shared_click_of_the_neighbour():
+    # n = [1, 7, 0, 5, 6] shares 1 (position 1) and 0 (position 3) with s = [0, 1]: distances count from position 3
+    # (session-rec's i*, the latest click of n on an item of s), not from the position of s's latest item 1
+    train = [[1, 7, 0, 5, 6]]
+    scores = stan_scores(train, [0, 1], lambda_item=1.0)
+    at_star = scores[0]
+    np.testing.assert_allclose(scores[[1, 7, 5, 6]] / at_star, np.exp([-2.0, -1.0, -1.0, -2.0]))
+    zeroed = stan_scores(train, [0, 1], lambda_item=1.0, zero_shared_item=True)
+    assert zeroed[0] == 0.0 and zeroed[1] == scores[1] and zeroed[7] == scores[7]
+
+
+def test_session_end_times_are_last_clicks():
+    log = ClickLog(np.array(["a", "a", "b", "b", "b"], dtype=object), np.array(list("xyxyz"), dtype=object),
+                   np.array([10.0, 20.0, 15.0, 30.0, 40.0]), "toy")
+    assert session_end_times(log).tolist() == [20.0, 40.0]
 
 
 @pytest.mark.parametrize("name, params, naive", CASES)
@@ -161,7 +216,7 @@ def test_real_slice_metrics_beat_random(name):
     split = EncodedSplit(train, test, item_map, popularity)
     times = None
     if name == "stan":  # the real slice has timestamps: STAN's time decay in seconds
-        times = session_start_times(load_dataset("yoochoose_rsc15_100k")[0].head_sessions(3000))
+        times = session_end_times(load_dataset("yoochoose_rsc15_100k")[0].head_sessions(3000))
     ranks = baseline_ranks(name, None, split, train_times=times)
     assert len(ranks) == len(popularity_ranks(popularity, test))
     assert ranks.min() >= 1 and ranks.max() <= len(item_map)

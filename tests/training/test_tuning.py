@@ -206,3 +206,6 @@ def test_a_search_starts_from_the_settings_only_where_its_space_holds_them():
     stan = dataclasses.asdict(STANParams()) | {"timestamps": False}  # no decay: outside the decay's range
     assert starting_point(SEARCH_SPACES["stan"], set(), stan) is None
     assert starting_point(SEARCH_SPACES["stan"], set(), dataclasses.asdict(STANParams()) | {"timestamps": True})
+    for config in ("configs/diginetica.toml", "configs/narm_yoochoose1_64.toml"):  # their [stan]: a search starts there
+        tuned = dataclasses.asdict(training_params("stan", Path(config))) | {"timestamps": False}
+        assert starting_point(SEARCH_SPACES["stan"], set(), tuned) is not None

@@ -24,18 +24,24 @@ V-SKNN (Ludewig & Jannach 2018, session-rec `knn/vsknn.py`):
     score(j | s) = sum over n in N(s) holding j of sim(s, n) * (1 + idf_weighting * log(|T| / |S_j|))
     (|T| = number of training sessions; idf_weighting = 0 turns the IDF term off).
 
-STAN (Garg et al., SIGIR 2019, "Sequence and Time Aware Neighborhood for Session-based Recommendations"):
-    w1(p) = exp((p - |s|) / lambda_position)                   position decay in s
-    w2(n) = exp(-(t_s - t_n) / lambda_time)                    recency of the neighbour session
-    sim(s, n) = w2(n) * sum over i in s ∩ n of w1(p_s(i))
+STAN (Garg et al., SIGIR 2019, "Sequence and Time Aware Neighborhood for Session-based Recommendations"), as
+session-rec implements it (`knn/stan.py`, the code behind its published STAN figures):
+    w1(p) = exp((p - |s|) / lambda_position)                   position decay in s (session-rec: lambda_spw)
+    w2(n) = exp(-(t_s - t_n) / lambda_time)                    recency of the neighbour session (lambda_snh)
+    sim(s, n) = w2(n) * sum over i in s ∩ n of w1(p_s(i)) / (sqrt(sum over i in s of w1(p_s(i))^2) * sqrt(|n|))
+            the cosine of s's weighted vector and n's binary one (|n| = n's distinct items), times w2
     N(s) = the k most similar of the `sample_size` most recent sessions sharing an item with s
-    i*(n) = the most recent item of s that n holds;  w3(j, n) = exp(-|p_n(j) - p_n(i*)| / lambda_item),
-            w3(i*, n) = 0 (the paper's choice, `zero_shared_item`: n does not recommend the shared item itself)
+    p_n(i*) = the last position in n of an item that s holds (the latest click of n on a shared item)
+    w3(j, n) = exp(-|p_n(j) - p_n(i*)| / lambda_item)           distance from it within n (lambda_inh)
     score(j | s) = sum over n in N(s) holding j of sim(s, n) * w3(j, n)
-    Time: with `train_times` (each training session's start, seconds) t_n is that and lambda_time is in
-    seconds (the paper's 5 days by default); without (SR-GNN pickles hold none), t_n is the session's index
-    and lambda_time_sessions is used instead, in sessions (default: None, no time decay). t_s is the same
-    for every neighbour of s, so only t_n - t_latest matters to the ranking (t_s = the latest session's time).
+    The items of s are scored like any other (session-rec's remind=True: re-clicks are common); with
+    `zero_shared_item`, the item at p_n(i*) gets w3 = 0 in n (a reading of the paper's factor 3 that session-rec
+    does not implement). Time: with `train_times` (each training session's last click, seconds, as session-rec's
+    `session_time`) t_n is that and lambda_time is in seconds (session-rec's lambda_snh is in days: 5 by default);
+    without (SR-GNN pickles hold none), t_n is the session's index and lambda_time_sessions is used instead, in
+    sessions (default: None, no time decay). t_s is the same for every neighbour of s, so only t_n - t_latest
+    matters to the ranking (t_s = the latest session's time). How this code once differed from session-rec's, and
+    what each difference cost: docs/experiments.md ("STAN against session-rec").
 """
 
 from __future__ import annotations
@@ -69,18 +75,19 @@ class VSKNNParams:
 
 @dataclass(frozen=True)
 class STANParams:
-    """session-rec STAN defaults (lambda_spw=1.02, lambda_snh=5 days, lambda_inh=2.05, sample_size=5000), k=100."""
+    """session-rec STAN defaults (k=100, sample_size=5000, lambda_spw=1.02, lambda_snh=5 days, lambda_inh=2.05,
+    remind=True)."""
 
     k: int = 100  # neighbour sessions
     sample_size: int = 5000  # most recent candidate sessions considered (0: all of them)
-    lambda_position: float = 1.02  # λ1, in clicks
-    lambda_time: float = 5 * 86_400.0  # λ2 in seconds, used with train_times
+    lambda_position: float = 1.02  # λ1 (session-rec lambda_spw), in clicks
+    lambda_time: float = 5 * 86_400.0  # λ2 (session-rec lambda_snh, there in days) in seconds, used with train_times
     # λ2 in sessions, used without train_times (session order as time). Off by default: a count of sessions has
     # no published value (5 days is no fixed number of sessions), and a wrong guess costs much recall
     # (docs/experiments.md).
     lambda_time_sessions: float | None = None  # None: no decay (config.json stays strict JSON, unlike inf)
-    lambda_item: float = 2.05  # λ3, in clicks
-    zero_shared_item: bool = True  # w3(i*, n) = 0, the paper's choice; False: i* gets w3 = 1 like any item at p_n(i*)
+    lambda_item: float = 2.05  # λ3 (session-rec lambda_inh), in clicks
+    zero_shared_item: bool = False  # True: w3 = 0 for the item at p_n(i*); False: scored like the rest, as session-rec
 
 
 BaselineParams = ItemKNNParams | VSKNNParams | STANParams
@@ -227,28 +234,30 @@ class STAN(_NeighbourModel):
                 raise ValueError(f"train_times has {len(times)} entries for {index.n_sessions} training sessions")
         # w2 with t_s = the latest session; no decay: 1 for every session
         self.recency = np.ones(len(times)) if lam is None else np.exp(-(times.max(initial=0.0) - times) / lam)
-        self.prefix_position = np.zeros(index.n_items, dtype=np.int64)  # scratch: p_s(i), 0 = not in s
+        self.root_length = np.sqrt(np.diff(index.offsets))  # sqrt(|n|), n's distinct items
+        self.in_prefix = np.zeros(index.n_items, dtype=bool)  # scratch: the items of s
 
     def sparse_scores(self, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         items, positions = _last_positions(prefix)
         w1 = np.exp((positions - len(prefix)) / p.lambda_position)
         sessions, dot = self.candidates(items, w1)
-        sessions, sim = self.top_k(sessions, dot * self.recency[sessions])
+        cosine = dot / (np.sqrt(np.sum(w1 ** 2)) * self.root_length[sessions])
+        sessions, sim = self.top_k(sessions, cosine * self.recency[sessions])
         index = self.index
         flat, lengths = _ranges(index.offsets, sessions)
         held, held_position = index.items[flat], index.positions[flat]
         neighbour = np.repeat(np.arange(len(sessions)), lengths)
-        self.prefix_position[items] = positions
-        in_s = self.prefix_position[held]  # p_s(j) of each held item, 0 if s lacks it
-        self.prefix_position[items] = 0
-        latest = np.maximum.reduceat(in_s, np.cumsum(lengths) - lengths) if len(held) else in_s
-        is_star = in_s == latest[neighbour]  # the one held item of n that s clicked last (i*)
-        star_position = np.zeros(len(sessions), dtype=np.int64)
-        star_position[neighbour[is_star]] = held_position[is_star]
-        w3 = np.exp(-np.abs(held_position - star_position[neighbour]) / p.lambda_item)
+        self.in_prefix[items] = True
+        shared = self.in_prefix[held]
+        self.in_prefix[items] = False
+        # p_n(i*): the largest position of a shared item in each neighbour (every neighbour holds one)
+        starts = np.cumsum(lengths) - lengths
+        star_position = np.maximum.reduceat(np.where(shared, held_position, 0), starts) if len(held) else held
+        distance = np.abs(held_position - star_position[neighbour])
+        w3 = np.exp(-distance / p.lambda_item)
         if p.zero_shared_item:
-            w3[is_star] = 0.0
+            w3[distance == 0] = 0.0
         return _sum_by_item(held, sim[neighbour] * w3)
 
 
@@ -309,17 +318,18 @@ def baseline_ranks(name: str, params: BaselineParams | None, split: EncodedSplit
                    train_times: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
     """Conservative rank of every next click of `split.test`, in click order: the same predictions, in the same
     order, as the models' ranks in `training.evaluation.evaluate` (for `RankingMetrics.from_ranks`). `train_times`: each
-    training session's start in seconds (`session_start_times`), used by STAN's time decay only."""
+    training session's last click in seconds (`session_end_times`), used by STAN's time decay only."""
     model = build_baseline(name, params, split.train, len(split.item_map), train_times, progress)
     return ranks_of(model, split.test, progress, desc=name)
 
 
-def session_start_times(log: ClickLog) -> np.ndarray | None:
-    """Each session's first-click time (seconds), None for a time-less log. Aligned with `EncodedSplit.train`
-    when `log` is the training log (its item map is fitted on it: no training session is ever dropped)."""
+def session_end_times(log: ClickLog) -> np.ndarray | None:
+    """Each session's last-click time (seconds; STAN's t_n, as session-rec's), None for a time-less log. Aligned
+    with `EncodedSplit.train` when `log` is the training log (its item map is fitted on it: no training session is
+    ever dropped)."""
     if log.times is None:
         return None
-    return log.times[log.session_offsets()[:-1]]
+    return log.times[log.session_offsets()[1:] - 1]
 
 
 def idf(support: np.ndarray, n_sessions: int) -> np.ndarray:
@@ -329,4 +339,4 @@ def idf(support: np.ndarray, n_sessions: int) -> np.ndarray:
 
 __all__ = ["BASELINES", "Baseline", "BaselineParams", "ItemKNN", "ItemKNNParams", "STAN", "STANParams", "TrainIndex",
            "VSKNN", "VSKNNParams", "baseline_ranks", "build_baseline", "dense_scores", "idf", "ranks_of",
-           "session_start_times"]
+           "session_end_times"]

@@ -38,7 +38,7 @@ import torch
 
 from training.data.click_log import ClickLog, EncodedSplit
 from training.data.readers import read_item_categories
-from training.evaluation.baselines import BASELINES, BaselineParams, TrainIndex, ranks_of, session_start_times
+from training.evaluation.baselines import BASELINES, BaselineParams, TrainIndex, ranks_of, session_end_times
 from training.evaluation.evaluate import CUTOFFS, RankingMetrics, reranked_ranks, retrieve
 from training.evaluation.plots import plot_search
 from training.model_training import RETRIEVERS, fit_retriever, reranker_inputs, retriever_scores, stacked_training_data
@@ -311,7 +311,7 @@ class TuningResult:
 
 @dataclass(frozen=True)
 class Budget:
-    """The data a trial trains on (and the held-out sessions it is scored on), with its sessions' start times."""
+    """The data a trial trains on (and the held-out sessions it is scored on), with its sessions' last-click times."""
 
     split: EncodedSplit
     times: np.ndarray | None
@@ -333,11 +333,11 @@ def tune(params: dict[str, Any], baselines: dict[str, BaselineParams], fixed: di
     the settings of DIEN's retriever where this run does not train it (`--retriever-artifact`: that artifact's
     retriever saw the held-out sessions; one is trained on the rest with these settings instead)."""
     rest, held_out, validation = validation_split(train_log, settings.validation_fraction)
-    full = Budget(EncodedSplit.of(rest, held_out), session_start_times(rest))
+    full = Budget(EncodedSplit.of(rest, held_out), session_end_times(rest))
     trial_budget = full
     if settings.trial_sessions < 1.0:
         _, latest, _ = validation_split(rest, settings.trial_sessions, "--tune-sessions")
-        trial_budget = Budget(EncodedSplit.of(latest, held_out), session_start_times(latest))
+        trial_budget = Budget(EncodedSplit.of(latest, held_out), session_end_times(latest))
         validation |= {"trial_sessions": settings.trial_sessions, "trial_train_sessions": latest.n_sessions}
     split = full.split
     validation |= {"items": len(split.item_map), "validation_predictions": int(split.test.n_clicks
