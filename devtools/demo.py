@@ -10,6 +10,10 @@ the one `python -m stream_app.artifacts list` shows), then:
      configs/gru4rec_yoochoose.toml (`--epochs`, 1 by default) on the full slice, through the quality gate;
      when it passes, it is promoted and announced on the model-updates topic and the worker swaps to it live.
 
+With `--follow N`, continuous training joins in: a follower (`python -m training.follow`) updates the served
+version incrementally every N replayed clicks (warm-started, new items added, through the quality gate) and the
+worker swaps to each update it promotes; the better version, once promoted, is what it continues from.
+
 The day is replayed again (sessions renamed per round) until the better version has served a whole round
 (or the retrain ended without a swap), Ctrl-C, `--duration` or `--rounds`. The status line shows the
 version served, and per version the worker's own live hit-rate@20 (its /metrics) next to that version's
@@ -80,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="flags of `training.retrain` for the first version")
     parser.add_argument("--retrain-args", default="",
                         help="more flags of `training.retrain` for the better version (they win over the demo's)")
+    parser.add_argument("--follow", type=int, default=0, metavar="N",
+                        help="continuous training: an incremental update every N clicks; 0: none. Later rounds "
+                             "repeat the day, which the updates learnt: only the first round's live figures are "
+                             "figures on clicks no version trained on")
     parser.add_argument("--log-dir", type=Path, default=REPO_ROOT / "runs" / "demo",
                         help="broker, worker and retrain logs")
     return parser
@@ -92,6 +100,12 @@ def fixed_artifact(settings: Settings) -> Path | None:
             verify_artifact(settings.serving_artifact_dir)
             return settings.serving_artifact_dir
     return None
+
+
+def follower_env(every: int) -> dict[str, str]:
+    """The follower's settings for a demo day: an update every `every` clicks, no metrics port of its own."""
+    return {"NEXTCLICK_FOLLOW_INTERVAL_CLICKS": str(every), "NEXTCLICK_FOLLOW_MIN_CLICKS": str(min(every, 1000)),
+            "NEXTCLICK_FOLLOW_POLL_SECONDS": "1", "NEXTCLICK_FOLLOW_METRICS_PORT": "0"}
 
 
 def retrain_command(flags: str) -> list[str]:
@@ -115,15 +129,15 @@ def train_quick_artifact(out: Path, epochs: int, *flags: str) -> Path:
 
 
 class Retrain:
-    """A `training.retrain` that publishes to the demo's store (gate, push, promote, announce), as a child
-    process in its own session (a Ctrl-C for the demo does not reach it; the demo stops it)."""
+    """A `training.retrain` (or the follower) that publishes to the demo's store (gate, push, promote, announce),
+    as a child process in its own session (a Ctrl-C for the demo does not reach it; the demo stops it)."""
 
-    def __init__(self, what: str, flags: str, env: dict[str, str], log_file: Path, niceness: int = 0) -> None:
+    def __init__(self, what: str, command: list[str], env: dict[str, str], log_file: Path, niceness: int = 0) -> None:
         self.what = what
         self.log_file = log_file
         with log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                ["nice", "-n", str(niceness), *retrain_command(flags)],
+                ["nice", "-n", str(niceness), *command],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.started = time.monotonic()
@@ -443,7 +457,8 @@ def run(args: argparse.Namespace, launched: float) -> int:
                 command = shlex.join(retrain_command(args.first_version_args)[1:])
                 print(f"first version: training a small GRU4Rec on a slice (`{command}`),"
                       f" log {args.log_dir / 'retrain-first.log'}", flush=True)
-                first = Retrain("first version", args.first_version_args, env, args.log_dir / "retrain-first.log")
+                first = Retrain("first version", retrain_command(args.first_version_args), env,
+                                args.log_dir / "retrain-first.log")
                 stack.callback(first.stop)
                 if first.wait() != 0:
                     raise SystemExit(f"{first.state()}")
@@ -456,8 +471,15 @@ def run(args: argparse.Namespace, launched: float) -> int:
                 better = f"{BETTER_VERSION_FLAGS} --epochs {args.epochs} {args.retrain_args}"
                 print(f"better version: training in the background (`{shlex.join(retrain_command(better)[1:])}`),"
                       f" log {args.log_dir / 'retrain.log'}", flush=True)
-                retrain = Retrain("better version", better, env, args.log_dir / "retrain.log", niceness=10)
+                retrain = Retrain("better version", retrain_command(better), env, args.log_dir / "retrain.log",
+                                  niceness=10)
                 stack.callback(retrain.stop)
+            if fixed is None and args.follow:
+                print(f"continuous training: an incremental update every {args.follow:,} clicks (`python -m "
+                      f"training.follow`), log {args.log_dir / 'follow.log'}", flush=True)
+                follower = Retrain("follower", [sys.executable, "-m", "training.follow"],
+                                   env | follower_env(args.follow), args.log_dir / "follow.log", niceness=10)
+                stack.callback(follower.stop)
             view = WorkerView()
             started = time.monotonic()
             stats = asyncio.run(replay_live(args, worker, replay, view, retrain, launched))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.settings import REPO_ROOT
+from stream_app.release.store import ArtifactStore
+from stream_app.settings import REPO_ROOT, Settings
 
 pytestmark = pytest.mark.broker
 
@@ -67,6 +68,20 @@ def test_the_demo_serves_a_first_version_then_swaps_to_the_retrained_one(tmp_pat
     listed = subprocess.run([sys.executable, "-m", "stream_app.artifacts", "list"], cwd=REPO_ROOT,
                             env=demo_env(tmp_path), capture_output=True, text=True, check=True).stdout
     assert f"* {served[1]}" in listed and f"  {served[0]}" in listed  # both in the store the CLI lists
+
+
+def test_with_follow_the_follower_updates_the_served_version(tmp_path: Path) -> None:
+    done = subprocess.run(
+        demo_command(tmp_path, "--max-clicks", "3000", "--speedup", "3000", "--rounds", "6", "--follow", "1500",
+                     "--retrain-args", TINY_RETRAIN),
+        cwd=REPO_ROOT, env=demo_env(tmp_path), capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "continuous training: an incremental update every 1,500 clicks" in done.stdout
+    store = ArtifactStore.from_settings(Settings(artifact_dir=tmp_path / "store"))
+    lineages = [store.manifest(version).get("lineage", {}) for version in store.versions()]
+    assert any(lineage.get("kind") == "incremental" for lineage in lineages), lineages
+    check_processes_gone(done.stdout)
 
 
 def test_ctrl_c_stops_the_demo_and_says_what_was_never_sent(artifact: Path, tmp_path: Path) -> None:
