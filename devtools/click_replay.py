@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.embedded_broker import TANSU_WORKER_TUNING, free_port
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.settings import REPO_ROOT, Settings
 
@@ -164,6 +166,28 @@ class WorkerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def unique_worker_settings(bootstrap_servers: str, tmp_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """`WorkerProcess` fields for a worker with its own app id and topics (many share one broker), its folders
+    in `tmp_dir` and the Tansu tuning; for the tests and the fault suite, which override what they need."""
+    app_id = f"t{uuid.uuid4().hex[:10]}"
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "app_id": app_id,
+        "clicks_topic": f"{app_id}-clicks",
+        "recommendations_topic": f"{app_id}-recommendations",
+        "dead_letter_topic": f"{app_id}-dlq",
+        "catalogue_topic": f"{app_id}-catalogue",
+        "partitions": 2,
+        "table_dir": tmp_dir / "state" / "tables",  # not there yet: the worker must create its parents
+        "web_port": free_port(),
+        "serving_artifact_dir": tmp_dir / "no-artifact",
+        "model_retry_interval": 1.0,
+        "exclude_seen": "true",  # what the tests' `offline_suggestion` serves; tests of `auto` override it
+        **TANSU_WORKER_TUNING,
+        **overrides,
+    }
 
 
 def click_message(click: LoggedClick, sent_at: float) -> tuple[bytes, bytes]:

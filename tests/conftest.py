@@ -32,8 +32,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.click_replay import WorkerProcess
-from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.click_replay import WorkerProcess, unique_worker_settings
+from devtools.embedded_broker import EmbeddedBroker
 from stream_app.inference.scoring import Scorer
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.release.store import ArtifactStore
@@ -249,27 +249,6 @@ class Worker(KafkaClient):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker: no {what} after {timeout} s:\n{self.log_tail()}")
             time.sleep(0.1)
-
-
-def unique_worker_settings(bootstrap_servers: str, tmp_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """Settings fields for a worker with its own app id and topics, tuned for Tansu."""
-    app_id = f"t{uuid.uuid4().hex[:10]}"
-    return {
-        "bootstrap_servers": bootstrap_servers,
-        "app_id": app_id,
-        "clicks_topic": f"{app_id}-clicks",
-        "recommendations_topic": f"{app_id}-recommendations",
-        "dead_letter_topic": f"{app_id}-dlq",
-        "catalogue_topic": f"{app_id}-catalogue",
-        "partitions": 2,
-        "table_dir": tmp_dir / "state" / "tables",  # not there yet: the worker must create its parents
-        "web_port": free_port(),
-        "serving_artifact_dir": tmp_dir / "no-artifact",
-        "model_retry_interval": 1.0,
-        "exclude_seen": "true",  # what `offline_suggestion` serves; tests of the `auto` policy override it
-        **TANSU_WORKER_TUNING,
-        **overrides,
-    }
 
 
 @contextmanager

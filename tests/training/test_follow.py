@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.artifact_versions import renamed
 from devtools.click_replay import held_out_clicks
 from stream_app.inference.artifact_format import ITEM_IDS
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
-from tests.artifact_versions import renamed
 from training.data.stream_source import TopicClick
 from training.follow import Follower, FollowerMetrics, Window
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from devtools.artifact_versions import rehash, renamed
 from devtools.click_replay import held_out_clicks
 from stream_app.inference.artifact_format import EXCLUSION_POLICIES
 from stream_app.inference.events import Click
@@ -32,7 +33,6 @@ from stream_app.inference.served_quality import (
 from stream_app.inference.sessions import SessionRecommender, SessionState
 from stream_app.inference.suggestion import Judgement, SourcedClick, item_hash
 from stream_app.settings import Settings, get_settings
-from tests.artifact_versions import rehash, renamed
 
 LIVE_CLICKS = 400  # the test day's first real clicks, about 150 sessions
 

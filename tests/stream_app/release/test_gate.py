@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from devtools.artifact_versions import edit_manifest, renamed, shuffled_vocabulary
 from devtools.embedded_broker import EmbeddedBroker
 from stream_app import artifacts
 from stream_app.inference.scoring import Scorer
@@ -20,7 +21,6 @@ from stream_app.release.gate import quality_gate
 from stream_app.release.publish import Published, gate_and_push
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
-from tests.artifact_versions import edit_manifest, renamed, shuffled_vocabulary
 from training.data.datasets import load_dataset
 
 TEST_SESSIONS = 100  # the tiny artifact's own test sessions (conftest.TINY_TRAINING)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.artifact_versions import edit_manifest, renamed
 from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.scoring import Scorer
 from stream_app.release import store as artifact_store
 from stream_app.release.store import ArtifactStore, Canary, StoreError
-from tests.artifact_versions import edit_manifest, renamed
 
 
 @pytest.fixture

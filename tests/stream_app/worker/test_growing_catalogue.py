@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 from aiokafka.structs import RecordMetadata
 
+from devtools.artifact_versions import renamed
 from devtools.click_replay import held_out_clicks, kafka_producer
 from stream_app.inference.scoring import Scorer
 from stream_app.release.publish import promote_and_announce
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings, get_settings
-from tests.artifact_versions import renamed
 
 pytestmark = pytest.mark.broker
 

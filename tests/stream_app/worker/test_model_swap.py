@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from devtools.artifact_versions import corrupt, rehash, renamed
 from devtools.click_replay import held_out_clicks
 from devtools.embedded_broker import EmbeddedBroker
 from stream_app.inference.scoring import Scorer
@@ -31,7 +32,6 @@ from stream_app.release.publish import (
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import get_settings
 from stream_app.worker.canary import canary_position
-from tests.artifact_versions import rehash, renamed
 
 pytestmark = pytest.mark.broker
 
@@ -162,12 +162,6 @@ def test_a_rollback_serves_the_previous_version_again(story: Story, offline_item
     story.wait_serving("v1")
     story.assert_served_by("v1", story.send(chapter_clicks(2)), offline_items_of)
     assert story.swaps("success") == 3
-
-
-def corrupt(folder: Path) -> None:
-    """Bit rot on the shared volume after the push: the graph's bytes change, the manifest does not."""
-    graph = folder / "gru4rec.onnx"
-    graph.write_bytes(graph.read_bytes()[:-64] + bytes(64))
 
 
 def partial(folder: Path) -> None:

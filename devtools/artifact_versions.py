@@ -1,4 +1,5 @@
-"""Variants of a real artifact for the store, gate and swap tests: renamed, tampered with, or made worse."""
+"""Variants of a real artifact for the store, gate and swap tests and the fault suite (`bench/faults.py`):
+renamed, tampered with, or made worse."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def rehash(directory: Path) -> None:
     """Make the manifest's sha256s match the files again, as a careless tool would after editing them."""
     manifest = json.loads((directory / MANIFEST).read_text())
     edit_manifest(directory, files={name: sha256_of(directory / name) for name in manifest["files"]})
+
+
+def corrupt(folder: Path) -> None:
+    """Bit rot on the shared volume after the push: the graph's bytes change, the manifest does not."""
+    graph = folder / "gru4rec.onnx"
+    graph.write_bytes(graph.read_bytes()[:-64] + bytes(64))
 
 
 def shuffled_vocabulary(source: Path, dest: Path, version: str, seed: int = 0) -> Path:
