@@ -28,7 +28,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,8 @@ import torch
 from tqdm import tqdm
 
 from stream_app.cli_help import HelpFormatter
-from stream_app.inference.scoring import PIPELINES, UNMEASURED_EXCLUDE_SEEN, Scorer, StepResult
+from stream_app.inference.scoring import PIPELINES, UNMEASURED_EXCLUDE_SEEN, Scorer
+from stream_app.inference.served_baseline import ItemVocabulary, ServedBaseline
 from stream_app.inference.served_quality import CUTOFF, ServedMetrics, replayed
 from stream_app.inference.sessions import SessionRecommender
 from stream_app.inference.suggestion import Judgement, item_hash
@@ -147,52 +148,6 @@ def initial_and_stream(log: ClickLog, share: float) -> tuple[ClickLog, ClickLog]
 
 
 # --- serving a slice through the served protocol ---
-
-class ServedBaseline(Scorer):
-    """A baseline served by the worker's `SessionRecommender` as it serves an artifact's pipeline: the items it
-    knows, their popularity (a click on an unknown item gets the popularity answer) and the top `graph_top_k`
-    items after a click (`score`). Without a model it is the popularity baseline: the most clicked items,
-    whatever the session. With one (`training.evaluation.baselines`: `sparse_scores(prefix)`), it reads the
-    session's kept clicks (the recommender's window: up to `max_history` earlier known clicks and the current
-    one) and ranks the items it scores, highest first (ties: lower index); fewer than `graph_top_k` are followed
-    by the most clicked items, so that a suggestion always has its 20 items, as a served list has.
-
-    `Scorer`'s own methods pick, exclude and fall back (`select`, `popular`, `index_of`, ...); nothing is loaded
-    from an artifact."""
-
-    def __init__(self, name: str, version: str, item_ids: Sequence[str], popularity: np.ndarray,
-                 model: object | None, window: int, graph_top_k: int) -> None:  # no Scorer.__init__: no artifact
-        self.name, self.version = name, version
-        self.stateful, self.layers, self.hidden_size = False, 0, 0
-        self.item_ids = [str(item) for item in item_ids]
-        self._index_of = {item: index for index, item in enumerate(self.item_ids)}
-        self.item_hashes = [item_hash(item) for item in self.item_ids]
-        self.popularity = np.asarray(popularity, dtype=np.float32)
-        self._popular_order = np.argsort(-np.asarray(popularity), kind="stable").tolist()
-        self.model = model
-        self.window = window if model is not None else 0
-        self.graph_top_k = min(graph_top_k, len(self.item_ids))
-        self.reranker, self.measured = None, None
-
-    def score(self, item_indices: np.ndarray, hidden: np.ndarray | None,
-              windows: Sequence[Sequence[int]]) -> StepResult:
-        k = self.graph_top_k
-        popular = np.asarray(self._popular_order[: 2 * k], dtype=np.int64)  # k left once k scored ones are out
-        rows = len(item_indices)
-        if self.model is None:
-            top = popular[:k]
-            return StepResult(np.tile(top, (rows, 1)), np.tile(self.popularity[top], (rows, 1)), None)
-        top_items = np.empty((rows, k), dtype=np.int64)
-        top_scores = np.zeros((rows, k), dtype=np.float32)
-        for row, window in enumerate(windows):
-            items, scores = self.model.sparse_scores(np.asarray(window, dtype=np.int64))
-            best = np.lexsort((items, -scores))[:k]
-            chosen = items[best]
-            rest = popular[~np.isin(popular, chosen)][: k - len(chosen)]
-            top_items[row] = np.concatenate([chosen, rest])
-            top_scores[row, : len(chosen)] = scores[best]
-        return StepResult(top_items, top_scores, None)
-
 
 @dataclass
 class Served:
@@ -420,8 +375,8 @@ class Rebuilt(Policy):
         popularity = item_popularity(sessions, len(item_map))
         model = None if self.baseline is None else build_baseline(self.baseline, self.params, sessions,
                                                                   len(item_map))
-        self._scorer = ServedBaseline(self.name, version, item_map.ids, popularity, model, self.window,
-                                      self.graph_top_k)
+        self._scorer = ServedBaseline(self.name, version, ItemVocabulary(item_map.ids), popularity, model,
+                                      self.window, self.graph_top_k)
         self.version = version
 
     def learn(self, run: PrequentialRun, t: int) -> None:

@@ -179,10 +179,11 @@ class Scorer:
         return StepResult(top_items, top_scores, next_hidden)
 
     def score(self, item_indices: np.ndarray, hidden: np.ndarray | None,
-              windows: Sequence[Sequence[int]]) -> StepResult:
+              windows: Sequence[Sequence[int]], session_ids: Sequence[str] = ()) -> StepResult:
         """The pipeline's top items for B sessions at one click each: `item_indices` [B] that click,
         `hidden` [layers, B, H] the states before it (stateful retriever), `windows` each session's
-        last `window` known clicks up to and including it (when `window` > 0)."""
+        last `window` known clicks up to and including it (when `window` > 0). `session_ids`: read only
+        by a pipeline of other sessions (`stream_app.inference.served_baseline`), which leaves each one out."""
         if self.stateful:
             result = self.step(item_indices, hidden)
         else:

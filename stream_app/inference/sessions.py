@@ -288,7 +288,8 @@ class SessionRecommender:
             if scorer.window:
                 windows = [self._window(sessions[clicks[p].click.session_id], indices[p]) for p in stepped]
             started = time.perf_counter()
-            result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows)
+            result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows,
+                                  [clicks[p].click.session_id for p in stepped])
             self.observe_inference(time.perf_counter() - started)
             if self.catalogue is None:
                 # a row's best `top_k` after leaving out at most `max_history` seen items: no need to read further

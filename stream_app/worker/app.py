@@ -29,13 +29,17 @@ from aiokafka.structs import ConsumerRecord
 from stream_app.inference.catalogue import Catalogue
 from stream_app.inference.catalogue_records import InvalidItemRecord
 from stream_app.inference.events import InvalidClick, InvalidMessage, Reason, check_partition, parse_click
+from stream_app.inference.live_knn import PIPELINE as KNN_PIPELINE
+from stream_app.inference.live_knn import LiveNeighbours
 from stream_app.inference.partitioning import partition_for_key
+from stream_app.inference.session_knn import VSKNNParams
 from stream_app.inference.sessions import SessionState
 from stream_app.inference.suggestion import SourcedClick, Suggestion
 from stream_app.kafka_security import aiokafka_client_kwargs, faust_credentials
 from stream_app.settings import get_settings
 from stream_app.worker.broker_watch import BrokerWatch
 from stream_app.worker.catalogue_reader import CatalogueReader
+from stream_app.worker.clicks_reader import ClicksReader
 from stream_app.worker.dead_letters import dead_letter
 from stream_app.worker.faust_adapter import (
     KeyPartitionedTable,
@@ -112,7 +116,12 @@ app.sensors.add(ActiveSessionCount(sessions, metrics.active_sessions))  # sessio
 
 model_loaded = asyncio.Event()
 catalogue = Catalogue() if settings.catalogue_rules else None
-served = ServedModel(settings, metrics, loaded=model_loaded, catalogue=catalogue)
+neighbours = (  # the `vsknn` pipeline's index of every partition's sessions (docs/serving.md, Session-kNN)
+    LiveNeighbours(settings.knn_sessions, VSKNNParams(k=settings.knn_neighbours, sample_size=settings.knn_sample_size))
+    if settings.serving_model == KNN_PIPELINE else None
+)
+served = ServedModel(settings, metrics, loaded=model_loaded, catalogue=catalogue, neighbours=neighbours)
+clicks_reader = ClicksReader(settings, neighbours, metrics) if neighbours is not None else None
 
 
 broker_watch = BrokerWatch(metrics, grace=settings.broker_ready_grace)
@@ -123,6 +132,7 @@ def readiness_checks() -> dict[str, bool]:
     return {
         "model_loaded": model_loaded.is_set(),
         "catalogue_loaded": catalogue_reader is None or catalogue_reader.loaded.is_set(),
+        "knn_index_loaded": clicks_reader is None or clicks_reader.loaded.is_set(),
         "partitions_assigned": recovered_once(app) and not app.rebalancing,
         "tables_recovered": not app.in_recovery,
         "broker_reachable": broker_watch.reachable(),
@@ -212,6 +222,13 @@ async def follow_catalogue() -> None:
     """Read the catalogue topic into the item table, whole at start, then live (`catalogue_reader`)."""
     if catalogue_reader is not None:
         await catalogue_reader.run()
+
+
+@app.task
+async def follow_clicks() -> None:
+    """Read the whole clicks topic into the session index, its recent tail at start, then live (`clicks_reader`)."""
+    if clicks_reader is not None:
+        await clicks_reader.run()
 
 
 def validated(message: faust.types.Message) -> SourcedClick:
@@ -306,6 +323,10 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
     await model_loaded.wait()  # refusals above flow even while the model is still loading
     if catalogue_reader is not None:
         await catalogue_reader.loaded.wait()  # never serve what the catalogue has hidden before the worker read it
+    if clicks_reader is not None:
+        await clicks_reader.loaded.wait()  # kNN answers from a full index only
+        for sourced, _ in clicks:  # the worker's own clicks count at once, before the reader gets to them
+            neighbours.observe(sourced.click.session_id, sourced.click.item_id)
     try:  # the served versions are read once: a swap lands between two batches, never inside one
         result = served.recommend([sourced for sourced, _ in clicks], sessions, now=time.time())
     except Exception as exc:

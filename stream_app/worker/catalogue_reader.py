@@ -26,12 +26,12 @@ from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.kafka_topics import ensure_topic
 from stream_app.settings import Settings
 from stream_app.worker.metrics import WorkerMetrics, latency_observable
+from stream_app.worker.retrying import read_forever
 
 logger = logging.getLogger(__name__)
 
 COMPACTED = {"cleanup.policy": "compact"}
 RECORDS_PER_STEP = 2_000  # records applied between two yields to the event loop (a few ms)
-RETRY_SECONDS = 2.0
 
 
 async def ensure_catalogue_topic(settings: Settings) -> None:
@@ -53,15 +53,8 @@ class CatalogueReader:
 
     async def run(self) -> None:
         """Read the topic for as long as the worker runs, starting over after an error (records are idempotent)."""
-        while True:
-            try:
-                await self._read()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.metrics.errors.labels(stage="catalogue").inc()
-                logger.exception("reading the catalogue topic %s failed; again", self.settings.catalogue_topic)
-                await asyncio.sleep(RETRY_SECONDS)
+        await read_forever(self._read, self.metrics, "catalogue",
+                           f"the catalogue topic {self.settings.catalogue_topic}")
 
     async def _read(self) -> None:
         await ensure_catalogue_topic(self.settings)

@@ -195,6 +195,11 @@ class WorkerMetrics:
         for fault in ("unreachable", "topics_missing"):  # stream_app.worker.broker_watch.BROKER_FAULTS
             self.broker_faults.labels(fault=fault)
 
+        # The vsknn pipeline's session index (stream_app.worker.clicks_reader)
+        self.knn_sessions = Gauge(
+            "nextclick_knn_sessions", "Sessions in the worker's session index (the vsknn pipeline).", registry=r
+        )
+
         # The catalogue topic (stream_app.worker.catalogue_reader)
         self.catalogue_items = Gauge(
             "nextclick_catalogue_items", "Items with a record in the worker's catalogue.", registry=r

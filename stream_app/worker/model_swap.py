@@ -23,6 +23,7 @@ on that session's next click (see `stream_app.inference.sessions`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -36,7 +37,8 @@ from pathlib import Path
 from stream_app.inference.artifact_format import MANIFEST, ArtifactError
 from stream_app.inference.catalogue import Catalogue
 from stream_app.inference.events import Click
-from stream_app.inference.scoring import Scorer
+from stream_app.inference.live_knn import LiveNeighbours
+from stream_app.inference.scoring import MODEL_NAME, Scorer
 from stream_app.inference.sessions import BatchResult, SessionRecommender, SessionState
 from stream_app.inference.suggestion import SourcedClick
 from stream_app.release import announcements
@@ -99,8 +101,9 @@ class ServedModel:
     """The recommender a worker serves now, and the loading and swapping that replace it."""
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics, loaded: asyncio.Event,
-                 catalogue: Catalogue | None = None) -> None:
+                 catalogue: Catalogue | None = None, neighbours: LiveNeighbours | None = None) -> None:
         self.settings = settings
+        self.neighbours = neighbours  # the `vsknn` pipeline's session index; None: a model pipeline serves
         self.metrics = metrics
         self.catalogue = catalogue  # what may be shown; each version served gets its view of it (None: no rules)
         self.loaded = loaded  # set once a first model serves (readiness)
@@ -121,11 +124,17 @@ class ServedModel:
         return result
 
     def prepare(self, directory: Path, variant: str = "current") -> tuple[SessionRecommender, float]:
-        """Load and check an artifact (blocking: run it in a thread); raises on any problem."""
-        scorer = Scorer(directory, self.settings.inference_threads, self.settings.serving_model)
+        """Load and check an artifact (blocking: run it in a thread); raises on any problem. The `vsknn` pipeline
+        serves the worker's session index as the artifact's version (`stream_app.inference.live_knn`)."""
+        neighbours = self.neighbours
+        scorer = Scorer(directory, self.settings.inference_threads,
+                        MODEL_NAME if neighbours else self.settings.serving_model)
         created = created_timestamp(directory)
-        recommender = SessionRecommender.from_settings(scorer, self.settings, variant=variant)
-        smoke_check(recommender)
+        with neighbours.lock if neighbours else contextlib.nullcontext():
+            if neighbours:
+                scorer = neighbours.scorer(scorer, self.settings.max_history)
+            recommender = SessionRecommender.from_settings(scorer, self.settings, variant=variant)
+            smoke_check(recommender)
         recommender.observe_inference = self.metrics.inference_latency.observe  # served calls only
         return recommender, created
 

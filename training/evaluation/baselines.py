@@ -16,13 +16,8 @@ item-kNN (session-rec `knn/iknn.py`, ItemKNN; Hidasi et al. 2016's baseline):
     (alpha = 0.5, lambda = 0: the cosine of the binary session-occurrence vectors); each item keeps its
     `n_sims` most similar items (ties: lower index). score(j | s) = sim(s_|s|, j): the current item only.
 
-V-SKNN (Ludewig & Jannach 2018, session-rec `knn/vsknn.py`):
-    w(p) = p / |s|                                             linear decay, most recent = 1
-    candidates = the `sample_size` most recent sessions among those sharing an item with s
-    sim(s, n) = sum over i in s ∩ n of w(p_s(i))               dot product of the two vectors
-    N(s) = the k candidates of highest sim (ties: more recent first)
-    score(j | s) = sum over n in N(s) holding j of sim(s, n) * (1 + idf_weighting * log(|T| / |S_j|))
-    (|T| = number of training sessions; idf_weighting = 0 turns the IDF term off).
+V-SKNN (Ludewig & Jannach 2018): `stream_app.inference.session_knn`, the same code that scores a worker's live
+index of recent sessions; here it runs on the training sessions (`TrainIndex`).
 
 STAN (Garg et al., SIGIR 2019, "Sequence and Time Aware Neighborhood for Session-based Recommendations"), as
 session-rec implements it (`knn/stan.py`, the code behind its published STAN figures):
@@ -52,6 +47,14 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from stream_app.inference.session_knn import (
+    VSKNN,
+    VSKNNParams,
+    candidates,
+    last_positions,
+    sum_by_item,
+    top_k,
+)
 from training.data.click_log import ClickLog, EncodedSplit, Sessions
 
 
@@ -62,15 +65,6 @@ class ItemKNNParams:
     n_sims: int = 100  # similar items kept per item
     lam: float = 20.0  # shrink term added to each item's support
     alpha: float = 0.5  # asymmetric cosine: 0.5 = symmetric
-
-
-@dataclass(frozen=True)
-class VSKNNParams:
-    """session-rec VMContextKNN defaults (k=100, sample_size=1000, recent sampling, linear 'div' weights)."""
-
-    k: int = 100  # neighbour sessions
-    sample_size: int = 1000  # most recent candidate sessions considered (0: all of them)
-    idf_weighting: float = 0.0  # weight of the IDF term in the item score (0: off)
 
 
 @dataclass(frozen=True)
@@ -137,20 +131,25 @@ class TrainIndex:
         """|S_i|: number of training sessions holding each item."""
         return np.diff(self.item_offsets)
 
+    # the `stream_app.inference.session_knn.NeighbourIndex` protocol, which V-SKNN scores on
+
+    def holders(self, items: np.ndarray, most_recent: int) -> tuple[np.ndarray, np.ndarray]:
+        starts, ends = self.item_offsets[items], self.item_offsets[items + 1]
+        if most_recent:
+            starts = np.maximum(starts, ends - most_recent)
+        lengths = ends - starts
+        first = np.cumsum(lengths) - lengths
+        return self.item_sessions[np.repeat(starts - first, lengths) + np.arange(lengths.sum())], lengths
+
+    def items_of(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat, lengths = _ranges(self.offsets, sessions)
+        return self.items[flat], lengths
+
+    def support_of(self, items: np.ndarray) -> np.ndarray:
+        return self.support()[items]
+
 
 # --- scoring: each model gives, for a prefix, the items it scores (> 0 or not) and their scores ---
-
-def _sum_by_item(items: np.ndarray, contributions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scored, inverse = np.unique(items, return_inverse=True)
-    return scored, np.bincount(inverse, weights=contributions, minlength=len(scored))
-
-
-def _last_positions(prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct items of the prefix and the 1-based position of each one's last click."""
-    reversed_items = prefix[::-1]
-    items, first_from_end = np.unique(reversed_items, return_index=True)
-    return items, len(prefix) - first_from_end
-
 
 class ItemKNN:
     def __init__(self, index: TrainIndex, params: ItemKNNParams, progress: bool = False):
@@ -180,52 +179,9 @@ class ItemKNN:
         return self.neighbours[row], self.sims[row]
 
 
-class _NeighbourModel:
-    """What V-SKNN and STAN share: candidate sessions, their similarity, the top k."""
-
-    def __init__(self, index: TrainIndex, k: int, sample_size: int):
-        self.index, self.n_items, self.k, self.sample_size = index, index.n_items, k, sample_size
-
-    def candidates(self, items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The most recent `sample_size` sessions holding any of `items`, ascending, and each one's sum of the
-        weights of the items it holds (the dot product). A session among the most recent M of the union is
-        among the most recent M of each of its items' lists: cutting the lists first changes nothing."""
-        index = self.index
-        starts, ends = index.item_offsets[items], index.item_offsets[items + 1]
-        if self.sample_size:
-            starts = np.maximum(starts, ends - self.sample_size)
-        lengths = ends - starts
-        first = np.cumsum(lengths) - lengths
-        flat = np.repeat(starts - first, lengths) + np.arange(lengths.sum())
-        sessions, inverse = np.unique(index.item_sessions[flat], return_inverse=True)
-        dot = np.bincount(inverse, weights=np.repeat(weights, lengths), minlength=len(sessions))
-        if self.sample_size:
-            sessions, dot = sessions[-self.sample_size:], dot[-self.sample_size:]
-        return sessions, dot
-
-    def top_k(self, sessions: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The k most similar (ties: the more recent)."""
-        best = np.lexsort((-sessions, -sim))[:self.k]
-        return sessions[best], sim[best]
-
-
-class VSKNN(_NeighbourModel):
-    def __init__(self, index: TrainIndex, params: VSKNNParams):
-        super().__init__(index, params.k, params.sample_size)
-        self.item_weight = 1.0 + params.idf_weighting * idf(index.support(), index.n_sessions)
-
-    def sparse_scores(self, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        items, positions = _last_positions(prefix)
-        sessions, sim = self.top_k(*self.candidates(items, positions / len(prefix)))
-        flat, lengths = _ranges(self.index.offsets, sessions)
-        held = self.index.items[flat]
-        return _sum_by_item(held, np.repeat(sim, lengths) * self.item_weight[held])
-
-
-class STAN(_NeighbourModel):
+class STAN:
     def __init__(self, index: TrainIndex, params: STANParams, train_times: np.ndarray | None = None):
-        super().__init__(index, params.k, params.sample_size)
-        self.params = params
+        self.index, self.n_items, self.params = index, index.n_items, params
         if train_times is None:
             times, lam = np.arange(index.n_sessions, dtype=np.float64), params.lambda_time_sessions
         else:
@@ -239,11 +195,11 @@ class STAN(_NeighbourModel):
 
     def sparse_scores(self, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        items, positions = _last_positions(prefix)
+        items, positions = last_positions(prefix)
         w1 = np.exp((positions - len(prefix)) / p.lambda_position)
-        sessions, dot = self.candidates(items, w1)
+        sessions, dot = candidates(self.index, items, w1, p.sample_size)
         cosine = dot / (np.sqrt(np.sum(w1 ** 2)) * self.root_length[sessions])
-        sessions, sim = self.top_k(sessions, cosine * self.recency[sessions])
+        sessions, sim = top_k(sessions, cosine * self.recency[sessions], p.k)
         index = self.index
         flat, lengths = _ranges(index.offsets, sessions)
         held, held_position = index.items[flat], index.positions[flat]
@@ -258,7 +214,7 @@ class STAN(_NeighbourModel):
         w3 = np.exp(-distance / p.lambda_item)
         if p.zero_shared_item:
             w3[distance == 0] = 0.0
-        return _sum_by_item(held, sim[neighbour] * w3)
+        return sum_by_item(held, sim[neighbour] * w3)
 
 
 def dense_scores(model, prefix: np.ndarray) -> np.ndarray:
@@ -332,11 +288,6 @@ def session_end_times(log: ClickLog) -> np.ndarray | None:
     return log.times[log.session_offsets()[1:] - 1]
 
 
-def idf(support: np.ndarray, n_sessions: int) -> np.ndarray:
-    """log(|T| / |S_j|) per item (an item in no session: as if in one)."""
-    return np.log(n_sessions / np.maximum(support, 1))
-
-
 __all__ = ["BASELINES", "Baseline", "BaselineParams", "ItemKNN", "ItemKNNParams", "STAN", "STANParams", "TrainIndex",
-           "VSKNN", "VSKNNParams", "baseline_ranks", "build_baseline", "dense_scores", "idf", "ranks_of",
+           "VSKNN", "VSKNNParams", "baseline_ranks", "build_baseline", "dense_scores", "ranks_of",
            "session_end_times"]

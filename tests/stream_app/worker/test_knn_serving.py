@@ -1,0 +1,71 @@
+"""The `vsknn` pipeline on the real broker: two workers, each serving one partition, find neighbours among the
+sessions of the other's partition (each reads the whole clicks topic), an item no artifact knows is suggested,
+and a restarted worker rebuilds its index from the topic before it serves."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.embedded_broker import EmbeddedBroker, free_port
+from stream_app.inference.artifact_format import ITEM_IDS
+from stream_app.inference.partitioning import partition_for_key
+
+pytestmark = pytest.mark.broker
+
+PARTITIONS = 2
+
+
+def session_on(partition: int, prefix: str) -> str:
+    return next(f"{prefix}-{n}" for n in range(1000) if partition_for_key(f"{prefix}-{n}".encode(), PARTITIONS)
+                == partition)
+
+
+def click(session: str, item: str) -> tuple[bytes, bytes]:
+    return session.encode(), json.dumps({"session_id": session, "item_id": item, "timestamp": 1.0e9}).encode()
+
+
+def test_two_workers_share_neighbours_across_partitions_and_a_restart_rebuilds_the_index(
+    broker: EmbeddedBroker,
+    artifact: Path,
+    launch_worker: Callable[..., Any],
+    worker_fields: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    fields = worker_fields(broker.bootstrap_servers, tmp_path, serving_artifact_dir=artifact, partitions=PARTITIONS,
+                           serving_model="vsknn", catalogue_rules=False)
+
+    def launch(name: str) -> contextlib.AbstractContextManager[Any]:
+        own = fields | {"web_port": free_port(), "table_dir": tmp_path / name / "tables"}
+        return launch_worker(own, tmp_path / f"{name}.log", require_model=True)
+
+    earlier, later, after_restart = session_on(0, "earlier"), session_on(1, "later"), session_on(1, "restarted")
+    known = json.loads((artifact / ITEM_IDS).read_text())[5]
+    launched = ["launch-1", "launch-2"]  # items no artifact knows
+    with launch("first") as first:
+        with launch("second") as second:
+            for worker in (first, second):
+                worker.wait_until(lambda w=worker: w.readiness()["ready"], timeout=60, what="readiness")
+            first.produce(fields["clicks_topic"], [click(earlier, item) for item in [known, *launched]])
+            answered = first.consume(fields["recommendations_topic"], 3)
+            assert len(answered) == 3
+            for worker in (first, second):  # both have indexed the session, whichever partition they serve
+                worker.wait_until(lambda w=worker: w.metric("nextclick_knn_sessions") >= 1, what="indexed session")
+            first.produce(fields["clicks_topic"], [click(later, known)])
+            suggestion = next(json.loads(r.value) for r in first.consume(fields["recommendations_topic"], 4)
+                              if r.key == later.encode())
+            assert set(suggestion["items"][:2]) == set(launched), suggestion
+            served = [worker.metric("nextclick_suggestions_published_total") for worker in (first, second)]
+            assert served.count(0.0) == 0, served  # one worker answered `earlier`, the other `later`
+    with launch("restarted") as restarted:  # alone: it serves both partitions from the index it rebuilt
+        restarted.wait_until(lambda: restarted.readiness()["checks"]["knn_index_loaded"], what="index loaded")
+        assert restarted.metric("nextclick_knn_sessions") >= 2
+        restarted.produce(fields["clicks_topic"], [click(after_restart, known)])
+        suggestion = next(json.loads(r.value) for r in restarted.consume(fields["recommendations_topic"], 5)
+                          if r.key == after_restart.encode())
+        assert set(suggestion["items"][:2]) == set(launched), suggestion
