@@ -122,7 +122,9 @@ class ServedModel:
 
     def prepare(self, directory: Path, variant: str = "current") -> tuple[SessionRecommender, float]:
         """Load and check an artifact (blocking: run it in a thread); raises on any problem."""
-        scorer = Scorer(directory, self.settings.inference_threads, self.settings.serving_model)
+        settings = self.settings
+        scorer = Scorer(directory, settings.inference_threads, settings.serving_model, settings.topk_index,
+                        settings.topk_index_min_items)
         created = created_timestamp(directory)
         recommender = SessionRecommender.from_settings(scorer, self.settings, variant=variant)
         smoke_check(recommender)
