@@ -60,7 +60,7 @@ ARG ACCELERATOR
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 # onnxruntime and onnxruntime-gpu share one module: the CPU build goes before the GPU build comes in.
 RUN python3 -m venv /opt/venv \
-    && pip install "./[rocksdb]" \
+    && pip install "./[rocksdb,ann]" \
     && if [ "$ACCELERATOR" = cuda ]; then \
         pip uninstall -y onnxruntime \
         && pip install "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"; \

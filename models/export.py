@@ -10,6 +10,15 @@ NARM reads the whole session (its last L clicks) at every click, so the worker k
 
 items holds each session's clicks from position 0, oldest first, then any padding; lengths >= 1.
 
+Each retriever also has a query graph, its session step without the scoring, for a top-K searched in an index
+of the item vectors instead (`stream_app.inference.item_index`; docs/serving.md, Top-K through an index):
+
+    GRU4Rec (item [B] int64, hidden [layers, B, H]) → (query [B, H + 1] float32, next_hidden)
+    NARM    (items [B, L] int64, lengths [B] int64) → query [B, D] float32
+
+with `item_vectors(model)` the table it is scored against: score = query · vector. GRU4Rec's query is its top
+layer's new state with a 1 appended, its vectors [W_y | b_y]; NARM's are B·c and the item embedding E.
+
 DIEN re-ranks the N candidates a retriever returned, from the same padded history:
 
     (items [B, L] int64, lengths [B] int64, candidates [B, N] int64) → scores [B, N] float32 (logits)
@@ -30,6 +39,7 @@ import copy
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +51,8 @@ GRU4REC_INPUTS = ("item", "hidden")
 GRU4REC_OUTPUTS = ("top_items", "top_scores", "next_hidden")
 NARM_INPUTS = ("items", "lengths")
 NARM_OUTPUTS = ("top_items", "top_scores")
+GRU4REC_QUERY_OUTPUTS = ("query", "next_hidden")
+NARM_QUERY_OUTPUTS = ("query",)
 DIEN_INPUTS = ("items", "lengths", "candidates")
 DIEN_OUTPUTS = ("scores",)
 OPSET = 17
@@ -88,6 +100,40 @@ class NARMServingStep(_TopKServing):
         return self.top(self.model(items, lengths))
 
 
+class GRU4RecQueryStep(nn.Module):
+    """GRU4Rec's step up to the vector its scores are a product with: [h | 1] against [W_y | b_y]."""
+
+    def __init__(self, model: GRU4Rec):
+        super().__init__()
+        self.model = on_cpu(model)
+        self.eval()
+
+    def forward(self, item: torch.Tensor, hidden: torch.Tensor):
+        output, next_hidden = self.model.step(self.model.embed(item), list(hidden.unbind(0)))
+        return torch.cat([output, torch.ones_like(output[:, :1])], dim=1), torch.stack(next_hidden)
+
+
+class NARMQueryStep(nn.Module):
+    def __init__(self, model: NARM):
+        super().__init__()
+        self.model = on_cpu(model)
+        self.eval()
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor):
+        return self.model.query(items, lengths)
+
+
+def item_vectors(model: GRU4Rec | NARM) -> np.ndarray:
+    """The table a retriever's query graph output is scored against, float32 [n_items, d], C order."""
+    model = on_cpu(model)
+    with torch.no_grad():
+        if isinstance(model, GRU4Rec):
+            table = torch.cat([model.output_weights, model.output_bias], dim=1)
+        else:
+            table = model.item_embedding
+        return np.ascontiguousarray(table.detach().numpy(), dtype=np.float32)
+
+
 def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
             outputs: tuple[str, ...], dynamic_axes: dict[str, dict[int, str]]) -> Path:
     with warnings.catch_warnings():
@@ -116,6 +162,18 @@ def export_narm(model: NARM, path: Path, top_k: int = 100) -> Path:
     return _export(NARMServingStep(model, top_k), example, path, NARM_INPUTS, NARM_OUTPUTS,
                    {"items": {0: "batch", 1: "length"}, "lengths": {0: "batch"}, "top_items": {0: "batch"},
                     "top_scores": {0: "batch"}})
+
+
+def export_gru4rec_query(model: GRU4Rec, path: Path) -> Path:
+    example = (torch.zeros(2, dtype=torch.int64), torch.zeros(model.n_layers, 2, model.hidden_size))
+    return _export(GRU4RecQueryStep(model), example, path, GRU4REC_INPUTS, GRU4REC_QUERY_OUTPUTS,
+                   {"item": {0: "batch"}, "hidden": {1: "batch"}, "query": {0: "batch"}, "next_hidden": {1: "batch"}})
+
+
+def export_narm_query(model: NARM, path: Path) -> Path:
+    example = (torch.zeros(2, model.config.max_len, dtype=torch.int64), torch.ones(2, dtype=torch.int64))
+    return _export(NARMQueryStep(model), example, path, NARM_INPUTS, NARM_QUERY_OUTPUTS,
+                   {"items": {0: "batch", 1: "length"}, "lengths": {0: "batch"}, "query": {0: "batch"}})
 
 
 def export_dien(model: DIEN | DIENEnsemble, path: Path) -> Path:

@@ -199,6 +199,19 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."
     )
+    topk_index: Literal["auto", "exact", "ann"] = Field(
+        default="auto",
+        description="How a retriever's top K is found: `exact` scores the whole catalogue in its graph; `ann` "
+        "searches the artifact's item index with the session's query vector (approximate, a cost that hardly "
+        "grows with the catalogue); `auto`: the index from `topk_index_min_items` items on, when the artifact has "
+        "one (docs/serving.md, Top-K through an index).",
+    )
+    topk_index_min_items: int = Field(
+        default=150_000,
+        ge=1,
+        description="The catalogue size from which `auto` searches the index: below it exact scoring is faster "
+        "(BENCHMARKS.md, Big catalogues).",
+    )
     model_retry_interval: float = Field(
         default=10.0, gt=0, description="Seconds between attempts to load a missing or bad artifact."
     )

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import Checkpoint, grown, load_checkpoint, save_checkpoint
-from models.export import export_dien, export_gru4rec, export_narm
+from models.export import export_dien
 from stream_app.inference.artifact_format import (
     CONFIG,
     ITEM_IDS,
@@ -45,6 +45,7 @@ from training.artifact import REPLAY_KEEP, code_version, merged_replay, new_vers
 from training.data.click_log import ClickLog, ItemMap, Sessions, encode_sessions, item_popularity
 from training.evaluation.evaluate import retrieve
 from training.model_training import retriever_scores
+from training.retriever_files import GRAPHS, export_retriever
 from training.trainers.dien import DIENTraining, train_dien
 from training.trainers.gru4rec import GRU4RecTrainer, GRU4RecTraining
 from training.trainers.narm import NARMTraining, train_narm
@@ -52,7 +53,6 @@ from training.trainers.narm import NARMTraining, train_narm
 TRAINED = {"gru4rec": GRU4RecTraining, "narm": NARMTraining}  # updated by training; DIEN by the budget's `dien`
 PARAMS = TRAINED | {"dien": DIENTraining}
 DIEN_POLICIES = ("keep", "fine-tune")
-EXPORTS = {"gru4rec": export_gru4rec, "narm": export_narm}
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,10 @@ def update(parent_dir: Path, new_log: ClickLog, out: Path, *, budget: UpdateBudg
         elif name == "dien" and budget.dien == "fine-tune" and new.n_clicks > new.n_sessions:
             params = dataclasses.replace(_params(name, parent.config[name]), n_epochs=budget.epochs)
             model = _fine_tuned_dien(parent, neighbours, warm.model, params, new, popularity, progress)
-        (EXPORTS[name](model, out / entry["file"], top_k=entry["top_k"]) if name in EXPORTS
-         else export_dien(model, out / entry["file"]))
+        if name in GRAPHS:
+            entry = entry | export_retriever(name, model, out / entry["file"], entry["top_k"])
+        else:
+            export_dien(model, out / entry["file"])
         save_checkpoint(model, out / weights_file(entry), optimiser)
         models[name] = entry | {"n_items": n_items, "weights": weights_file(entry)}
         seconds[name] = round(time.monotonic() - model_started, 2)

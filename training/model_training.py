@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.export import export_dien, export_gru4rec, export_narm
+from models.export import export_dien
 from stream_app.inference.artifact_format import verify_artifact, weights_file
 from stream_app.inference.scoring import Scorer
 from training.data.click_log import ClickLog, EncodedSplit, Sessions
@@ -54,6 +54,7 @@ from training.evaluation.evaluate import (
 )
 from training.parallel_trainings import Lanes
 from training.progress import EpochCallback, StageClock, TrainingHistory
+from training.retriever_files import export_retriever
 from training.trainers.device import CPU
 from training.trainers.dien import DIENTraining, train_dien
 from training.trainers.gru4rec import GRU4RecTrainer, GRU4RecTraining
@@ -143,13 +144,13 @@ def retriever_job(clock: StageClock, name: str, params: Any, split: EncodedSplit
 def served_retriever(name: str, params: Any, model: torch.nn.Module, history: TrainingHistory, test: Retrieval,
                      top_k: int, n_items: int) -> tuple[TrainedModel, RetrievalOf]:
     """A trained retriever as the artifact holds it, and how it retrieves for any sessions."""
-    if name == "gru4rec":
-        entry = {"layers": model.n_layers, "hidden_size": model.hidden_size}
-        export = lambda path: export_gru4rec(model, path, top_k=top_k)
-    else:
-        entry = {"max_len": params.max_len}
-        export = lambda path: export_narm(model, path, top_k=top_k)
+    entry = {"layers": model.n_layers, "hidden_size": model.hidden_size} if name == "gru4rec" else {
+        "max_len": params.max_len}
     entry |= {"file": f"{name}.onnx", "kind": "retriever", "n_items": n_items, "top_k": top_k}
+
+    def export(path: Path) -> Path:
+        entry.update(export_retriever(name, model, path, top_k))
+        return path
     retrieval_of = partial(retrieve, retriever_scores(model, params))
     trained = TrainedModel(name, history, params, test.ranks, entry, export,
                            partial(save_checkpoint, model, optimiser=history.optimiser_state))
@@ -167,7 +168,12 @@ def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedMod
         return graph_retrieval(scorer, sessions).best(n)
 
     entry = verify_artifact(artifact)["models"][scorer.name]
-    export = lambda path: Path(shutil.copyfile(source.with_name(entry["file"]), path))
+    files = [entry["file"], *([entry["query_file"], entry["index"]["file"]] if "index" in entry else [])]
+
+    def export(path: Path) -> Path:
+        for name in files:  # the graph, and its query graph and index when the artifact has them
+            shutil.copyfile(source.with_name(name), path.with_name(name))
+        return path
     test = graph_retrieval(scorer, split.test)
     weights = source.with_name(weights_file(entry))
 

@@ -6,7 +6,9 @@ A pipeline (`PIPELINES`, the worker's NEXTCLICK_SERVING_MODEL) is a retriever, G
 a hidden state per session) or NARM (which reads the session's last L clicks), optionally followed by
 DIEN re-ranking the retriever's top N: two-stage score = prior_weight x retriever score + DIEN's
 (`training.trainers.dien`), the re-ranked N served best first. The retrievers' graphs return a fixed K
-(larger than the served top_k) so that items the session already clicked can be dropped and enough remain.
+(larger than the served top_k) so that items the session already clicked can be dropped and enough remain. That
+top K is the graph's own (exact: the whole catalogue scored), or, for a big catalogue, the retriever's query graph
+followed by a search of the artifact's item index (`stream_app.inference.item_index`, NEXTCLICK_TOPK_INDEX).
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import numpy as np
 import onnxruntime as ort
 
 from stream_app.inference.artifact_format import ITEM_IDS, METRICS, POPULARITY, ArtifactError, verify_artifact
+from stream_app.inference.item_index import ItemIndex
 from stream_app.inference.suggestion import item_hash
+from stream_app.settings import Settings
 
 MODEL_NAME = "gru4rec"  # the default pipeline, and the model every artifact carries
 PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
 # An artifact without the measured exclusion policy (as training seals it before measuring) keeps clicked
 # items: shoppers often go back to a product page they saw (docs/experiments.md, Figures moved out of code).
 UNMEASURED_EXCLUDE_SEEN = False
+TOPK_INDEX_MIN_ITEMS: int = Settings.model_fields["topk_index_min_items"].default  # `auto`'s default threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,13 @@ def padded(windows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np
         items[row, : len(kept)] = kept
         lengths[row] = len(kept)
     return items, lengths
+
+
+def searches_index(setting: str, n_items: int, min_items: int, spec: dict) -> bool:
+    """Whether a retriever's top K comes from its item index (NEXTCLICK_TOPK_INDEX: `auto`, `exact` or `ann`)."""
+    if setting == "ann" and "index" not in spec:
+        raise ArtifactError("NEXTCLICK_TOPK_INDEX=ann, but the artifact's retriever has no item index")
+    return setting == "ann" or (setting == "auto" and "index" in spec and n_items >= min_items)
 
 
 def preferred_providers() -> list[str]:
@@ -70,7 +82,8 @@ def share_cpu_arena() -> None:
 class Scorer:
     """One loaded artifact serving one pipeline: its ONNX sessions, the item vocabulary and popularity."""
 
-    def __init__(self, artifact_dir: Path, intra_op_threads: int = 0, pipeline: str = MODEL_NAME) -> None:
+    def __init__(self, artifact_dir: Path, intra_op_threads: int = 0, pipeline: str = MODEL_NAME,
+                 topk_index: str = "auto", topk_index_min_items: int = TOPK_INDEX_MIN_ITEMS) -> None:
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         self.artifact_dir = Path(artifact_dir)
@@ -107,8 +120,14 @@ class Scorer:
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         share_cpu_arena()
         options.add_session_config_entry("session.use_env_allocators", "1")
+        # exact: the graph's own top K; else its query graph, and the index searched
+        self.index: ItemIndex | None = None
+        graph = spec["file"]
+        if searches_index(topk_index, len(self.item_ids), topk_index_min_items, spec):
+            self.index = ItemIndex(self.artifact_dir, spec["index"], len(self.item_ids))
+            graph = spec["query_file"]
         self.session = ort.InferenceSession(
-            str(self.artifact_dir / spec["file"]), sess_options=options, providers=preferred_providers()
+            str(self.artifact_dir / graph), sess_options=options, providers=preferred_providers()
         )
         self.reranker: ort.InferenceSession | None = None
         self.reranker_len = 0
@@ -167,14 +186,21 @@ class Scorer:
     def zero_hidden(self, batch: int) -> np.ndarray:
         return np.zeros((self.layers, batch, self.hidden_size), dtype=np.float32)
 
+    def _retrieve(self, inputs: dict[str, np.ndarray], state: list[str]) -> tuple[np.ndarray, ...]:
+        """The retriever's top items and scores, then its `state` outputs, from the graph or through the index."""
+        if self.index is None:
+            return tuple(self.session.run(["top_items", "top_scores", *state], inputs))
+        query, *rest = self.session.run(["query", *state], inputs)
+        return (*self.index.top(query, self.graph_top_k), *rest)
+
     def step(self, item_indices: np.ndarray, hidden: np.ndarray) -> StepResult:
         """Advance B sessions by one click each in a single model call."""
-        top_items, top_scores, next_hidden = self.session.run(
-            ["top_items", "top_scores", "next_hidden"],
+        top_items, top_scores, next_hidden = self._retrieve(
             {
                 "item": np.ascontiguousarray(item_indices, dtype=np.int64),
                 "hidden": np.ascontiguousarray(hidden, dtype=np.float32),
             },
+            ["next_hidden"],
         )
         return StepResult(top_items, top_scores, next_hidden)
 
@@ -189,9 +215,7 @@ class Scorer:
         else:
             # the retriever reads its own last L clicks, however many more the re-ranker reads
             items, lengths = padded(windows, min(self.retriever_len, max(map(len, windows))))
-            top_items, top_scores = self.session.run(
-                ["top_items", "top_scores"], {"items": items, "lengths": lengths}
-            )
+            top_items, top_scores = self._retrieve({"items": items, "lengths": lengths}, [])
             result = StepResult(top_items, top_scores, None)
         return result if self.reranker is None else self._rerank(result, windows)
 

@@ -126,9 +126,9 @@ class ServedModel:
     def prepare(self, directory: Path, variant: str = "current") -> tuple[SessionRecommender, float]:
         """Load and check an artifact (blocking: run it in a thread); raises on any problem. The `vsknn` pipeline
         serves the worker's session index as the artifact's version (`stream_app.inference.live_knn`)."""
-        neighbours = self.neighbours
-        scorer = Scorer(directory, self.settings.inference_threads,
-                        MODEL_NAME if neighbours else self.settings.serving_model)
+        settings, neighbours = self.settings, self.neighbours
+        scorer = Scorer(directory, settings.inference_threads, MODEL_NAME if neighbours else settings.serving_model,
+                        settings.topk_index, settings.topk_index_min_items)
         created = created_timestamp(directory)
         with neighbours.lock if neighbours else contextlib.nullcontext():
             if neighbours:

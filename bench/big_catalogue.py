@@ -1,0 +1,148 @@
+"""Big catalogues: a real GRU4Rec's catalogue grown to 250 k and 1 M items, served exactly and through its item index.
+
+    PYTHONPATH=. python bench/big_catalogue.py --artifact DIR [--sizes 43097 250000 1000000] [--sessions 4000]
+        [--worker-clicks 20000]
+
+The artifact is a GRU4Rec trained on Diginetica. For each size, its checkpoint's item table grows by synthetic items
+drawn like the real item vectors (`bench/ann_libraries.py`'s `grown_vectors`; they are never clicked, popularity 0)
+and is exported as a training export would (`training.retriever_files`: graph, query graph, index). For exact scoring
+and for the index (NEXTCLICK_TOPK_INDEX), each in a fresh process: the time to load the artifact, the RSS after
+loading and serving, clicks/s of onnxruntime and the top K alone (`bench/stream_throughput.py`'s
+`onnxruntime_alone`, batch 256), and served Recall@20 through the worker's recommender on the first `--sessions`
+real test sessions (keeping clicked items). With `--worker-clicks`, the worker's clicks/s on the embedded broker
+(`bench/stream_throughput.py`'s machinery; NEXTCLICK_TOPK_INDEX passed to the worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import tempfile
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.ann_libraries import grown_vectors, item_vectors
+from bench.stream_throughput import (
+    KAFKA_LIKE_FETCH_WAIT,
+    SERVING_PRODUCER,
+    create_topics,
+    interleaved,
+    onnxruntime_alone,
+    rss_bytes,
+    run_fields,
+    serve_backlog,
+    take,
+    test_sessions,
+)
+from devtools.click_replay import WorkerProcess
+from devtools.embedded_broker import EmbeddedBroker
+from models.checkpoint import load_checkpoint
+from stream_app.inference.artifact_format import MANIFEST
+from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_quality import served_top_k_metrics
+from stream_app.settings import get_settings
+from training.artifact import write_artifact_metadata
+from training.retriever_files import export_retriever
+
+MODES = ("exact", "ann")
+
+
+def grown_artifact(source: Path, n_items: int, out: Path) -> Path:
+    """`source`'s GRU4Rec with its item table grown to `n_items` (synthetic items `synthetic-N`), as an artifact."""
+    model = load_checkpoint(source / "gru4rec.pt").model
+    vectors = grown_vectors(item_vectors(source), n_items)
+    hidden = model.hidden_size
+    grown = type(model)(dataclasses.replace(model.config, n_items=n_items))
+    state = model.state_dict() | {"output_weights": torch.from_numpy(vectors[:, :hidden].copy()),
+                                  "output_bias": torch.from_numpy(vectors[:, hidden:].copy())}
+    grown.load_state_dict(state)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((source / MANIFEST).read_text())
+    entry = {key: value for key, value in manifest["models"]["gru4rec"].items() if key not in ("query_file", "index")}
+    started = time.perf_counter()
+    entry |= export_retriever("gru4rec", grown.eval(), out / entry["file"], entry["top_k"]) | {"n_items": n_items}
+    entry.pop("weights", None)
+    print(f"  exported {n_items:,} items (graph, query graph, index) in {time.perf_counter() - started:.1f} s",
+          flush=True)
+    real_ids = json.loads((source / "item_ids.json").read_text())
+    ids = np.array(real_ids + [f"synthetic-{n}" for n in range(n_items - len(real_ids))])
+    popularity = np.concatenate([np.load(source / "popularity.npy"), np.zeros(n_items - len(real_ids), np.int64)])
+    metrics = {"dataset": json.loads((source / "metrics.json").read_text())["dataset"]}
+    write_artifact_metadata(out, version=f"grown-{n_items}", trained_by="bench", item_ids=ids, popularity=popularity,
+                            config={}, metrics=metrics, models={"gru4rec": entry})
+    return out
+
+
+def measured(artifact: Path, mode: str, sessions: int) -> dict:
+    """Load, clicks/s alone, served Recall@20 and RSS of one mode; run in a fresh process."""
+    settings = get_settings()
+    started = time.perf_counter()
+    scorer = Scorer(artifact, settings.inference_threads, "gru4rec", mode)
+    loaded = time.perf_counter() - started
+    _, test = test_sessions(artifact, settings)
+    rate = onnxruntime_alone(scorer, settings, [scorer.known_indices(items) for items in test[:2000]])
+    served = served_top_k_metrics(scorer, test[:sessions], settings, exclude_seen=False)
+    return {"load_s": loaded, "clicks_per_s": rate, "recall@20": served.recall, "predictions": served.predictions,
+            "rss_mib": rss_bytes(os.getpid()) / 2**20}
+
+
+async def worker_rate(broker: EmbeddedBroker, artifact: Path, mode: str, clicks: list) -> float:
+    tag = uuid.uuid4().hex[:6]
+    fields = run_fields(broker, artifact, f"big-{tag}") | SERVING_PRODUCER | {
+        "topk_index": mode, "consumer_fetch_max_wait": KAFKA_LIKE_FETCH_WAIT}
+    with tempfile.TemporaryDirectory() as tmp:
+        worker = WorkerProcess(fields, Path(tmp) / "worker.log")
+        try:
+            await create_topics(worker.settings, worker.settings.clicks_topic, worker.settings.recommendations_topic)
+            served, _ = await serve_backlog(worker.settings, [dataclasses.replace(c, session_id=c.session_id + tag)
+                                                              for c in clicks],
+                                            worker.start, lambda: worker.process.pid, worker.check_alive)
+            rss = rss_bytes(worker.process.pid) / 2**20
+        finally:
+            worker.stop()
+    print(f"    worker ({mode}): {served.clicks_per_s:,.0f} clicks/s, {served.cpu_us_per_click:.0f} µs CPU per click,"
+          f" RSS {rss:.0f} MiB", flush=True)
+    return served.clicks_per_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", type=Path, required=True)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[43_097, 250_000, 1_000_000])
+    parser.add_argument("--sessions", type=int, default=4_000, help="test sessions of the served Recall@20")
+    parser.add_argument("--worker-clicks", type=int, default=0, help="clicks of each worker run (0: none)")
+    parser.add_argument("--out", type=Path, help="where the grown artifacts go (default: a temporary folder)")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f};"
+          f" {time.strftime('%Y-%m-%d %H:%M')}; Recall@20 on the first {args.sessions} Diginetica test sessions")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        for n_items in args.sizes:
+            print(f"{n_items:,} items", flush=True)
+            artifact = grown_artifact(args.artifact, n_items, root / f"grown-{n_items}")
+            for mode in MODES:
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+                    m = fresh.submit(measured, artifact, mode, args.sessions).result()
+                print(f"    {mode}: load {m['load_s']:.1f} s, onnxruntime + top K alone {m['clicks_per_s']:,.0f}"
+                      f" clicks/s, served Recall@20 {m['recall@20']:.4f} ({m['predictions']:,} predictions),"
+                      f" RSS {m['rss_mib']:.0f} MiB", flush=True)
+            if args.worker_clicks:
+                _, sessions = test_sessions(artifact, get_settings())
+                clicks = take(interleaved(sessions, 2_000), args.worker_clicks)
+                with EmbeddedBroker() as broker:
+                    for mode in MODES:
+                        asyncio.run(worker_rate(broker, artifact, mode, clicks))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""A retriever's top K searched in an index of its item vectors, so that a click's cost hardly grows with the catalogue.
+
+A retriever scores item i as query · vectors[i] (`models.export`, the query graphs). Scoring every item and taking the
+top K costs the whole catalogue per click; a faiss inverted-file index (IVF, exact inner products over the lists the
+query is nearest to) searches `nprobe` of its `nlist` lists instead. Why faiss and these settings, by measurement:
+docs/decisions.md, Top-K through an index. Built at export time (`build`, `save`), shipped in the artifact under the
+retriever's `index` entry with the sha256 of the vectors it holds; `load` refuses an index that does not hold exactly
+those vectors, in the catalogue's order and number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from stream_app.inference.artifact_format import ArtifactError
+
+LIBRARY = "faiss-cpu"
+LISTS_PER_SQRT_ITEMS = 4  # nlist = 4·√n: a list holds about √n / 4 items
+PROBES = 16  # lists searched per query
+TRAINING_POINTS_PER_LIST = 64
+HASHED_ROWS = 65_536  # vectors read back at a time when checking an index
+
+
+def _faiss():
+    """faiss, imported on first use: only a worker that searches an index needs the `ann` extra."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise ArtifactError("searching an item index needs faiss-cpu: pip install 'nextclick[ann]'") from error
+    return faiss
+
+
+def vectors_sha256(vectors: np.ndarray) -> str:
+    """The sha256 of float32 vectors' bytes, row by row in C order (what `load` compares the index's content with)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(vectors), HASHED_ROWS):
+        digest.update(np.ascontiguousarray(vectors[start : start + HASHED_ROWS], dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def build(vectors: np.ndarray, path: Path, seed: int = 0) -> dict:
+    """Index `vectors` [n, d] (float32) into `path`; returns the manifest's `index` entry for it."""
+    faiss = _faiss()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n_items, dim = vectors.shape
+    nlist = max(1, min(n_items // TRAINING_POINTS_PER_LIST, LISTS_PER_SQRT_ITEMS * int(np.sqrt(n_items))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(seed).choice(n_items, min(n_items, TRAINING_POINTS_PER_LIST * nlist), replace=False)
+    index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    faiss.write_index(index, str(path))
+    return {"file": path.name, "library": LIBRARY, "kind": "IVFFlat", "nlist": nlist, "nprobe": min(PROBES, nlist),
+            "n_items": n_items, "dim": dim, "vectors_sha256": vectors_sha256(vectors)}
+
+
+class ItemIndex:
+    """A loaded, checked index: the best k items of each query by inner product, best first."""
+
+    def __init__(self, artifact_dir: Path, entry: dict, n_items: int, threads: int = 1) -> None:
+        faiss = _faiss()
+        path = artifact_dir / entry["file"]
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as error:
+            raise ArtifactError(f"{path} is not a faiss index: {error}") from None
+        if not (index.ntotal == entry["n_items"] == n_items) or index.d != entry["dim"]:
+            raise ArtifactError(f"{path} holds {index.ntotal} vectors of {index.d}, the catalogue has {n_items} items "
+                                f"and the manifest says {entry['n_items']} of {entry['dim']}")
+        ivf = faiss.extract_index_ivf(index)
+        ivf.make_direct_map()  # item index -> its place in a list: reading the vectors back in item order
+        held = vectors_sha256(_Rows(index))
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # only the check needs it
+        if held != entry["vectors_sha256"]:
+            raise ArtifactError(f"{path} does not hold the item vectors it was built from (sha256 {held[:12]}, "
+                                f"manifest {entry['vectors_sha256'][:12]}): it is another model's index")
+        self.index = index
+        self.threads = threads
+        self.params = faiss.SearchParametersIVF(nprobe=int(entry["nprobe"]))
+        self._faiss = faiss
+
+    def top(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items int64 [B, k], scores float32 [B, k]) of each query row, best first."""
+        self._faiss.omp_set_num_threads(self.threads)
+        scores, items = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=self.params)
+        return items, scores
+
+
+class _Rows:
+    """An index's vectors read back in item order, a block at a time (`vectors_sha256` slices it)."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(len(self))
+        return self.index.reconstruct_n(start, stop - start)

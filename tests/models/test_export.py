@@ -1,0 +1,39 @@
+"""The query graphs (a retriever's session step without its scoring) against torch: query · item vectors are the
+model's own scores, so a top K searched in an index of those vectors is the graph's."""
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models.export import export_gru4rec_query, export_narm_query, item_vectors
+from models.gru4rec import GRU4Rec, GRU4RecConfig
+from models.narm import NARM, NARMConfig
+
+
+def test_gru4rec_query_times_item_vectors_is_the_models_scores(tmp_path):
+    torch.manual_seed(0)
+    model = GRU4Rec(GRU4RecConfig(n_items=300, layers=(24, 24)))
+    with torch.no_grad():
+        model.output_bias.normal_()  # a bias that matters: the query's appended 1 carries it
+    session = ort.InferenceSession(str(export_gru4rec_query(model, tmp_path / "q.onnx")))
+    vectors = item_vectors(model)
+    for batch in (1, 5):
+        items = torch.randint(0, 300, (batch,))
+        hidden = torch.randn(2, batch, 24)
+        query, next_hidden = session.run(None, {"item": items.numpy(), "hidden": hidden.numpy()})
+        with torch.no_grad():
+            scores, expected_hidden = model(items, list(hidden.unbind(0)))
+        np.testing.assert_allclose(query @ vectors.T, scores.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(next_hidden, torch.stack(expected_hidden).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_narm_query_times_item_vectors_is_the_models_scores(tmp_path):
+    torch.manual_seed(1)
+    model = NARM(NARMConfig(n_items=200, embedding_dim=12, hidden_size=16, max_len=5)).eval()
+    session = ort.InferenceSession(str(export_narm_query(model, tmp_path / "q.onnx")))
+    items = torch.randint(0, 200, (4, 5))
+    lengths = torch.tensor([1, 3, 5, 2])
+    [query] = session.run(None, {"items": items.numpy(), "lengths": lengths.numpy()})
+    with torch.no_grad():
+        scores = model(items, lengths)
+    np.testing.assert_allclose(query @ item_vectors(model).T, scores.numpy(), rtol=1e-4, atol=1e-4)
