@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools.artifact_versions import edit_manifest, rehash, renamed
 from stream_app.inference.artifact_format import MANIFEST, ArtifactError
 from stream_app.inference.item_index import ItemIndex, build
 from stream_app.inference.scoring import Scorer
 from stream_app.settings import Settings
 from stream_app.worker.metrics import WorkerMetrics
 from stream_app.worker.model_swap import ServedModel
-from tests.artifact_versions import edit_manifest, rehash, renamed
 
 K = 100
 
