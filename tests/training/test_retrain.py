@@ -67,6 +67,7 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retr
     expected_files = {"item_ids.json", "popularity.npy", "config.json", "metrics.json", "replay.json"}
     expected_files |= {f"{m}.{kind}" for m in models for kind in ("onnx", "pt")}
     expected_files |= {f"{m}_training_curve.png" for m in models}
+    expected_files |= {f"{m}{end}" for m in ("gru4rec", "narm") for end in ("_query.onnx", ".faiss")}  # retrievers
     assert set(manifest["files"]) == expected_files
     assert all(manifest["models"][m]["weights"] == f"{m}.pt" for m in models)
     assert manifest["lineage"]["kind"] == "full" and manifest["lineage"]["parent"] is None
