@@ -156,6 +156,7 @@ def test_the_worker_keeps_running_and_reports_why_it_is_not_ready(worker: Any) -
     assert json.loads(body)["checks"] == {
         "model_loaded": False,
         "catalogue_loaded": True,
+        "knn_index_loaded": True,
         "partitions_assigned": True,
         "tables_recovered": True,
         "broker_reachable": True,
