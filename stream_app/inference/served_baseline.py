@@ -12,7 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from stream_app.inference.scoring import Scorer, StepResult
+from stream_app.inference.session_knn import rank_in_row
 from stream_app.inference.suggestion import item_hash
+
+CHUNK = 16  # windows scored at once: numpy's per-call cost spread over them, the sorts' arrays still in cache
 
 
 class ItemVocabulary:
@@ -36,7 +39,7 @@ class ItemVocabulary:
 
 class ServedBaseline(Scorer):
     """Without a model, the popularity baseline: the most clicked items, whatever the session. With one
-    (`sparse_scores(prefix, exclude)`: `stream_app.inference.session_knn.VSKNN`), it reads the session's kept
+    (`batch_scores(prefixes, excludes)`: `stream_app.inference.session_knn.VSKNN`), it reads each session's kept
     clicks (the recommender's window: up to `window` - 1 earlier known clicks and the current one) and ranks
     the items it scores, highest first (ties: lower number); fewer than `graph_top_k` are followed by the most
     clicked items, so that a suggestion always has its `top_k` items, as a served list has. `live_sessions`:
@@ -65,20 +68,36 @@ class ServedBaseline(Scorer):
     def score(self, item_indices: np.ndarray, hidden: np.ndarray | None,
               windows: Sequence[Sequence[int]], session_ids: Sequence[str] = ()) -> StepResult:
         k = self.graph_top_k
-        popular = np.asarray(self._popular_order[: 2 * k], dtype=np.int64)  # k left once k scored ones are out
         rows = len(item_indices)
         if self.model is None:
-            top = popular[:k]
+            top = self.popular_order[:k]
             return StepResult(np.tile(top, (rows, 1)), np.tile(self.popularity[top], (rows, 1)), None)
+        excludes = None
+        if self.live_sessions is not None:
+            excludes = np.fromiter((self.live_sessions.get(session_id, -1) for session_id in session_ids),
+                                   dtype=np.int64, count=rows)
         top_items = np.empty((rows, k), dtype=np.int64)
         top_scores = np.zeros((rows, k), dtype=np.float32)
-        for row, window in enumerate(windows):
-            exclude = None if self.live_sessions is None else self.live_sessions.get(session_ids[row])
-            items, scores = self.model.sparse_scores(np.asarray(window, dtype=np.int64), exclude)
-            best = np.lexsort((items, -scores))[:k]
-            chosen = items[best]
-            if len(chosen) < k:  # topped up with the most clicked items it has not chosen
-                chosen = np.concatenate([chosen, popular[~np.isin(popular, chosen)][: k - len(chosen)]])
-            top_items[row] = chosen
-            top_scores[row, : len(best)] = scores[best]
+        for first in range(0, rows, CHUNK):
+            chunk = slice(first, first + CHUNK)
+            self._rank(windows[chunk], None if excludes is None else excludes[chunk], top_items[chunk],
+                       top_scores[chunk])
         return StepResult(top_items, top_scores, None)
+
+    def _rank(self, windows: Sequence[Sequence[int]], excludes: np.ndarray | None, top_items: np.ndarray,
+              top_scores: np.ndarray) -> None:
+        """Fill each row of `top_items` (and `top_scores`) with its window's best items, topped up."""
+        k = top_items.shape[1]
+        rows, items, scores = self.model.batch_scores([np.asarray(window, dtype=np.int64) for window in windows],
+                                                      excludes)
+        order = np.lexsort((-scores, rows))  # by row then item: stable, so ties go to the lower number
+        rows = rows[order]
+        rank = rank_in_row(rows)
+        best = rank < k
+        top_items[rows[best], rank[best]] = items[order[best]]
+        top_scores[rows[best], rank[best]] = scores[order[best]]
+        counts = np.bincount(rows[best], minlength=len(top_items))
+        popular = self.popular_order[: 2 * k]  # k left once k scored ones are out
+        for row in np.flatnonzero(counts < k).tolist():  # topped up with the most clicked items not chosen
+            chosen = top_items[row, :counts[row]]
+            top_items[row, counts[row]:] = popular[~np.isin(popular, chosen)][: k - counts[row]]

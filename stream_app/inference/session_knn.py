@@ -15,6 +15,7 @@ session order: a larger session number started later. Numpy only: serving import
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,40 +50,68 @@ class NeighbourIndex(Protocol):
         """|S_j| for each item."""
 
 
-def last_positions(prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct items of the prefix and the 1-based position of each one's last click."""
-    reversed_items = prefix[::-1]
-    items, first_from_end = np.unique(reversed_items, return_index=True)
-    return items, len(prefix) - first_from_end
+def last_positions(prefixes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each prefix's distinct items (rows: the prefix's number; by row, then item ascending) and the 1-based
+    position of each one's last click."""
+    lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
+    clicks = np.concatenate(prefixes).astype(np.int64, copy=False) if len(prefixes) else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(len(prefixes)), lengths)
+    positions = np.arange(1, len(clicks) + 1) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    order = np.lexsort((positions, clicks, rows))
+    last = np.ones(len(order), dtype=bool)  # the last click of each (row, item)
+    last[:-1] = (rows[order][1:] != rows[order][:-1]) | (clicks[order][1:] != clicks[order][:-1])
+    keep = order[last]
+    return rows[keep], clicks[keep], positions[keep]
 
 
-def sum_by_item(items: np.ndarray, contributions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scored, inverse = np.unique(items, return_inverse=True)
-    return scored, np.bincount(inverse, weights=contributions, minlength=len(scored))
+def grouped_sum(rows: np.ndarray, keys: np.ndarray,
+                values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each distinct (row, key), by row then key ascending, and the sum of its values. np.bincount adds them in
+    input order, so a row's sums are the same floats in a batch as alone; a sort numbers the groups (as
+    np.unique's inverse would, in one call for the whole batch)."""
+    stride = int(keys.max()) + 1 if len(keys) else 1
+    combined = rows * stride + keys
+    order = np.argsort(combined, kind="stable")  # timsort: holders come in sorted runs
+    ordered = combined[order]
+    new = np.ones(len(ordered), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    group = np.empty(len(ordered), dtype=np.int64)
+    group[order] = np.cumsum(new) - 1
+    first = order[new]
+    return rows[first], keys[first], np.bincount(group, weights=values, minlength=len(first))
 
 
-def candidates(index: NeighbourIndex, items: np.ndarray, weights: np.ndarray, sample_size: int,
-               exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The most recent `sample_size` sessions holding any of `items` (`exclude` left out: the session being
-    served, when the index holds it), ascending, and each one's sum of the weights of the items it holds (the
-    dot product). A session among the most recent M of the union is among the most recent M of each of its
-    items' lists: cutting the lists first changes nothing."""
-    most_recent = sample_size + (exclude is not None) if sample_size else 0
+def rank_in_row(rows: np.ndarray) -> np.ndarray:
+    """0, 1, ... within each row of `rows` (sorted)."""
+    return np.arange(len(rows)) - np.searchsorted(rows, rows)
+
+
+def candidates(index: NeighbourIndex, rows: np.ndarray, items: np.ndarray, weights: np.ndarray, sample_size: int,
+               excludes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the most recent `sample_size` sessions holding any of the row's `items` (`excludes[row]` left
+    out: the session being served, when the index holds it; -1: none), by row then session ascending, and each
+    one's sum of the weights of the items it holds (the dot product). A session among the most recent M of the
+    union, one excluded session aside, is among the most recent M + 1 of each of its items' lists: cutting the
+    lists first changes nothing."""
+    most_recent = sample_size + (excludes is not None) if sample_size else 0
     flat, lengths = index.holders(items, most_recent)
-    sessions, inverse = np.unique(flat, return_inverse=True)
-    dot = np.bincount(inverse, weights=np.repeat(weights, lengths), minlength=len(sessions))
-    if exclude is not None:
-        kept = sessions != exclude
-        sessions, dot = sessions[kept], dot[kept]
+    rows, sessions, dot = grouped_sum(np.repeat(rows, lengths), flat, np.repeat(weights, lengths))
+    if excludes is not None:
+        kept = sessions != excludes[rows]
+        rows, sessions, dot = rows[kept], sessions[kept], dot[kept]
     if sample_size:
-        sessions, dot = sessions[-sample_size:], dot[-sample_size:]
-    return sessions, dot
+        kept = rank_in_row(-rows[::-1])[::-1] < sample_size  # counted from the row's end
+        rows, sessions, dot = rows[kept], sessions[kept], dot[kept]
+    return rows, sessions, dot
 
 
-def top_k(sessions: np.ndarray, sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar (ties: the more recent)."""
-    best = np.lexsort((-sessions, -sim))[:k]
-    return sessions[best], sim[best]
+def top_k(rows: np.ndarray, sessions: np.ndarray, sim: np.ndarray,
+          k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the k most similar (ties: the more recent), most similar first."""
+    last = len(rows) - 1  # input by row, then session ascending: reversed, the more recent first in ties
+    order = last - np.lexsort((-sim[::-1], rows[::-1]))  # lexsort is stable
+    best = order[rank_in_row(rows[order]) < k]
+    return rows[best], sessions[best], sim[best]
 
 
 def idf(support: np.ndarray, n_sessions: int) -> np.ndarray:
@@ -91,7 +120,8 @@ def idf(support: np.ndarray, n_sessions: int) -> np.ndarray:
 
 
 class VSKNN:
-    """`sparse_scores(prefix)`: the items V-SKNN scores after `prefix` (item numbers of `index`) and their scores;
+    """`batch_scores(prefixes)`: the items V-SKNN scores after each prefix (item numbers of `index`) and their
+    scores, a batch at once (per-click numpy overhead, not arithmetic, is most of the cost of one prefix);
     reads the index at every call, so a live index's latest sessions count at once."""
 
     def __init__(self, index: NeighbourIndex, params: VSKNNParams):
@@ -101,13 +131,22 @@ class VSKNN:
     def n_items(self) -> int:
         return self.index.n_items
 
-    def sparse_scores(self, prefix: np.ndarray, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`exclude`: a session of the index not to count as a neighbour (the one whose prefix this is)."""
+    def batch_scores(self, prefixes: Sequence[np.ndarray],
+                     excludes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, item, score) of each scored item, by row then item ascending. `excludes[row]`: a session of the
+        index not to count as a neighbour of that row (the one whose prefix it is; -1: none)."""
         p, index = self.params, self.index
-        items, positions = last_positions(prefix)
-        sessions, sim = top_k(*candidates(index, items, positions / len(prefix), p.sample_size, exclude), p.k)
+        rows, items, positions = last_positions(prefixes)
+        lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
+        rows, sessions, sim = top_k(*candidates(index, rows, items, positions / lengths[rows], p.sample_size,
+                                                excludes), p.k)
         held, lengths = index.items_of(sessions)
         contributions = np.repeat(sim, lengths)
         if p.idf_weighting:
             contributions *= 1.0 + p.idf_weighting * idf(index.support_of(held), index.n_sessions)
-        return sum_by_item(held, contributions)
+        return grouped_sum(np.repeat(rows, lengths), held, contributions)
+
+    def sparse_scores(self, prefix: np.ndarray, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One prefix's scored items, ascending, and their scores."""
+        _, items, scores = self.batch_scores([prefix], None if exclude is None else np.array([exclude]))
+        return items, scores

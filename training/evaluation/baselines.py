@@ -51,8 +51,8 @@ from stream_app.inference.session_knn import (
     VSKNN,
     VSKNNParams,
     candidates,
+    grouped_sum,
     last_positions,
-    sum_by_item,
     top_k,
 )
 from training.data.click_log import ClickLog, EncodedSplit, Sessions
@@ -195,11 +195,11 @@ class STAN:
 
     def sparse_scores(self, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        items, positions = last_positions(prefix)
+        rows, items, positions = last_positions([prefix])  # one row: V-SKNN's helpers, batched
         w1 = np.exp((positions - len(prefix)) / p.lambda_position)
-        sessions, dot = candidates(self.index, items, w1, p.sample_size)
+        rows, sessions, dot = candidates(self.index, rows, items, w1, p.sample_size)
         cosine = dot / (np.sqrt(np.sum(w1 ** 2)) * self.root_length[sessions])
-        sessions, sim = top_k(sessions, cosine * self.recency[sessions], p.k)
+        _, sessions, sim = top_k(rows, sessions, cosine * self.recency[sessions], p.k)
         index = self.index
         flat, lengths = _ranges(index.offsets, sessions)
         held, held_position = index.items[flat], index.positions[flat]
@@ -214,7 +214,7 @@ class STAN:
         w3 = np.exp(-distance / p.lambda_item)
         if p.zero_shared_item:
             w3[distance == 0] = 0.0
-        return sum_by_item(held, sim[neighbour] * w3)
+        return grouped_sum(np.zeros_like(held), held, sim[neighbour] * w3)[1:]
 
 
 def dense_scores(model, prefix: np.ndarray) -> np.ndarray:

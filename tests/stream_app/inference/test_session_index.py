@@ -83,3 +83,18 @@ def test_a_full_index_keeps_the_latest_sessions_within_its_memory_bound():
         for mine, theirs in zip(VSKNN(index, VSKNNParams()).sparse_scores(prefix),
                                 VSKNN(latest, VSKNNParams()).sparse_scores(prefix), strict=True):
             np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("params", [VSKNNParams(), VSKNNParams(k=5, sample_size=20, idf_weighting=0.5)])
+def test_a_batch_scores_each_prefix_as_it_would_alone(params):
+    train, test, _, _ = yoochoose_slice()
+    index = live_index(train)
+    model = VSKNN(index, params)
+    prefixes = [test.items[test.offsets[s]:test.offsets[s] + t] for s in range(test.n_sessions)
+                for t in range(1, test.offsets[s + 1] - test.offsets[s] + 1)][:300]
+    excludes = np.arange(len(prefixes)) % 7 * 13 - 1  # some rows with none (-1), others a neighbour left out
+    rows, items, scores = model.batch_scores(prefixes, excludes)
+    for row, (prefix, exclude) in enumerate(zip(prefixes, excludes.tolist(), strict=True)):
+        alone = model.sparse_scores(prefix, None if exclude < 0 else exclude)
+        np.testing.assert_array_equal(items[rows == row], alone[0])
+        np.testing.assert_array_equal(scores[rows == row], alone[1])
