@@ -97,7 +97,7 @@ class ServedBaseline(Scorer):
         top_items[rows[best], rank[best]] = items[order[best]]
         top_scores[rows[best], rank[best]] = scores[order[best]]
         counts = np.bincount(rows[best], minlength=len(top_items))
-        popular = self.popular_order[: 2 * k]  # k left once k scored ones are out
+        popular = self._popular_order[: 2 * k]  # k left once k scored ones are out
         for row in np.flatnonzero(counts < k).tolist():  # topped up with the most clicked items not chosen
-            chosen = top_items[row, :counts[row]]
-            top_items[row, counts[row]:] = popular[~np.isin(popular, chosen)][: k - counts[row]]
+            chosen = set(top_items[row, :counts[row]].tolist())  # np.isin: one pass per chosen item
+            top_items[row, counts[row]:] = [item for item in popular if item not in chosen][: k - counts[row]]

@@ -90,14 +90,15 @@ class SessionIndex:
         self._items[slot] = b""
 
     def holders(self, items: np.ndarray, most_recent: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = []
+        parts = []  # memoryview slices, joined once: no numpy array per item
         for item in items.tolist():
             if item >= len(self._holders):
-                parts.append(np.zeros(0, dtype=np.int64))
+                parts.append(b"")
                 continue
-            live = np.frombuffer(self._holders[item], dtype=np.int64)[self._dead[item]:]
-            parts.append(live[-most_recent:] if most_recent else live)
-        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            holders = memoryview(self._holders[item])
+            start = self._dead[item] if not most_recent else max(self._dead[item], len(holders) - most_recent)
+            parts.append(holders[start:])
+        flat = np.frombuffer(b"".join(parts), dtype=np.int64)
         return flat, np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
 
     def items_of(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
