@@ -25,7 +25,7 @@ class LiveNeighbours:
     """The last `capacity` sessions to start, and every item they clicked.
 
     Changed only under `lock`: the worker's event loop indexes clicks, and a version being prepared in another
-    thread numbers its items and serves its smoke check under it (a numpy view of an item's sessions forbids
+    thread numbers its items and serves its smoke check under it (a memoryview of an item's sessions forbids
     resizing them meanwhile). Serving reads on the event loop, between two changes."""
 
     def __init__(self, capacity: int, params: VSKNNParams) -> None:

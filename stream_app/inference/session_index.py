@@ -95,9 +95,9 @@ class SessionIndex:
             if item >= len(self._holders):
                 parts.append(b"")
                 continue
-            holders = memoryview(self._holders[item])
-            start = self._dead[item] if not most_recent else max(self._dead[item], len(holders) - most_recent)
-            parts.append(holders[start:])
+            held = memoryview(self._holders[item])
+            start = self._dead[item] if not most_recent else max(self._dead[item], len(held) - most_recent)
+            parts.append(held[start:])
         flat = np.frombuffer(b"".join(parts), dtype=np.int64)
         return flat, np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
 
