@@ -31,7 +31,6 @@ import csv
 import gzip
 import multiprocessing
 import os
-import platform
 import random
 import tempfile
 import time
@@ -55,6 +54,7 @@ from bench.stream_throughput import (
 from devtools.catalogue_flips import catalogue_record, flips_under_load
 from devtools.click_replay import WorkerProcess, kafka_producer
 from devtools.embedded_broker import EmbeddedBroker, free_port
+from devtools.machine import machine_line
 from stream_app.inference.catalogue import Catalogue
 from stream_app.inference.catalogue_records import parse_item_record
 from stream_app.inference.events import Click
@@ -240,8 +240,7 @@ def main() -> None:
     args = parse_args()
     settings = get_settings()
     scorer = Scorer(args.artifact)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-          f" Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(machine_line())
     print(f"model: {scorer.name} artifact {scorer.version} ({args.artifact.name}), hidden {scorer.hidden_size},"
           f" {len(scorer.item_ids):,} items, graph top {scorer.graph_top_k}, served top_k {settings.top_k}")
     memory_run(args, settings)

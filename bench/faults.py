@@ -31,7 +31,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import random
 import signal
 import tempfile
@@ -50,6 +49,7 @@ from devtools.click_replay import LoggedClick, WorkerProcess, unique_worker_sett
 from devtools.demo import QUICK_EPOCHS, demo_artifact
 from devtools.embedded_broker import DURABLE_WORKER_TUNING, EmbeddedBroker
 from devtools.fault_load import Account, Fault, Message, click_messages, run_load
+from devtools.machine import machine_line
 from devtools.s3_store import S3Store
 from stream_app.inference.artifact_format import verify_artifact
 from stream_app.release.publish import promote_and_announce
@@ -297,9 +297,7 @@ def main() -> None:
     settings = get_settings()
     artifact = demo_artifact(settings, QUICK_EPOCHS)
     manifest = verify_artifact(artifact)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-          f" Python {platform.python_version()}; model {manifest['version']} ({', '.join(manifest['models'])});"
-          f" {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    print(machine_line(f"model {manifest['version']} ({', '.join(manifest['models'])})"), flush=True)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_file=Path(tmp) / "broker.log") as broker:
         bench = Bench(args, artifact, broker, Path(tmp))
         rows = []

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from devtools.click_replay import (
 )
 from devtools.demo import QUICK_EPOCHS, demo_artifact, train_quick_artifact
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.machine import machine_line
 from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.scoring import Scorer
 from stream_app.release.publish import promote_and_announce
@@ -224,8 +224,7 @@ def main() -> None:
         worker = WorkerProcess(fields, Path(tmp) / "worker.log", base_env=base_env)
         s = worker.settings
         print(
-            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-            f" Python {platform.python_version()}, onnxruntime {onnxruntime.__version__} ({old.provider})"
+            machine_line(f"onnxruntime {onnxruntime.__version__} ({old.provider})")
         )
         size = sum(file.stat().st_size for file in new_folder.iterdir()) / 1e6
         print(

@@ -36,7 +36,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from devtools.click_replay import (
 )
 from devtools.demo import QUICK_EPOCHS, demo_artifact
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.machine import machine_line
 from stream_app.inference.artifact_format import METRICS
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.sessions import SessionState
@@ -495,9 +495,7 @@ def main() -> None:
     artifact = args.artifact or demo_artifact(settings, QUICK_EPOCHS)
     scorer = Scorer(artifact, settings.inference_threads, settings.serving_model)
     dataset, sessions = test_sessions(artifact, settings)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-          f" Python {platform.python_version()}, onnxruntime {onnxruntime.__version__} ({scorer.provider});"
-          f" {time.strftime('%Y-%m-%d %H:%M')}")
+    print(machine_line(f"onnxruntime {onnxruntime.__version__} ({scorer.provider})"))
     state = f"hidden {scorer.hidden_size}" if scorer.stateful else f"reads the last {scorer.window} clicks"
     print(f"model: {scorer.name} artifact {scorer.version} ({artifact.name}), {state},"
           f" {len(scorer.item_ids)} items, top_k {settings.top_k}; clicks: {dataset} test sessions,"
