@@ -13,7 +13,7 @@ import pytest
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.served_quality import served_top_k_metrics
 from stream_app.settings import get_settings
-from training import prequential
+from training import prequential, prequential_merge
 from training.data.datasets import dataset_files
 
 pytestmark = pytest.mark.training
@@ -109,3 +109,33 @@ def test_bad_data_ends_it_with_one_line_and_status_2(tmp_path: Path, capsys: pyt
     error = capsys.readouterr().err
     assert len(error.splitlines()) == 1 and error.startswith("python -m training.prequential: error: bad.tsv: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_replays_run_side_by_side_merge_into_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = replay(tmp_path / "a", "--policies", "frozen", "incremental")
+    b = replay(tmp_path / "b", "--policies", "vsknn", "frozen")
+    assert prequential_merge._served(a["policies"]["frozen"]) == prequential_merge._served(b["policies"]["frozen"])
+    merged = prequential_merge.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "merged")])
+    assert list(merged["policies"]) == ["frozen", "incremental", "vsknn"]
+    assert merged["policies"] == {"frozen": a["policies"]["frozen"], "incremental": a["policies"]["incremental"],
+                                  "vsknn": b["policies"]["vsknn"]}
+    assert merged["flags"]["prequential"]["policies"] == ["frozen", "incremental", "vsknn"]
+    assert (tmp_path / "merged" / prequential.PLOT).stat().st_size > 0
+    capsys.readouterr()
+
+    def refused(changed: dict, *expected: str) -> None:
+        (tmp_path / "c").mkdir(exist_ok=True)
+        (tmp_path / "c" / prequential.RESULT).write_text(json.dumps(changed))
+        with pytest.raises(SystemExit) as exit:
+            prequential_merge.main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "refused")])
+        assert exit.value.code == 2
+        error = capsys.readouterr().err
+        assert len(error.splitlines()) == 1 and all(text in error for text in expected)
+        assert not (tmp_path / "refused").exists()
+
+    other_stream = json.loads(json.dumps(b))
+    other_stream["flags"]["prequential"]["slice_clicks"] = SLICE_CLICKS // 2
+    refused(other_stream, "is not the replay of", "flags")
+    other_first_version = json.loads(json.dumps(b))
+    other_first_version["policies"]["frozen"]["slices"][0]["hit_rate@20"] += 0.01
+    refused(other_first_version, "frozen served other figures", "not the same first version")
