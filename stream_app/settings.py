@@ -283,7 +283,8 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between the worker's metadata requests to the broker, which tell whether it "
         "answers and whether the clicks, recommendations, dead-letter and changelog topics exist with "
-        "`NEXTCLICK_PARTITIONS` partitions (`/readyz`'s `broker_reachable` and `topics_present`).",
+        "`NEXTCLICK_PARTITIONS` partitions, and the catalogue topic with those it had at the worker's start "
+        "(`/readyz`'s `broker_reachable` and `topics_present`).",
     )
     broker_ready_grace: float = Field(
         default=30.0,
