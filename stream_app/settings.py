@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -327,14 +327,6 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a fetch may wait in the broker for data, seconds (faust's fixed 1.5 s).",
     )
-
-    @model_validator(mode="after")
-    def _knn_without_catalogue_rules(self) -> Settings:
-        """The catalogue's item table covers an artifact's items; the `vsknn` pipeline's items grow with the
-        stream (docs/serving.md, Session-kNN)."""
-        if self.serving_model == "vsknn" and self.catalogue_rules:
-            raise ValueError("NEXTCLICK_SERVING_MODEL=vsknn needs NEXTCLICK_CATALOGUE_RULES=false")
-        return self
 
     @field_validator("exclude_seen", mode="before")
     @classmethod

@@ -172,6 +172,8 @@ class SessionRecommender:
         records (`SessionState.dumps`, as the worker's table does) and is only read: the caller
         writes `BatchResult.states` back, in whatever context and form its store needs.
         """
+        if self.catalogue is not None:
+            self.catalogue.cover_new_items()
         session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
         sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
         self._rebuild_stale([session for session in sessions.values() if session.stale])

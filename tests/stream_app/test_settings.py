@@ -25,3 +25,8 @@ def test_the_configuration_table_is_the_generated_one() -> None:
     ).stdout
     assert printed.strip() == markdown_table()
     assert markdown_table() in CONFIGURATION, "regenerate it: python -m stream_app.settings --markdown"
+
+
+def test_the_knn_pipeline_serves_under_the_catalogue_rules() -> None:
+    assert Settings(serving_model="vsknn", catalogue_rules=True).catalogue_rules
+
