@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -224,6 +224,15 @@ class Settings(BaseSettings):
         "`rules` (docs/serving.md, Catalogue and rules); a worker then serves only once it has read the catalogue "
         "to its end. Off: the worker does not read the catalogue, and suggestions are the model's own.",
     )
+    new_items_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of each suggestion's `top_k` places (rounded down) kept for the available items the "
+        "catalogue marks `new` among the pipeline's candidates: the best-scored of them take those places however "
+        "they rank; places no new candidate takes go back to the ranking, and nothing the pipeline did not score is "
+        "added. 0: off. Needs `NEXTCLICK_CATALOGUE_RULES` (docs/serving.md, Catalogue and rules).",
+    )
     catalogue_max_record_bytes: int = Field(
         default=4_096, ge=64, description="Larger catalogue records go to the dead-letter topic."
     )
@@ -327,6 +336,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a fetch may wait in the broker for data, seconds (faust's fixed 1.5 s).",
     )
+
+    @model_validator(mode="after")
+    def _new_items_share_reads_the_catalogue(self) -> Settings:
+        """The `new` mark is in the catalogue's records, which a worker reads only with the rules on."""
+        if self.new_items_share and not self.catalogue_rules:
+            raise ValueError("NEXTCLICK_NEW_ITEMS_SHARE needs NEXTCLICK_CATALOGUE_RULES=true")
+        return self
 
     @field_validator("exclude_seen", mode="before")
     @classmethod

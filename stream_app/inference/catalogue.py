@@ -25,7 +25,7 @@ NO_CATEGORY = 0  # the category code of an item without one
 
 
 class CatalogueView:
-    """The catalogue over one model's item index: which of its items are hidden, and each one's category code.
+    """The catalogue over one model's item index: which of its items are hidden or new, and each one's category code.
 
     It covers the model's first `covered` items (all of them, unless the model learns items as it serves)."""
 
@@ -52,6 +52,10 @@ class CatalogueView:
     def hidden(self, items: np.ndarray) -> np.ndarray:
         """Which of `items` (covered model indices, any shape) are unavailable or blocked."""
         return (self.flags[items] & HIDDEN) != 0
+
+    def marked_new(self, items: np.ndarray) -> np.ndarray:
+        """Which of `items` (covered model indices, any shape) the catalogue marks `new`."""
+        return (self.flags[items] & NEW) != 0
 
     def in_categories(self, items: np.ndarray, names: Iterable[str]) -> np.ndarray:
         """Which of `items` (model indices) belong to one of the named categories."""
