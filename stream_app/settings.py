@@ -224,6 +224,15 @@ class Settings(BaseSettings):
         "`rules` (docs/serving.md, Catalogue and rules); a worker then serves only once it has read the catalogue "
         "to its end. Off: the worker does not read the catalogue, and suggestions are the model's own.",
     )
+    new_items_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of each suggestion's `top_k` places (rounded down) kept for the available items the "
+        "catalogue marks `new` among the pipeline's candidates: the best-scored of them take those places however "
+        "they rank; places no new candidate takes go back to the ranking, and nothing the pipeline did not score is "
+        "added. 0: off. Needs `NEXTCLICK_CATALOGUE_RULES` (docs/serving.md, Catalogue and rules).",
+    )
     catalogue_max_record_bytes: int = Field(
         default=4_096, ge=64, description="Larger catalogue records go to the dead-letter topic."
     )
@@ -283,7 +292,8 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between the worker's metadata requests to the broker, which tell whether it "
         "answers and whether the clicks, recommendations, dead-letter and changelog topics exist with "
-        "`NEXTCLICK_PARTITIONS` partitions (`/readyz`'s `broker_reachable` and `topics_present`).",
+        "`NEXTCLICK_PARTITIONS` partitions, and the catalogue topic with those it had at the worker's start "
+        "(`/readyz`'s `broker_reachable` and `topics_present`).",
     )
     broker_ready_grace: float = Field(
         default=30.0,
@@ -328,11 +338,10 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _knn_without_catalogue_rules(self) -> Settings:
-        """The catalogue's item table covers an artifact's items; the `vsknn` pipeline's items grow with the
-        stream (docs/serving.md, Session-kNN)."""
-        if self.serving_model == "vsknn" and self.catalogue_rules:
-            raise ValueError("NEXTCLICK_SERVING_MODEL=vsknn needs NEXTCLICK_CATALOGUE_RULES=false")
+    def _new_items_share_reads_the_catalogue(self) -> Settings:
+        """The `new` mark is in the catalogue's records, which a worker reads only with the rules on."""
+        if self.new_items_share and not self.catalogue_rules:
+            raise ValueError("NEXTCLICK_NEW_ITEMS_SHARE needs NEXTCLICK_CATALOGUE_RULES=true")
         return self
 
     @field_validator("exclude_seen", mode="before")

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from stream_app.inference.catalogue import CatalogueView
+from stream_app.inference.new_items import new_candidates, new_places, with_new_items
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.serving_rules import allowed_candidates, refused_items, topped_up
 from stream_app.inference.suggestion import Judgement, SourcedClick, Suggestion
@@ -140,10 +141,13 @@ class SessionRecommender:
         variant: str = "current",
         observe_inference: Callable[[float], None] = lambda seconds: None,
         catalogue: CatalogueView | None = None,
+        new_items_share: float = 0.0,
     ) -> None:
         self.observe_inference = observe_inference  # gets the wall time of each model call
         # what may be shown, and clicks' own rules applied (`stream_app.inference.serving_rules`); None: neither
         self.catalogue = catalogue
+        # places of each suggestion kept for the items the catalogue marks new (`stream_app.inference.new_items`)
+        self.new_places = new_places(new_items_share, top_k)
         self.scorer = scorer
         self.top_k = top_k
         self.max_history = max_history
@@ -160,6 +164,7 @@ class SessionRecommender:
             "max_history": settings.max_history,
             "session_ttl": settings.session_ttl,
             "exclude_seen": scorer.exclusion_policy(settings.exclude_seen)[0],
+            "new_items_share": settings.new_items_share,
         }
         return cls(scorer, **options | overrides)
 
@@ -172,6 +177,8 @@ class SessionRecommender:
         records (`SessionState.dumps`, as the worker's table does) and is only read: the caller
         writes `BatchResult.states` back, in whatever context and form its store needs.
         """
+        if self.catalogue is not None:
+            self.catalogue.cover_new_items()
         session_ids = dict.fromkeys(sourced.click.session_id for sourced in clicks)
         sessions = {session_id: self._load(table.get(session_id.encode()), now) for session_id in session_ids}
         self._rebuild_stale([session for session in sessions.values() if session.stale])
@@ -272,6 +279,7 @@ class SessionRecommender:
         scorer = self.scorer
         indices = {p: scorer.index_of(clicks[p].click.item_id) for p in positions}
         stepped = [p for p in positions if indices[p] is not None]
+        new_in_row: dict[int, set[int]] = {}  # the candidates marked new, of the rows that have some
         if stepped:
             hidden = None
             if scorer.stateful:
@@ -297,8 +305,10 @@ class SessionRecommender:
                 top_items, top_scores = result.top_items[:, :read].tolist(), result.top_scores[:, :read].tolist()
             else:  # every candidate: the next ones take the places of those the rules refuse
                 rules = [clicks[p].click.rules for p in stepped]
-                top_items = allowed_candidates(self.catalogue, result.top_items, rules).tolist()
-                top_scores = result.top_scores.tolist()
+                allowed = allowed_candidates(self.catalogue, result.top_items, rules)
+                if self.new_places:
+                    new_in_row = new_candidates(self.catalogue, allowed)
+                top_items, top_scores = allowed.tolist(), result.top_scores.tolist()
         rows = {p: row for row, p in enumerate(stepped)}
 
         for p in positions:
@@ -315,7 +325,11 @@ class SessionRecommender:
                 row = rows[p]
                 if result.next_hidden is not None:
                     session.hidden = result.next_hidden[:, row, :].copy()
-                items, scores = scorer.select(top_items[row], top_scores[row], self.top_k, exclude)
+                if row in new_in_row:
+                    items, scores = with_new_items(top_items[row], top_scores[row], self.top_k, exclude,
+                                                   new_in_row[row], self.new_places)
+                else:
+                    items, scores = scorer.select(top_items[row], top_scores[row], self.top_k, exclude)
                 source = "model"
             else:
                 items, scores = ([], []) if self.catalogue is not None else scorer.popular(self.top_k, exclude)

@@ -37,7 +37,7 @@ from stream_app.inference.sessions import SessionState
 from stream_app.inference.suggestion import SourcedClick, Suggestion
 from stream_app.kafka_security import aiokafka_client_kwargs, faust_credentials
 from stream_app.settings import get_settings
-from stream_app.worker.broker_watch import BrokerWatch
+from stream_app.worker.broker_watch import BrokerWatch, worker_topics
 from stream_app.worker.catalogue_reader import CatalogueReader
 from stream_app.worker.clicks_reader import ClicksReader
 from stream_app.worker.dead_letters import dead_letter
@@ -155,9 +155,8 @@ def expected_topics() -> dict[str, int] | None:
     """The worker's topics and their partition counts, once they all exist (None before: nothing to verify)."""
     if not (output_topics_declared.is_set() and recovered_once(app)):  # faust has created clicks and changelog
         return None
-    names = (settings.clicks_topic, settings.recommendations_topic, settings.dead_letter_topic,
-             sessions.changelog_topic.get_topic_name())
-    return dict.fromkeys(names, settings.partitions)
+    catalogue_partitions = catalogue_reader.partitions if catalogue_reader is not None else None
+    return worker_topics(settings, sessions.changelog_topic.get_topic_name(), catalogue_partitions)
 
 
 @app.task

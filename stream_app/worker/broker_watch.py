@@ -9,7 +9,8 @@ metadata (all topics: asking for named ones could make a broker create them) eve
 `/readyz`:
 
 - `broker_reachable`: false once `NEXTCLICK_BROKER_READY_GRACE` seconds passed without an answer;
-- `topics_present`: false while one of the worker's topics is missing or has another partition count.
+- `topics_present`: false while one of the worker's topics (`worker_topics`) is missing or has another partition
+  count.
 
 While topics are missing the worker serves no batch (`wait_for_topics`): its clicks stay uncommitted
 and nothing is counted as published. Each fault is logged in one line and counted
@@ -26,11 +27,23 @@ from typing import Any
 
 from aiokafka import AIOKafkaClient
 
+from stream_app.settings import Settings
 from stream_app.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
 BROKER_FAULTS = ("unreachable", "topics_missing")  # the `fault` label of nextclick_broker_faults_total
+
+
+def worker_topics(settings: Settings, changelog: str, catalogue_partitions: int | None) -> dict[str, int]:
+    """The topics a worker needs and their partition counts: the clicks, recommendations, dead-letter and changelog
+    topics with `NEXTCLICK_PARTITIONS`; the catalogue topic, which the worker reads outside the consumer group, with
+    the partitions it had when the worker started reading it (`catalogue_partitions`; None: not read, or not yet)."""
+    names = (settings.clicks_topic, settings.recommendations_topic, settings.dead_letter_topic, changelog)
+    topics = dict.fromkeys(names, settings.partitions)
+    if catalogue_partitions is not None:
+        topics[settings.catalogue_topic] = catalogue_partitions
+    return topics
 
 
 class BrokerWatch:

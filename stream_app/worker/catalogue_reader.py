@@ -49,6 +49,7 @@ class CatalogueReader:
         self.metrics = metrics
         self.dead_letter = dead_letter  # True once the broker took the dead letter
         self.loaded = asyncio.Event()
+        self.partitions: int | None = None  # the topic's, when the worker started reading it (None: not yet known)
         metrics.catalogue_items.set_function(lambda: catalogue.items)
 
     async def run(self) -> None:
@@ -80,6 +81,7 @@ class CatalogueReader:
                     continue
                 if ends is None and consumer.assignment():  # the partitions the topic had at the start
                     ends = await consumer.end_offsets(list(consumer.assignment()))
+                    self.partitions = len(ends)
                 if ends is not None and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
                     self.loaded.set()
                     logger.info("catalogue %s read to its end: %d items with a record, in %.2f s",

@@ -1,6 +1,7 @@
 """The item table and the rules at serving time, on a real (tiny) artifact without a broker: hidden items are never
 suggested, a suggestion keeps its K items (the model's next candidates, then popular ones), clicks' rules hold, an
-empty catalogue changes nothing, and records survive a change of the served model."""
+empty catalogue changes nothing, new items get the share's places, and records survive a change of the served
+model."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ HIDDEN = ItemRecord(available=False)
 _offsets = itertools.count()
 
 
-def engine(scorer: Scorer, catalogue: Catalogue | None) -> SessionRecommender:
+def engine(scorer: Scorer, catalogue: Catalogue | None, new_items_share: float = 0.0) -> SessionRecommender:
     view = catalogue.view(scorer) if catalogue is not None else None
     return SessionRecommender(scorer, top_k=TOP_K, max_history=50, session_ttl=1800.0, exclude_seen=True,
-                              catalogue=view)
+                              catalogue=view, new_items_share=new_items_share)
 
 
 def served(recommender: SessionRecommender, items: list[str], rules: ClickRules | None = None) -> list[Suggestion]:
@@ -75,6 +76,22 @@ def test_a_suggestion_whose_candidates_run_dry_is_topped_up_with_popular_shown_i
     popular = [scorer.item_ids[i] for i in scorer.popular_order.tolist()
                if scorer.item_ids[i] not in hidden | set(clicks)]
     assert after.items[1:] == popular[: TOP_K - 1]
+
+
+def test_the_best_new_candidates_below_k_take_the_shares_places(scorer: Scorer) -> None:
+    clicks = scorer.item_ids[5:8]
+    hidden_state = scorer.zero_hidden(1)
+    for item in clicks:  # the last click's candidates: the graph's whole top N
+        step = scorer.step(np.array([scorer.index_of(item)]), hidden_state)
+        hidden_state = step.next_hidden
+    ranked = [scorer.item_ids[i] for i in step.top_items[0].tolist() if scorer.item_ids[i] not in clicks]
+    catalogue = Catalogue()
+    for position in (24, 29, 30):
+        catalogue.apply(ranked[position], ItemRecord(available=True, new=True))
+    catalogue.apply(ranked[21], ItemRecord(available=False, new=True))
+    [*_, suggestion] = served(engine(scorer, catalogue, new_items_share=0.1), clicks)  # 2 places of 20
+    assert suggestion.items == ranked[:18] + [ranked[24], ranked[29]] and suggestion.source == "model"
+    assert suggestion.scores == sorted(suggestion.scores, reverse=True)
 
 
 def test_an_unknown_click_gets_popular_items_the_catalogue_shows(scorer: Scorer) -> None:

@@ -1,9 +1,11 @@
 """/readyz follows the broker: a frozen broker makes the worker not ready within NEXTCLICK_BROKER_READY_GRACE (and
 ready again on its own once it answers), a memory broker that restarted empty makes it not ready with "topics
-missing" and stops its serving; /livez answers 200 throughout. Each test runs its own embedded broker."""
+missing" and stops its serving; /livez answers 200 throughout. Each test runs its own embedded broker. The topics
+checked include the catalogue topic, with the partitions it had when the worker started reading it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,7 +18,8 @@ from typing import Any
 import pytest
 
 from devtools.embedded_broker import EmbeddedBroker
-from stream_app.worker.broker_watch import BrokerWatch
+from stream_app.settings import Settings
+from stream_app.worker.broker_watch import BrokerWatch, worker_topics
 from stream_app.worker.metrics import WorkerMetrics
 
 GRACE = 3.0
@@ -145,3 +148,27 @@ def test_missing_topics_count_once_two_answers_in_a_row_report_them() -> None:
     assert metrics.registry.get_sample_value("nextclick_broker_faults_total", {"fault": "topics_missing"}) == 1
     watch.topics_found([])
     assert watch.topics_present() and watch.topics_ok.is_set()
+
+
+def test_the_catalogue_topic_is_checked_with_the_partitions_it_had_once_the_worker_reads_it() -> None:
+    settings = Settings(partitions=4)
+    changelog = "app-sessions-changelog"
+    plain = worker_topics(settings, changelog, catalogue_partitions=None)
+    assert plain == dict.fromkeys(
+        (settings.clicks_topic, settings.recommendations_topic, settings.dead_letter_topic, changelog), 4)
+    ruled = worker_topics(settings, changelog, catalogue_partitions=1)
+    assert ruled == plain | {settings.catalogue_topic: 1}
+
+    class Cluster:  # what the broker's metadata answer says: the catalogue topic re-created with 3 partitions
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(3 if topic == settings.catalogue_topic else 4))
+
+    class Client:
+        async def fetch_all_metadata(self) -> Cluster:
+            return Cluster()
+
+    watch = BrokerWatch(WorkerMetrics(), grace=10.0)
+    for _ in range(2):  # a problem counts once two answers in a row report it
+        asyncio.run(watch.check(Client(), ruled, timeout=1.0))
+    assert watch.reasons() == {"topics_present": f"topics missing: {settings.catalogue_topic} has 3 partitions, "
+                                                 "expected 1"}
