@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
-import hnswlib
 import numpy as np
 
 from bench.stream_throughput import test_sessions
@@ -128,6 +127,8 @@ def faiss_ivf(lists_per_sqrt: int, probes: tuple[int, ...]) -> Candidate:
 
 def hnswlib_hnsw(m: int, ef_construction: int, efs: tuple[int, ...]) -> Candidate:
     def build(vectors: np.ndarray):
+        import hnswlib  # here: bench/big_catalogue.py borrows this module's vectors where hnswlib is not installed
+
         index = hnswlib.Index(space="ip", dim=vectors.shape[1])
         index.init_index(max_elements=len(vectors), M=m, ef_construction=ef_construction)
         index.add_items(vectors, num_threads=os.cpu_count())

@@ -17,6 +17,8 @@ import sys
 
 from faust.cli.faust import cli
 
+from stream_app.inference.providers import ProviderUnavailable, requested_providers
+
 WORKER_HELP = """Run a nextclick worker: read clicks, keep each session's state in the `sessions` table (its
 changelog lets a restarted worker carry on), publish suggestions, follow the artifact store's promotions
 (or serve NEXTCLICK_SERVING_ARTIFACT_DIR), and serve /metrics, /livez and /readyz on NEXTCLICK_WEB_PORT.
@@ -24,12 +26,17 @@ Configured by NEXTCLICK_* variables (`python -m stream_app.settings --markdown`)
 
 
 def main() -> None:
-    """faust's command line with nextclick's help; the worker's table folder is made when it starts."""
+    """faust's command line with nextclick's help; a worker that can never score as configured (no CUDA for
+    NEXTCLICK_INFERENCE_PROVIDER=cuda) stops at once, and its table folder is made when it starts."""
     cli.help = __doc__.replace("\n\n    python", "\n\n\b\n    python", 1)  # \b: click keeps those lines as written
     cli.commands["worker"].help = WORKER_HELP
     from stream_app.worker.app import app, settings
 
     if "worker" in sys.argv[1:]:
+        try:
+            requested_providers(settings.inference_provider)
+        except ProviderUnavailable as error:
+            sys.exit(f"nextclick worker: {error}")
         settings.table_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level of it
     app.main()
 

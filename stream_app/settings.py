@@ -199,6 +199,12 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."
     )
+    inference_provider: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where onnxruntime scores: `auto` on the GPU when onnxruntime has CUDA (onnxruntime-gpu) and it "
+        "starts, else on the CPU; `cpu` never on a GPU; `cuda` only on the GPU: the worker refuses to start where "
+        "onnxruntime has no CUDA, and to load a version where CUDA does not start (docs/serving.md, Serving on a GPU).",
+    )
     topk_index: Literal["auto", "exact", "ann"] = Field(
         default="auto",
         description="How a retriever's top K is found: `exact` scores the whole catalogue in its graph; `ann` "

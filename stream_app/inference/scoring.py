@@ -8,7 +8,8 @@ DIEN re-ranking the retriever's top N: two-stage score = prior_weight x retrieve
 (`training.trainers.dien`), the re-ranked N served best first. The retrievers' graphs return a fixed K
 (larger than the served top_k) so that items the session already clicked can be dropped and enough remain. That
 top K is the graph's own (exact: the whole catalogue scored), or, for a big catalogue, the retriever's query graph
-followed by a search of the artifact's item index (`stream_app.inference.item_index`, NEXTCLICK_TOPK_INDEX).
+followed by a search of the artifact's item index (`stream_app.inference.item_index`, NEXTCLICK_TOPK_INDEX). The graphs
+score on CUDA or the CPU as `stream_app.inference.providers` decides (NEXTCLICK_INFERENCE_PROVIDER).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import onnxruntime as ort
 
 from stream_app.inference.artifact_format import ITEM_IDS, METRICS, POPULARITY, ArtifactError, verify_artifact
 from stream_app.inference.item_index import ItemIndex
+from stream_app.inference.providers import inference_session
 from stream_app.inference.suggestion import item_hash
 from stream_app.settings import Settings
 
@@ -34,6 +36,7 @@ PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
 # items: shoppers often go back to a product page they saw (docs/experiments.md, Figures moved out of code).
 UNMEASURED_EXCLUDE_SEEN = False
 TOPK_INDEX_MIN_ITEMS: int = Settings.model_fields["topk_index_min_items"].default  # `auto`'s default threshold
+INFERENCE_PROVIDER: str = Settings.model_fields["inference_provider"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +64,6 @@ def searches_index(setting: str, n_items: int, min_items: int, spec: dict) -> bo
     return setting == "ann" or (setting == "auto" and "index" in spec and n_items >= min_items)
 
 
-def preferred_providers() -> list[str]:
-    """CUDA when this onnxruntime build and machine have it, CPU always as the fallback."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 @functools.cache
 def share_cpu_arena() -> None:
     """One CPU memory arena for every onnxruntime session of the process (current, canary, a swap's checks),
@@ -83,7 +80,8 @@ class Scorer:
     """One loaded artifact serving one pipeline: its ONNX sessions, the item vocabulary and popularity."""
 
     def __init__(self, artifact_dir: Path, intra_op_threads: int = 0, pipeline: str = MODEL_NAME,
-                 topk_index: str = "auto", topk_index_min_items: int = TOPK_INDEX_MIN_ITEMS) -> None:
+                 topk_index: str = "auto", topk_index_min_items: int = TOPK_INDEX_MIN_ITEMS,
+                 provider: str = INFERENCE_PROVIDER) -> None:
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         self.artifact_dir = Path(artifact_dir)
@@ -126,9 +124,7 @@ class Scorer:
         if searches_index(topk_index, len(self.item_ids), topk_index_min_items, spec):
             self.index = ItemIndex(self.artifact_dir, spec["index"], len(self.item_ids))
             graph = spec["query_file"]
-        self.session = ort.InferenceSession(
-            str(self.artifact_dir / graph), sess_options=options, providers=preferred_providers()
-        )
+        self.session = inference_session(self.artifact_dir / graph, options, provider)
         self.reranker: ort.InferenceSession | None = None
         self.reranker_len = 0
         if reranker:
@@ -138,9 +134,7 @@ class Scorer:
                     f"{self.artifact_dir}: dien re-ranks {dien['retriever']}'s top {dien['n_candidates']}, "
                     f"not {retriever}'s top {self.graph_top_k}"
                 )
-            self.reranker = ort.InferenceSession(
-                str(self.artifact_dir / dien["file"]), sess_options=options, providers=preferred_providers()
-            )
+            self.reranker = inference_session(self.artifact_dir / dien["file"], options, provider)
             self.n_candidates = int(dien["n_candidates"])
             self.reranker_len = int(dien["max_len"])
             self.prior_weight: float | None = dien.get("prior_weight")
@@ -173,6 +167,7 @@ class Scorer:
 
     @property
     def provider(self) -> str:
+        """The onnxruntime provider the retriever scores on, as it got it (`stream_app.inference.providers`)."""
         return self.session.get_providers()[0]
 
     def index_of(self, item_id: str) -> int | None:

@@ -128,7 +128,7 @@ class ServedModel:
         serves the worker's session index as the artifact's version (`stream_app.inference.live_knn`)."""
         settings, neighbours = self.settings, self.neighbours
         scorer = Scorer(directory, settings.inference_threads, MODEL_NAME if neighbours else settings.serving_model,
-                        settings.topk_index, settings.topk_index_min_items)
+                        settings.topk_index, settings.topk_index_min_items, settings.inference_provider)
         created = created_timestamp(directory)
         with neighbours.lock if neighbours else contextlib.nullcontext():
             if neighbours:

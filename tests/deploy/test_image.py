@@ -125,6 +125,13 @@ def test_serving_installs_no_torch_and_training_pins_it_as_pyproject_does() -> N
     assert pin == f"torch=={torch_version}"
 
 
+def test_the_cuda_image_installs_the_onnxruntime_gpu_of_the_gpu_extra() -> None:
+    arguments = dict(value.split("=", 1) for value in values(stages()["serving-build"], "ARG") if "=" in value)
+    assert PYPROJECT["project"]["optional-dependencies"]["gpu"] == [
+        f"onnxruntime-gpu=={arguments['ONNXRUNTIME_GPU_VERSION']}"
+    ]
+
+
 def test_the_image_sets_every_folder_setting() -> None:
     """The settings' folder defaults point into a source checkout, which an installed package is not."""
     env = environment(ancestry("serving", stages()))
