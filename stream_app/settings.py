@@ -176,25 +176,33 @@ class Settings(BaseSettings):
         description="Serve this fixed artifact directory (see `stream_app.inference.scoring`) and never swap; "
         "unset: serve the store's current version and follow its promotions.",
     )
-    serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien", "vsknn"] = Field(
+    serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien", "vsknn", "artifact"] = Field(
         default="gru4rec",
         description="What serves: a retriever (GRU4Rec, NARM) or a retriever whose top N DIEN re-ranks; "
         "the artifact must hold the models it names. `vsknn`: session-kNN over the sessions the worker has read "
-        "from the clicks topic (docs/serving.md, Session-kNN); the artifact gives its version and popular items.",
+        "from the clicks topic (docs/serving.md, Session-kNN); the artifact gives its version and popular items. "
+        "`artifact`: the pipeline the artifact records, chosen on validation by `training.retrain "
+        "--choose-pipeline` (a retriever, `vsknn`, or their blend: docs/serving.md, Blend); GRU4Rec where it "
+        "records none.",
     )
     knn_sessions: int = Field(
         default=1_000_000, ge=1,
-        description="Sessions the `vsknn` pipeline indexes: the most recent to start (a new one replaces the oldest).",
+        description="Sessions the live kNN index holds (`vsknn`, `artifact`): the most recent to start (a new one "
+        "replaces the oldest).",
     )
     knn_window: float = Field(
         default=86_400.0, gt=0,
-        description="Seconds of the clicks topic a `vsknn` worker reads into its index when it starts, before it "
-        "serves (records older than that are skipped; the index keeps at most `NEXTCLICK_KNN_SESSIONS`).",
+        description="Seconds of the clicks topic a `vsknn` or `artifact` worker reads into its index when it starts, "
+        "before it serves (records older than that are skipped; the index keeps at most `NEXTCLICK_KNN_SESSIONS`).",
     )
-    knn_neighbours: int = Field(default=100, ge=1, description="Neighbour sessions V-SKNN scores with (k).")
+    knn_neighbours: int = Field(
+        default=100, ge=1,
+        description="Neighbour sessions V-SKNN scores with (k); with `artifact`, the artifact's own value serves.",
+    )
     knn_sample_size: int = Field(
         default=1_000, ge=0,
-        description="Most recent sessions sharing an item with the session that V-SKNN compares it with (0: all).",
+        description="Most recent sessions sharing an item with the session that V-SKNN compares it with (0: all); "
+        "with `artifact`, the artifact's own value serves.",
     )
     inference_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."
@@ -329,10 +337,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _knn_without_catalogue_rules(self) -> Settings:
-        """The catalogue's item table covers an artifact's items; the `vsknn` pipeline's items grow with the
-        stream (docs/serving.md, Session-kNN)."""
-        if self.serving_model == "vsknn" and self.catalogue_rules:
-            raise ValueError("NEXTCLICK_SERVING_MODEL=vsknn needs NEXTCLICK_CATALOGUE_RULES=false")
+        """The catalogue's item table covers an artifact's items; the kNN pipelines' items grow with the stream
+        (docs/serving.md, Session-kNN), and `artifact` may serve one."""
+        if self.serving_model in ("vsknn", "artifact") and self.catalogue_rules:
+            raise ValueError(f"NEXTCLICK_SERVING_MODEL={self.serving_model} needs NEXTCLICK_CATALOGUE_RULES=false")
         return self
 
     @field_validator("exclude_seen", mode="before")
