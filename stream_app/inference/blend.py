@@ -45,7 +45,7 @@ def by_max(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def blend(neural_items: np.ndarray, neural_scores: np.ndarray, knn_items: np.ndarray, knn_scores: np.ndarray,
           weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The K best items of each row's union and their fused scores (float32), best first (module docstring).
+    """The K best items of each row's union and their fused scores (float64), best first (module docstring).
 
     `neural_items` [B, N] and `knn_items` [B, M] (int64, best first, `NO_ITEM` for an empty place; an item at
     most once per row and list), their scores alike. A row whose union holds fewer than K items ends in
@@ -78,5 +78,5 @@ def blend(neural_items: np.ndarray, neural_scores: np.ndarray, knn_items: np.nda
     order = np.lexsort((minor, major, np.where(valid, -fused, np.inf)), axis=1)[:, :k]
     best = np.take_along_axis(valid, order, axis=1)
     top_items = np.where(best, np.take_along_axis(items, order, axis=1), NO_ITEM)
-    top_scores = np.where(best, np.take_along_axis(fused, order, axis=1), -np.inf).astype(np.float32)
+    top_scores = np.where(best, np.take_along_axis(fused, order, axis=1), -np.inf)
     return top_items, top_scores
