@@ -71,7 +71,9 @@ class BlendedScorer(Scorer):
             neural_scores[known] = result.top_scores
             if result.next_hidden is not None:
                 next_hidden[:, known] = result.next_hidden
-        knn = self.knn.score(item_indices, None, [window[-self.knn.window:] for window in windows], session_ids)
+        if self.knn.window < self.window:  # the neural model reads longer windows than V-SKNN
+            windows = [window[-self.knn.window:] for window in windows]
+        knn = self.knn.score(item_indices, None, windows, session_ids)
         top_items, top_scores = blend(neural_items, neural_scores, knn.top_items, knn.top_scores, self.weight,
                                       self.graph_top_k)
         return StepResult(top_items, top_scores, next_hidden)
