@@ -103,7 +103,7 @@ class ServedModel:
     def __init__(self, settings: Settings, metrics: WorkerMetrics, loaded: asyncio.Event,
                  catalogue: Catalogue | None = None, neighbours: LiveNeighbours | None = None) -> None:
         self.settings = settings
-        self.neighbours = neighbours  # the `vsknn` pipeline's session index; None: a model pipeline serves
+        self.neighbours = neighbours  # the kNN pipelines' live index (`vsknn`, `artifact`); None: none kept
         self.metrics = metrics
         self.catalogue = catalogue  # what may be shown; each version served gets its view of it (None: no rules)
         self.loaded = loaded  # set once a first model serves (readiness)
