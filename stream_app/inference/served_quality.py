@@ -38,8 +38,8 @@ PROTOCOL = (
     "session but its last, against the next click; unknown targets count as misses"
 )
 SESSIONS_PER_CALL = 1024  # held-out sessions replayed per `recommend` call (bounds the batch)
-# ... for a pipeline that reads a live index of sessions, which learns each chunk once it is served: a session's
-# neighbours are the sessions of the chunks before its own, so a small chunk loses few of them
+# the same for a pipeline that reads a live index of sessions, which learns each chunk once it is served: a
+# session's neighbours are the sessions of the chunks before its own, so a small chunk loses few of them
 INDEXED_SESSIONS_PER_CALL = 64
 
 
