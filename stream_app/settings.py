@@ -176,25 +176,33 @@ class Settings(BaseSettings):
         description="Serve this fixed artifact directory (see `stream_app.inference.scoring`) and never swap; "
         "unset: serve the store's current version and follow its promotions.",
     )
-    serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien", "vsknn"] = Field(
+    serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien", "vsknn", "artifact"] = Field(
         default="gru4rec",
         description="What serves: a retriever (GRU4Rec, NARM) or a retriever whose top N DIEN re-ranks; "
         "the artifact must hold the models it names. `vsknn`: session-kNN over the sessions the worker has read "
-        "from the clicks topic (docs/serving.md, Session-kNN); the artifact gives its version and popular items.",
+        "from the clicks topic (docs/serving.md, Session-kNN); the artifact gives its version and popular items. "
+        "`artifact`: the pipeline the artifact records, chosen on validation by `training.retrain "
+        "--choose-pipeline` (a retriever, `vsknn`, or their blend: docs/serving.md, Blend); GRU4Rec where it "
+        "records none.",
     )
     knn_sessions: int = Field(
         default=1_000_000, ge=1,
-        description="Sessions the `vsknn` pipeline indexes: the most recent to start (a new one replaces the oldest).",
+        description="Sessions the live kNN index holds (`vsknn`, `artifact`): the most recent to start (a new one "
+        "replaces the oldest).",
     )
     knn_window: float = Field(
         default=86_400.0, gt=0,
-        description="Seconds of the clicks topic a `vsknn` worker reads into its index when it starts, before it "
-        "serves (records older than that are skipped; the index keeps at most `NEXTCLICK_KNN_SESSIONS`).",
+        description="Seconds of the clicks topic a `vsknn` or `artifact` worker reads into its index when it starts, "
+        "before it serves (records older than that are skipped; the index keeps at most `NEXTCLICK_KNN_SESSIONS`).",
     )
-    knn_neighbours: int = Field(default=100, ge=1, description="Neighbour sessions V-SKNN scores with (k).")
+    knn_neighbours: int = Field(
+        default=100, ge=1,
+        description="Neighbour sessions V-SKNN scores with (k); with `artifact`, the artifact's own value serves.",
+    )
     knn_sample_size: int = Field(
         default=1_000, ge=0,
-        description="Most recent sessions sharing an item with the session that V-SKNN compares it with (0: all).",
+        description="Most recent sessions sharing an item with the session that V-SKNN compares it with (0: all); "
+        "with `artifact`, the artifact's own value serves.",
     )
     inference_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."

@@ -34,6 +34,7 @@ from training.data.click_log import ClickLog
 from training.evaluation.evaluate import CUTOFFS, RankingMetrics
 from training.evaluation.plots import plot_training_curve
 from training.model_training import RetrainData, RetrainPlan, TrainedModels
+from training.pipeline_choice import PipelineChoice
 from training.progress import StageClock, TrainingHistory
 from training.tuning.search import TuningResult
 
@@ -120,20 +121,22 @@ def new_version() -> str:
 
 def write_artifact_metadata(directory: Path, *, version: str, trained_by: str, item_ids: np.ndarray,
                             popularity: np.ndarray, config: dict, metrics: dict, models: dict[str, dict],
-                            lineage: dict | None = None) -> Path:
+                            lineage: dict | None = None, serving_pipeline: dict | None = None) -> Path:
     """Write the data files and the manifest around model files already saved in `directory`.
     `trained_by` is the `code_version()` read when training started (the tree may change meanwhile)."""
     write_json(directory / ITEM_IDS, [str(i) for i in item_ids])
     np.save(directory / POPULARITY, np.asarray(popularity, dtype=np.int64))
     write_json(directory / CONFIG, config)
     write_json(directory / METRICS, metrics)
-    return write_manifest(directory, version=version, code_version=trained_by, models=models, lineage=lineage)
+    return write_manifest(directory, version=version, code_version=trained_by, models=models, lineage=lineage,
+                          serving_pipeline=serving_pipeline)
 
 
 def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: RetrainPlan, data: RetrainData,
                            trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock,
-                           tuning: TuningResult | None = None) -> Path:
-    """The artifact of a retrain in `out` (created if needed); its manifest's path."""
+                           tuning: TuningResult | None = None, choice: PipelineChoice | None = None) -> Path:
+    """The artifact of a retrain in `out` (created if needed); its manifest's path. `choice`: the serving pipeline
+    chosen on validation, recorded in the manifest and, with its figures, in the metrics."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / REPLAY, replay_record(data.train_log, REPLAY_KEEP))
     with clock.stage("ONNX exports and training curves"):
@@ -150,9 +153,11 @@ def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: Re
         return write_artifact_metadata(
             out, version=version, trained_by=trained_by, item_ids=data.split.item_map.ids,
             popularity=data.split.popularity, config=config_record(plan, trained),
-            metrics=metrics_record(data, trained, rows, clock, plan) | served,
+            metrics=metrics_record(data, trained, rows, clock, plan) | served
+                    | ({} if choice is None else {"pipeline_choice": choice.record()}),
             models={name: t.manifest_entry for name, t in trained.models.items()},
             lineage={"kind": "full", "parent": None, "clicks": training_cutoff(data.train_log)},
+            serving_pipeline=None if choice is None else choice.chosen.to_dict(),
         )
 
     manifest = json.loads(sealed().read_text())

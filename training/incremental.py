@@ -190,7 +190,8 @@ def update(parent_dir: Path, new_log: ClickLog, out: Path, *, budget: UpdateBudg
     def sealed(**served: dict) -> Path:
         return write_artifact_metadata(out, version=version, trained_by=trained_by, item_ids=item_map.ids,
                                        popularity=popularity, config=parent.config, metrics=metrics | served,
-                                       models=models, lineage=lineage)
+                                       models=models, lineage=lineage,
+                                       serving_pipeline=parent.manifest.get("serving_pipeline"))
 
     manifest = json.loads(sealed().read_text())
     if held_out and settings is not None:

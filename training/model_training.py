@@ -277,10 +277,12 @@ def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: Tr
 
 @dataclass
 class TrainedModels:
-    """A retrain's models, in the order they were collected, and DIEN's two-stage figures ({} without DIEN)."""
+    """A retrain's models, in the order they were collected, DIEN's two-stage figures ({} without DIEN), and each
+    retriever's top-K of the test predictions (what a blend with V-SKNN fuses: `training.pipeline_choice`)."""
 
     models: dict[str, TrainedModel]
     two_stage: dict
+    retrievals: dict[str, Retrieval] = dataclasses.field(default_factory=dict)
 
 
 class ModelTraining:
@@ -304,7 +306,7 @@ class ModelTraining:
             for name in list(self.training):
                 self.collect(lanes, name)
             two_stage = self.evaluate_reranker(lanes, reranking) if reranking is not None else {}
-        return TrainedModels(self.trained, two_stage)
+        return TrainedModels(self.trained, two_stage, {name: test for name, (_, test) in self.retrievers.items()})
 
     def use_published_retriever(self, artifact: Path) -> None:
         with self.clock.stage(f"gru4rec of {artifact}: its test top-{self.plan.top_k}"):
@@ -361,10 +363,12 @@ class ModelTraining:
 
 def evaluated_models(trained: TrainedModels, split: EncodedSplit, clock: StageClock,
                      baselines: dict[str, BaselineParams] | None = None, train_times: np.ndarray | None = None,
-                     progress: bool = False) -> list[RankingMetrics]:
+                     progress: bool = False,
+                     more_rows: Callable[[list[RankingMetrics]], list[RankingMetrics]] | None = None,
+                     ) -> list[RankingMetrics]:
     """Every model's row and the baselines' on the same test predictions, printed as a table (with DIEN's
     two-stage figures): popularity, then `baselines` (`training.evaluation.baselines`; `train_times`: each
-    training session's last click, for STAN's time decay)."""
+    training session's last click, for STAN's time decay), then `more_rows(the rows so far)` (a blend's)."""
     rows: list[RankingMetrics] = []
     with clock.stage("evaluation"):
         for t in trained.models.values():
@@ -375,6 +379,8 @@ def evaluated_models(trained: TrainedModels, split: EncodedSplit, clock: StageCl
         with clock.stage(f"{name} baseline"):
             ranks = baseline_ranks(name, params, split, train_times=train_times, progress=progress)
         rows.append(RankingMetrics.from_ranks(name, ranks, split.test.n_dropped_clicks))
+    if more_rows is not None:
+        rows += more_rows(rows)
     print()
     print(format_table(rows))
     two_stage = trained.two_stage

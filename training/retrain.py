@@ -60,6 +60,7 @@ from training.model_training import (
     RetrainPlan,
     evaluated_models,
 )
+from training.pipeline_choice import choose_pipeline
 from training.progress import StageClock
 from training.trainers.device import DEVICES, training_device
 from training.trainers.dien import DIENTraining
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--tune-metric", choices=METRICS, default="mrr@20",
                         help="the validation figure to maximise (default: %(default)s)")
     tuning.add_argument("--tune-validation-fraction", type=float, default=0.1, metavar="F",
-                        help="the latest F of the training sessions validate (default: %(default)s)")
+                        help="the latest F of the training sessions validate (--tune, --choose-pipeline; default: "
+                             "%(default)s)")
     tuning.add_argument("--tune-epochs", type=int, metavar="E",
                         help="train each trial E epochs (default: each model's own n_epochs; the final training "
                              "always trains its own)")
@@ -148,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "validation (default: %(default)s; 0: the short budget's best wins)")
     tuning.add_argument("--tune-models", nargs="+", choices=TUNABLE, metavar="NAME",
                         help=f"search only these ({', '.join(TUNABLE)}; default: every model and baseline of the run)")
+    tuning.add_argument("--choose-pipeline", action="store_true",
+                        help="choose the pipeline that serves (each retriever, V-SKNN, or a retriever blended with "
+                             "V-SKNN at a weight of 0.1..0.9) by MRR@20 on the validation split and record it in the "
+                             "artifact (NEXTCLICK_SERVING_MODEL=artifact serves it); the test table gets the blend's "
+                             "row. Cost: every retriever trained once more, on the split's other sessions, then "
+                             "V-SKNN and the blends scored on the held-out ones and V-SKNN's lists on the test "
+                             "(training.pipeline_choice)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, help="write the artifact here and do not push it (default: build it in "
@@ -197,6 +206,9 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
                          "it needs --lanes 1")
     if args.lanes < 1:
         raise SystemExit("--lanes must be at least 1")
+    if args.choose_pipeline and (args.retriever_artifact or not any(m in chosen for m in RETRIEVERS)):
+        raise SystemExit("--choose-pipeline trains the retrievers on a validation split: it needs one in --models "
+                         "(and no --retriever-artifact, whose retriever cannot be trained again)")
     available = set(chosen) | ({"gru4rec"} if args.retriever_artifact else set())
     if "dien" in chosen and chosen["dien"].retriever not in available:
         raise SystemExit(f"DIEN re-ranks {chosen['dien'].retriever}'s candidates: add it to --models "
@@ -341,13 +353,22 @@ def main(argv: list[str] | None = None) -> Path:
         data = data_of(args, name, train_log, read_test_log())
     print(data.summary())
 
+    choice = None
+    if args.choose_pipeline:
+        knn_params = plan.baselines.get("vsknn") or training_params("vsknn", args.config)
+        choice = choose_pipeline(plan, train_log, args.tune_validation_fraction, knn_params, clock)
+
     trained = ModelTraining(plan, data.split, clock).run()
-    rows = evaluated_models(trained, data.split, clock, plan.baselines, session_end_times(train_log), plan.progress)
+    more_rows = None if choice is None else lambda rows: choice.test_rows(trained, data.split, rows, clock)
+    rows = evaluated_models(trained, data.split, clock, plan.baselines, session_end_times(train_log), plan.progress,
+                            more_rows)
+    if choice is not None:
+        print(choice.summary())
 
     version = new_version()
     out = args.out or staging_dir(version)
     write_retrain_artifact(out, version=version, trained_by=trained_by, plan=plan, data=data, trained=trained,
-                           rows=rows, clock=clock, tuning=tuning)
+                           rows=rows, clock=clock, tuning=tuning, choice=choice)
     print(f"\nartifact {version} written to {out}")
     publish_trained(out, data.test_log, args)
     return out

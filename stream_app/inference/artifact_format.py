@@ -25,6 +25,9 @@ them); no torch. An artifact is a directory:
     manifest.json    {"version", "created_at", "code_version", "models": {name: {"file", ...}},
                       "lineage": {"kind": "full" | "incremental", "parent": version | null,
                                   "clicks": where its training clicks end},
+                      "serving_pipeline": {"pipeline", "retriever", "weight", "vsknn"} (optional: the
+                                  pipeline chosen on validation, which NEXTCLICK_SERVING_MODEL=artifact serves;
+                                  `stream_app.inference.served_pipeline.ServingPipeline`),
                       "files": {file name: sha256}}, written last
 
 The manifest's sha256 of every other file lets a worker refuse a corrupt or partial copy.
@@ -69,9 +72,9 @@ def write_json(path: Path, payload) -> None:
 
 
 def write_manifest(directory: Path, *, version: str, code_version: str, models: dict[str, dict],
-                   lineage: dict | None = None) -> Path:
-    """Seal `directory`: a manifest naming its models, where its training data ends (`lineage`), and the sha256
-    of every other file in it."""
+                   lineage: dict | None = None, serving_pipeline: dict | None = None) -> Path:
+    """Seal `directory`: a manifest naming its models, where its training data ends (`lineage`), the pipeline
+    chosen to serve it (`serving_pipeline`, when one was chosen), and the sha256 of every other file in it."""
     files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
     write_json(directory / MANIFEST, {
         "version": version,
@@ -79,7 +82,8 @@ def write_manifest(directory: Path, *, version: str, code_version: str, models: 
         "code_version": code_version,
         "models": models,
         "files": {name: sha256_of(directory / name) for name in files},
-    } | ({"lineage": lineage} if lineage is not None else {}))
+    } | ({"lineage": lineage} if lineage is not None else {})
+      | ({"serving_pipeline": serving_pipeline} if serving_pipeline is not None else {}))
     return directory / MANIFEST
 
 

@@ -38,11 +38,14 @@ class LiveNeighbours:
         with self.lock:
             self.index.add(session_id, self.vocabulary.add(item_id))
 
-    def scorer(self, artifact: Scorer, window: int) -> ServedBaseline:
-        """V-SKNN over the index, reading each session's last `window` clicks, as `artifact`'s version (call it
-        under `lock`)."""
+    def scorer(self, artifact: Scorer, window: int, params: VSKNNParams | None = None) -> ServedBaseline:
+        """V-SKNN over the index (with `params`, None: the index's own), reading each session's last `window`
+        clicks, as `artifact`'s version (call it under `lock`)."""
         popularity = np.zeros(len(self.vocabulary.ids) + len(artifact.item_ids), dtype=np.float32)
         numbers = [self.vocabulary.add(item_id) for item_id in artifact.item_ids]
         popularity[numbers] = artifact.popularity
-        return ServedBaseline(PIPELINE, artifact.version, self.vocabulary, popularity[: len(self.vocabulary.ids)],
-                              self.model, window, artifact.graph_top_k, live_sessions=self.index.number_of)
+        model = self.model if params is None else VSKNN(self.index, params)
+        scorer = ServedBaseline(PIPELINE, artifact.version, self.vocabulary, popularity[: len(self.vocabulary.ids)],
+                                model, window, artifact.graph_top_k, live_sessions=self.index.number_of)
+        scorer.neighbours = self
+        return scorer

@@ -76,8 +76,20 @@ def share_cpu_arena() -> None:
     ort.create_and_register_allocator(cpu, arena)
 
 
+def measured_policy(artifact_dir: Path, pipeline: str) -> dict | None:
+    """`pipeline`'s served Recall@20 / MRR@20 per exclusion policy, as training measured them (metrics.json's
+    `served`); None: not measured."""
+    metrics_path = artifact_dir / METRICS
+    served = json.loads(metrics_path.read_text()).get("served", {}) if metrics_path.is_file() else {}
+    return served.get("pipelines", {}).get(pipeline)
+
+
 class Scorer:
     """One loaded artifact serving one pipeline: its ONNX sessions, the item vocabulary and popularity."""
+
+    # the live session index a pipeline of other sessions reads (`stream_app.inference.live_knn`), which a replay
+    # of held-out sessions feeds as it serves them (`stream_app.inference.served_quality`); None: a model's alone
+    neighbours = None
 
     def __init__(self, artifact_dir: Path, intra_op_threads: int = 0, pipeline: str = MODEL_NAME,
                  topk_index: str = "auto", topk_index_min_items: int = TOPK_INDEX_MIN_ITEMS,
@@ -140,10 +152,7 @@ class Scorer:
             self.prior_weight: float | None = dien.get("prior_weight")
         # clicks (model indices) the pipeline reads per session, the current one included; 0: none
         self.window = max(self.retriever_len, self.reranker_len)
-        metrics_path = self.artifact_dir / METRICS
-        served = json.loads(metrics_path.read_text()).get("served", {}) if metrics_path.is_file() else {}
-        # this pipeline's served Recall@20 / MRR@20 per exclusion policy, measured by training; None: not measured
-        self.measured: dict | None = served.get("pipelines", {}).get(pipeline)
+        self.measured: dict | None = measured_policy(self.artifact_dir, pipeline)
 
     def exclusion_policy(self, setting: str) -> tuple[bool, str]:
         """Whether to leave the session's clicked items out of its suggestions (NEXTCLICK_EXCLUDE_SEEN:

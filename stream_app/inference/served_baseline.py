@@ -77,7 +77,7 @@ class ServedBaseline(Scorer):
             excludes = np.fromiter((self.live_sessions.get(session_id, -1) for session_id in session_ids),
                                    dtype=np.int64, count=rows)
         top_items = np.empty((rows, k), dtype=np.int64)
-        top_scores = np.zeros((rows, k), dtype=np.float32)
+        top_scores = np.zeros((rows, k))  # float64 as computed: float32 would tie scores that differ
         for first in range(0, rows, CHUNK):
             chunk = slice(first, first + CHUNK)
             self._rank(windows[chunk], None if excludes is None else excludes[chunk], top_items[chunk],

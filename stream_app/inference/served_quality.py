@@ -26,7 +26,8 @@ from pathlib import Path
 
 from stream_app.inference.artifact_format import EXCLUSION_POLICIES
 from stream_app.inference.events import Click
-from stream_app.inference.scoring import PIPELINES, Scorer
+from stream_app.inference.scoring import MODEL_NAME, PIPELINES, Scorer
+from stream_app.inference.served_pipeline import ARTIFACT, ServingPipeline, served_scorer
 from stream_app.inference.sessions import BatchResult, SessionRecommender
 from stream_app.inference.suggestion import Judgement, SourcedClick, item_hash
 from stream_app.settings import Settings
@@ -37,6 +38,9 @@ PROTOCOL = (
     "session but its last, against the next click; unknown targets count as misses"
 )
 SESSIONS_PER_CALL = 1024  # held-out sessions replayed per `recommend` call (bounds the batch)
+# the same for a pipeline that reads a live index of sessions, which learns each chunk once it is served: a
+# session's neighbours are the sessions of the chunks before its own, so a small chunk loses few of them
+INDEXED_SESSIONS_PER_CALL = 64
 
 
 @dataclass(frozen=True)
@@ -65,15 +69,22 @@ def replayed(
     recommender: SessionRecommender, sessions: Sequence[Sequence[str]]
 ) -> Iterator[tuple[Sequence[Sequence[str]], BatchResult]]:
     """`sessions` (external ids) served by `recommender` click by click, a chunk of sessions per call: each
-    chunk and its result (suggestions in click order)."""
-    for start in range(0, len(sessions), SESSIONS_PER_CALL):
-        chunk = sessions[start : start + SESSIONS_PER_CALL]
+    chunk and its result (suggestions in click order). A pipeline that reads a live index of sessions (a kNN
+    pipeline's `neighbours`) starts from its index as it is, and the index learns each chunk once it is served, as
+    a worker's learns the stream: sessions in time order see the sessions before them, never themselves or later
+    ones."""
+    neighbours = recommender.scorer.neighbours
+    per_call = SESSIONS_PER_CALL if neighbours is None else INDEXED_SESSIONS_PER_CALL
+    for start in range(0, len(sessions), per_call):
+        chunk = sessions[start : start + per_call]
         clicks = [
-            SourcedClick(Click(str(number), str(item), 0.0), partition=0, offset=offset)
+            SourcedClick(Click(str(start + number), str(item), 0.0), partition=0, offset=offset)
             for number, session in enumerate(chunk)
             for offset, item in enumerate(session)
         ]
         yield chunk, recommender.recommend(clicks, {}, now=0.0)
+        for sourced in clicks if neighbours is not None else ():
+            neighbours.observe(sourced.click.session_id, sourced.click.item_id)
 
 
 def served_judgements(recommender: SessionRecommender, sessions: Sequence[Sequence[str]]) -> list[Judgement]:
@@ -128,14 +139,24 @@ def served_both_ways(scorer: Scorer, sessions: Sequence[Sequence[str]], settings
 
 
 def servable_pipelines(manifest: dict) -> list[str]:
-    """The pipelines an artifact can serve: each retriever it holds, and DIEN on the retriever it re-ranks."""
+    """The pipelines an artifact can serve: each retriever it holds, DIEN on the retriever it re-ranks, and the
+    kNN pipeline it records as chosen (`stream_app.inference.served_pipeline`), if any."""
     models = manifest["models"]
+    chosen = ServingPipeline.from_dict(manifest.get("serving_pipeline") or {"pipeline": MODEL_NAME})
     return [
         pipeline
         for pipeline in PIPELINES
         if all(model in models for model in pipeline.split("+"))
         and ("dien" not in pipeline or models["dien"]["retriever"] == pipeline.split("+")[0])
-    ]
+    ] + ([chosen.pipeline] if chosen.reads_neighbours else [])
+
+
+def pipeline_scorer(directory: Path, pipeline: str, settings: Settings) -> Scorer:
+    """`pipeline` of the artifact, as a worker serves it; a kNN pipeline is the one the artifact records, reading
+    an index that starts empty (`replayed` fills it)."""
+    if pipeline in PIPELINES:
+        return Scorer(directory, pipeline=pipeline)
+    return served_scorer(directory, settings.model_copy(update={"serving_model": ARTIFACT}))
 
 
 def served_evaluation(
@@ -151,7 +172,7 @@ def served_evaluation(
     for pipeline in servable_pipelines(manifest):
         if only is not None and pipeline not in only:
             continue
-        figures = served_both_ways(Scorer(directory, pipeline=pipeline), sessions, settings)
+        figures = served_both_ways(pipeline_scorer(directory, pipeline, settings), sessions, settings)
         best = max(EXCLUSION_POLICIES, key=lambda policy: (figures[policy].recall, figures[policy].mrr))
         pipelines[pipeline] = {policy: figures[policy].to_dict() for policy in EXCLUSION_POLICIES} | {"policy": best}
     return {"protocol": PROTOCOL, "cutoff": CUTOFF, "sessions": len(sessions), "pipelines": pipelines}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_pipeline import served_scorer
 from stream_app.release.announcements import announce, announce_canary
 from stream_app.release.gate import GateDecision, quality_gate, record_decision
 from stream_app.release.store import ArtifactStore, Canary, Pointer, StoreError
@@ -49,9 +50,8 @@ def gate_and_push(
     """
     store = ArtifactStore.from_settings(settings)
     verify_artifact(directory)
-    current_scorer = current_version_scorer(store, settings.serving_model)
-    decision = quality_gate(Scorer(directory, pipeline=settings.serving_model), current_scorer, held_out, settings,
-                            source=source, force=force)
+    decision = quality_gate(served_scorer(directory, settings), current_version_scorer(store, settings), held_out,
+                            settings, source=source, force=force)
     record_decision(directory, decision)
     version = store.push(directory)
     pointer = None
@@ -61,14 +61,14 @@ def gate_and_push(
     return Published(store.location, version, decision, pointer)
 
 
-def current_version_scorer(store: ArtifactStore, pipeline: str) -> Scorer | None:
-    """The current version serving `pipeline`, loaded; None when there is none, or when it no longer loads (then any
-    valid candidate beats it, and a warning says so)."""
+def current_version_scorer(store: ArtifactStore, settings: Settings) -> Scorer | None:
+    """The current version as workers with `settings` serve it, loaded; None when there is none, or when it no
+    longer loads (then any valid candidate beats it, and a warning says so)."""
     current = store.current()
     if current is None:
         return None
     try:
-        return Scorer(store.local_copy(current.version), pipeline=pipeline)
+        return served_scorer(store.local_copy(current.version), settings)
     except Exception as error:
         logger.warning(
             "the current version %s does not load (%r): the candidate is gated against nothing",

@@ -1,4 +1,5 @@
-"""The whole clicks topic, read by every `vsknn` worker into its session index (`stream_app.inference.live_knn`).
+"""The whole clicks topic, read into the live session index (`stream_app.inference.live_knn`) by every worker that
+keeps one (NEXTCLICK_SERVING_MODEL `vsknn` or `artifact`).
 
 A consumer without a group reads every partition, so a worker's index holds the sessions of every partition,
 not only of those it serves: any session can be any session's neighbour. At start it reads from the first click

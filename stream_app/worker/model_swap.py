@@ -38,7 +38,7 @@ from stream_app.inference.artifact_format import MANIFEST, ArtifactError
 from stream_app.inference.catalogue import Catalogue
 from stream_app.inference.events import Click
 from stream_app.inference.live_knn import LiveNeighbours
-from stream_app.inference.scoring import MODEL_NAME, Scorer
+from stream_app.inference.served_pipeline import served_scorer
 from stream_app.inference.sessions import BatchResult, SessionRecommender, SessionState
 from stream_app.inference.suggestion import SourcedClick
 from stream_app.release import announcements
@@ -103,7 +103,7 @@ class ServedModel:
     def __init__(self, settings: Settings, metrics: WorkerMetrics, loaded: asyncio.Event,
                  catalogue: Catalogue | None = None, neighbours: LiveNeighbours | None = None) -> None:
         self.settings = settings
-        self.neighbours = neighbours  # the `vsknn` pipeline's session index; None: a model pipeline serves
+        self.neighbours = neighbours  # the kNN pipelines' live index (`vsknn`, `artifact`); None: none kept
         self.metrics = metrics
         self.catalogue = catalogue  # what may be shown; each version served gets its view of it (None: no rules)
         self.loaded = loaded  # set once a first model serves (readiness)
@@ -124,15 +124,11 @@ class ServedModel:
         return result
 
     def prepare(self, directory: Path, variant: str = "current") -> tuple[SessionRecommender, float]:
-        """Load and check an artifact (blocking: run it in a thread); raises on any problem. The `vsknn` pipeline
-        serves the worker's session index as the artifact's version (`stream_app.inference.live_knn`)."""
-        settings, neighbours = self.settings, self.neighbours
-        scorer = Scorer(directory, settings.inference_threads, MODEL_NAME if neighbours else settings.serving_model,
-                        settings.topk_index, settings.topk_index_min_items, settings.inference_provider)
+        """Load and check an artifact (blocking: run it in a thread); raises on any problem. The kNN pipelines
+        serve the worker's session index as the artifact's version (`stream_app.inference.served_pipeline`)."""
+        scorer = served_scorer(directory, self.settings, self.neighbours)
         created = created_timestamp(directory)
-        with neighbours.lock if neighbours else contextlib.nullcontext():
-            if neighbours:
-                scorer = neighbours.scorer(scorer, self.settings.max_history)
+        with scorer.neighbours.lock if scorer.neighbours else contextlib.nullcontext():
             recommender = SessionRecommender.from_settings(scorer, self.settings, variant=variant)
             smoke_check(recommender)
         recommender.observe_inference = self.metrics.inference_latency.observe  # served calls only

@@ -16,7 +16,9 @@ from devtools.artifact_versions import edit_manifest, renamed, shuffled_vocabula
 from devtools.embedded_broker import EmbeddedBroker
 from stream_app import artifacts
 from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_pipeline import ServingPipeline, served_scorer
 from stream_app.inference.served_quality import served_top_k_metrics
+from stream_app.inference.session_knn import VSKNNParams
 from stream_app.release.gate import quality_gate
 from stream_app.release.publish import Published, gate_and_push
 from stream_app.release.store import ArtifactStore
@@ -171,6 +173,29 @@ def test_a_canary_from_the_command_line_is_checked_like_a_promotion_and_listed(
     assert artifacts.main(["canary", "v2", "--share", "0.2", "--force"]) == 0
     assert artifacts.main(["promote", "v2", "--force"]) == 0 and store.canary() is None
     assert capsys.readouterr().out.splitlines()[-1] == "canary v2 ended: it is current now"
+
+
+def test_with_serving_model_artifact_the_gate_judges_each_versions_recorded_pipeline(
+    artifact: Path,
+    held_out: list[list[str]],
+    store_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """v1 records no pipeline (GRU4Rec serves), v2 the blend: each is judged by what a worker would serve."""
+    monkeypatch.setenv("NEXTCLICK_SERVING_MODEL", "artifact")
+    monkeypatch.setenv("NEXTCLICK_CATALOGUE_RULES", "false")
+    get_settings.cache_clear()
+    settings = get_settings()
+    first = gate_and_push(renamed(artifact, tmp_path / "v1", "v1"), held_out, settings, source="test day")
+    blend = renamed(artifact, tmp_path / "v2", "v2")
+    edit_manifest(blend, serving_pipeline=ServingPipeline("blend", "gru4rec", 0.5, VSKNNParams()).to_dict())
+    expected = served_top_k_metrics(served_scorer(blend, settings), held_out, settings)
+    second = gate_and_push(blend, held_out, settings, source="test day")
+    assert second.decision.candidate == expected  # the blend, over an index the replay fills
+    assert (second.decision.current.recall, second.decision.current.mrr) == (first.decision.candidate.recall,
+                                                                             first.decision.candidate.mrr)
+    assert (expected.recall, expected.mrr) != (first.decision.candidate.recall, first.decision.candidate.mrr)
 
 
 @pytest.mark.broker

@@ -1,7 +1,8 @@
 """The `vsknn` pipeline on the real broker, under the catalogue's rules: two workers, each serving one partition, find
 neighbours among the sessions of the other's partition (each reads the whole clicks topic), an item no artifact knows
 is suggested while the catalogue shows it (a record reaches both workers), and a restarted worker rebuilds its index
-and its item table from the topics before it serves."""
+and its item table from the topics before it serves. With `artifact`, a worker serves the blend its artifact
+records, suggesting an item no artifact knows and answering a click on one."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from typing import Any
 
 import pytest
 
+from devtools.artifact_versions import edit_manifest, renamed
 from devtools.catalogue_flips import catalogue_record
 from devtools.embedded_broker import EmbeddedBroker, free_port
 from stream_app.inference.artifact_format import ITEM_IDS
 from stream_app.inference.partitioning import partition_for_key
+from stream_app.inference.served_pipeline import ServingPipeline
+from stream_app.inference.session_knn import VSKNNParams
 
 pytestmark = pytest.mark.broker
 
@@ -85,3 +89,27 @@ def test_two_workers_share_neighbours_across_partitions_and_a_restart_rebuilds_t
         restarted.produce(fields["clicks_topic"], [click(once_available, known)])
         suggestion = answer(restarted, recommendations, once_available, 6)
         assert set(suggestion["items"][:2]) == set(launched), suggestion
+
+
+def test_a_worker_with_serving_model_artifact_serves_the_blend_its_artifact_records(
+    broker: EmbeddedBroker,
+    artifact: Path,
+    launch_worker: Callable[..., Any],
+    worker_fields: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    blend = renamed(artifact, tmp_path / "blend", "blend-version")
+    edit_manifest(blend, serving_pipeline=ServingPipeline("blend", "gru4rec", 0.3, VSKNNParams()).to_dict())
+    fields = worker_fields(broker.bootstrap_servers, tmp_path, serving_artifact_dir=blend, partitions=PARTITIONS,
+                           serving_model="artifact", catalogue_rules=False)
+    known = json.loads((artifact / ITEM_IDS).read_text())[5]
+    with launch_worker(fields, tmp_path / "worker.log", require_model=True) as worker:
+        worker.wait_until(lambda: worker.readiness()["ready"], timeout=60, what="readiness")
+        worker.produce(fields["clicks_topic"], [click("earlier", item) for item in (known, "launch-1")])
+        assert len(worker.consume(fields["recommendations_topic"], 2)) == 2
+        worker.produce(fields["clicks_topic"], [click("later", known), click("newcomer", "launch-1")])
+        answered = {r.key: json.loads(r.value) for r in worker.consume(fields["recommendations_topic"], 4)}
+    later, newcomer = answered[b"later"], answered[b"newcomer"]
+    assert later["model"] == "blend" and later["artifact_version"] == "blend-version"
+    assert "launch-1" in later["items"][:2], later  # an item no artifact knows, through its kNN score
+    assert newcomer["source"] == "model" and newcomer["items"][0] == known, newcomer  # a click the model cannot score
