@@ -326,6 +326,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a fetch may wait in the broker for data, seconds (faust's fixed 1.5 s).",
     )
+    broker_end_offsets: Literal["list", "fetch"] = Field(
+        default="list",
+        description="How the worker learns where a partition ends (changelog recovery, consumer lag, the "
+        "catalogue and clicks readers): `list` asks the broker (ListOffsets); `fetch` also fetches the last "
+        "record batch and takes the fetch's high watermark, for brokers whose listing falls short of a last "
+        "batch of several records (the embedded broker's tuning; `stream_app.partition_ends`).",
+    )
 
     @model_validator(mode="after")
     def _knn_without_catalogue_rules(self) -> Settings:
