@@ -37,8 +37,8 @@ import torch
 
 from bench.ann_libraries import grown_vectors, item_vectors
 from bench.stream_throughput import (
+    DEFAULT_TUNING,
     KAFKA_LIKE_FETCH_WAIT,
-    SERVING_PRODUCER,
     create_topics,
     interleaved,
     onnxruntime_alone,
@@ -104,7 +104,7 @@ def measured(artifact: Path, mode: str, provider: str, sessions: int) -> dict:
 
 async def worker_rate(broker: EmbeddedBroker, artifact: Path, mode: str, provider: str, clicks: list) -> float:
     tag = uuid.uuid4().hex[:6]
-    fields = run_fields(broker, artifact, f"big-{tag}") | SERVING_PRODUCER | {
+    fields = run_fields(broker, artifact, f"big-{tag}") | DEFAULT_TUNING | {
         "topk_index": mode, "inference_provider": provider, "consumer_fetch_max_wait": KAFKA_LIKE_FETCH_WAIT}
     with tempfile.TemporaryDirectory() as tmp:
         worker = WorkerProcess(fields, Path(tmp) / "worker.log")

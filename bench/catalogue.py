@@ -39,8 +39,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bench.stream_throughput import (
+    DEFAULT_TUNING,
     KAFKA_LIKE_FETCH_WAIT,
-    SERVING_PRODUCER,
     cpu_seconds,
     create_topics,
     histogram_quantiles,
@@ -174,7 +174,7 @@ def propagation_run(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path)
 def throughput_run(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path, clicks, rules: bool,
                    catalogue: list[tuple[bytes, bytes]]) -> tuple[float, float]:
     tag = uuid.uuid4().hex[:6]
-    fields = run_fields(broker, args.artifact, f"rules-{tag}") | SERVING_PRODUCER | {
+    fields = run_fields(broker, args.artifact, f"rules-{tag}") | DEFAULT_TUNING | {
         "consumer_fetch_max_wait": KAFKA_LIKE_FETCH_WAIT, "catalogue_topic": f"catalogue-{tag}",
         "catalogue_rules": rules}
     worker = WorkerProcess(fields, tmp / f"rules-{tag}.log")

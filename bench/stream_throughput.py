@@ -1,23 +1,25 @@
 """Stream benchmark: what one worker serves against what its hardware allows, in one run.
 
     PYTHONPATH=. python bench/stream_throughput.py [--artifact DIR] [--clicks 20000] [--repeat 2]
-        [--rate 1000] [--rate-seconds 15] [--memory-sessions 200000] [--rebalance-every 10]
+        [--rate 1000] [--rate-seconds 15] [--memory-sessions 200000] [--rebalance-every 10] [--embedded-tuning]
 
 The clicks come from the artifact's own data set (metrics.json's `dataset`: the test sessions of
 Diginetica for a Diginetica model; the demo's YOOCHOOSE test day for the demo's artifact, the
 default), `--sessions` of them interleaved click by click, each with its own id; a session that
 ends is followed by the next test session. The broker is the embedded Tansu, with the
 worker's NEXTCLICK_* settings (NEXTCLICK_SERVING_MODEL chooses the pipeline) plus the embedded broker's
-tuning, except in (b)-(d) the producer's batching (`SERVING_PRODUCER`) and the fetch wait (`--fetch-max-wait`). Prints:
+tuning; (b)-(d) take only its group timings, the default tuning (`DEFAULT_TUNING`), with the fetch wait of
+`--fetch-max-wait`. Prints:
 
 (a) onnxruntime alone: the pipeline's model calls' clicks/s at the worker's batch size and threads;
 (b) per repetition, on fresh topics holding `--clicks` clicks before the server starts: a bare
     aiokafka loop (`bench/bare_loop.py`, the ceiling), then the worker; clicks/s from the first
     suggestion read back to the last, the server's CPU µs per click, and the worker's ratio to both
-    (ratios within one repetition: the machine may be shared);
+    (ratios within one repetition: the machine may be shared); with `--embedded-tuning` then a worker
+    with the embedded broker's whole tuning, as the tests and the demo run it, and its ratio to the first;
 (c) latency at a fixed `--rate`: the worker's own time per click (p50/p99 of
     nextclick_processing_latency_seconds, interpolated in its buckets) and click → suggestion read
-    back (end to end, through the broker's fetch wait);
+    back (end to end, through the broker's fetch wait); with `--embedded-tuning` also for that worker;
 (d) memory per active session: the worker's RSS growth from `--memory-sessions`/2 to `--memory-sessions`
     new sessions of one click each, against the raw state (hidden float32s and 4 bytes per kept item id); and a table of
     as many records holding 50 kept clicks each (the most the worker keeps by default), in this process;
@@ -93,6 +95,10 @@ def parse_args() -> argparse.Namespace:
                         " the embedded broker's tuning for tests and the demo (0.03 s) polls less when idle")
     parser.add_argument("--rebalance-every", type=float, default=10.0,
                         help="seconds between membership changes in the rebalance run (0: no such run)")
+    parser.add_argument("--embedded-tuning", action="store_true",
+                        help="in (b) and (c), also run a worker with the embedded broker's whole tuning"
+                        " (TANSU_WORKER_TUNING, as the tests and the demo run it: --fetch-max-wait does not apply)"
+                        " and print its clicks/s over the default tuning's")
     return parser.parse_args()
 
 
@@ -297,18 +303,25 @@ async def bare_loop_run(fields: dict, artifact: Path, clicks: list[LoggedClick],
             process[0].wait()
 
 
-async def worker_runs(args: argparse.Namespace, worker: WorkerProcess, clicks: Iterator[LoggedClick],
-                      tag: str, measure_all: bool) -> Served:
+async def worker_runs(args: argparse.Namespace, fields: dict, clicks: Iterator[LoggedClick], tag: str, log: Path,
+                      latency: bool, memory: bool) -> Served:
+    """A worker with `fields` serves a backlog (b), then if asked clicks at a rate (c) and new sessions (d)."""
+    worker = WorkerProcess(fields, log)
     settings = worker.settings
     await create_topics(settings, settings.clicks_topic, settings.recommendations_topic)
     pid = lambda: worker.process.pid
-    served, _ = await serve_backlog(settings, take(clicks, args.clicks, tag), worker.start, pid, worker.check_alive)
-    if measure_all and args.rate_seconds > 0:
-        await latency_run(args, worker, take(clicks, int(args.rate * args.rate_seconds), tag + "r"))
-    if measure_all and args.memory_sessions > 0:
-        sessions = [LoggedClick(f"m{n}{tag}", c.item_id, 0.0) for n, c in enumerate(take(clicks, args.memory_sessions))]
-        await memory_run(worker, sessions)
-    return served
+    try:
+        served, _ = await serve_backlog(settings, take(clicks, args.clicks, tag), worker.start, pid,
+                                        worker.check_alive)
+        if latency and args.rate_seconds > 0:
+            await latency_run(args, worker, take(clicks, int(args.rate * args.rate_seconds), tag + "r"))
+        if memory and args.memory_sessions > 0:
+            sessions = [LoggedClick(f"m{n}{tag}", c.item_id, 0.0)
+                        for n, c in enumerate(take(clicks, args.memory_sessions))]
+            await memory_run(worker, sessions)
+        return served
+    finally:
+        worker.stop()
 
 
 async def feed(settings: Settings, clicks: list[LoggedClick], schedule: list[float] | None, alive) -> OnlineStats:
@@ -327,7 +340,8 @@ async def latency_run(args: argparse.Namespace, worker: WorkerProcess, clicks: l
         *(1000 * q for q in histogram_quantiles(before, after, 0.5, 0.99))
     )
     e50, e99 = (1000 * q for q in percentiles(stats.latencies, 50, 99))
-    print(f"(c) {len(clicks)} clicks at {args.rate:.0f} clicks/s: the worker's own time per click {own};"
+    tuning = f"fetch wait {worker.settings.consumer_fetch_max_wait} s, {worker.settings.broker_end_offsets} ends"
+    print(f"(c) {len(clicks)} clicks at {args.rate:.0f} clicks/s ({tuning}): the worker's own time per click {own};"
           f" click -> suggestion read back p50 {e50:.1f} ms, p99 {e99:.1f} ms", flush=True)
 
 
@@ -458,11 +472,12 @@ async def rebalance_pauses(args: argparse.Namespace, broker: EmbeddedBroker, art
               f" (p99 {percentiles(window, 99)[0]:.2f} s) over the {len(window)} clicks sent until the next change")
 
 
-# The worker's own producer batching, for the worker and the bare loop alike: the embedded broker's tuning sends
-# one record at a time only so that changelog recovery reads every state (TANSU_WORKER_TUNING), and these runs
-# recover nothing.
-SERVING_PRODUCER = {
-    name: Settings.model_fields[name].default for name in ("producer_linger", "producer_max_batch_size")
+# The embedded broker's group timings change how fast workers join and fail over, not the steady state: (b)-(d)
+# keep them, and the worker's defaults (a real Kafka's) for the rest of the tuning, for the worker and the bare loop.
+GROUP_TIMINGS = ("broker_session_timeout", "broker_heartbeat_interval", "broker_rebalance_timeout",
+                 "broker_commit_interval")
+DEFAULT_TUNING = {
+    name: Settings.model_fields[name].default for name in TANSU_WORKER_TUNING if name not in GROUP_TIMINGS
 }
 # A fetch wait short enough that the embedded broker hands clicks over about as they come, as Kafka does (--help).
 KAFKA_LIKE_FETCH_WAIT = 0.01
@@ -471,22 +486,24 @@ KAFKA_LIKE_FETCH_WAIT = 0.01
 async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path, clicks: Iterator[LoggedClick],
                   tmp: Path, ort_rate: float) -> None:
     for repetition in range(args.repeat):
-        tag = uuid.uuid4().hex[:6]
+        tag, last = uuid.uuid4().hex[:6], repetition == args.repeat - 1
         batch = take(clicks, args.clicks, tag)
-        serving = SERVING_PRODUCER | {"consumer_fetch_max_wait": args.fetch_max_wait}
+        serving = DEFAULT_TUNING | {"consumer_fetch_max_wait": args.fetch_max_wait}
         bare_fields = run_fields(broker, artifact, f"bare-{tag}") | serving
         bare = await bare_loop_run(bare_fields, artifact, batch, tmp / "bare.log")
-        worker_fields = run_fields(broker, artifact, f"worker-{tag}") | serving
-        worker = WorkerProcess(worker_fields, tmp / f"worker-{tag}.log")
-        try:
-            served = await worker_runs(args, worker, clicks, tag, measure_all=repetition == args.repeat - 1)
-        finally:
-            worker.stop()
+        served = await worker_runs(args, run_fields(broker, artifact, f"worker-{tag}") | serving, clicks, tag,
+                                   tmp / f"worker-{tag}.log", latency=last, memory=last)
         print(f"(b) run {repetition + 1}: bare loop {bare.clicks_per_s:,.0f} clicks/s ({bare.cpu_us_per_click:.0f} µs"
               f" CPU/click); worker {served.clicks_per_s:,.0f} clicks/s ({served.cpu_us_per_click:.0f} µs CPU/click);"
               f" worker / bare loop {served.clicks_per_s / bare.clicks_per_s:.2f}"
               f" (CPU per click {bare.cpu_us_per_click / served.cpu_us_per_click:.2f});"
               f" worker / onnxruntime alone {served.clicks_per_s / ort_rate:.2f}", flush=True)
+        if args.embedded_tuning:
+            embedded = await worker_runs(args, run_fields(broker, artifact, f"tansu-{tag}"), clicks, tag + "t",
+                                         tmp / f"tansu-{tag}.log", latency=last, memory=False)
+            print(f"(b) run {repetition + 1}: worker with the embedded broker's tuning {embedded.clicks_per_s:,.0f}"
+                  f" clicks/s ({embedded.cpu_us_per_click:.0f} µs CPU/click); embedded / default tuning"
+                  f" {embedded.clicks_per_s / served.clicks_per_s:.2f}", flush=True)
 
 
 def main() -> None:
@@ -503,7 +520,7 @@ def main() -> None:
     print(f"worker: 1 process, {settings.partitions} partitions, batch_size {settings.batch_size}"
           f", inference_threads {settings.inference_threads}, table"
           f" {settings.table_store}; broker: embedded Tansu (memory), {TANSU_WORKER_TUNING};"
-          f" in (b)-(d) {SERVING_PRODUCER | {'consumer_fetch_max_wait': args.fetch_max_wait}}")
+          f" in (b)-(d) {DEFAULT_TUNING | {'consumer_fetch_max_wait': args.fetch_max_wait}}")
     ort_rate = onnxruntime_alone(scorer, settings, [scorer.known_indices(items) for items in sessions[:2000]])
     print(f"(a) onnxruntime alone ({scorer.name}), batch {settings.batch_size}: {ort_rate:,.0f} clicks/s")
     clicks = interleaved(sessions, args.sessions)

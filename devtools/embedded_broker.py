@@ -26,26 +26,25 @@ if TYPE_CHECKING:
     from devtools.s3_store import S3Store
 
 #: Worker settings (field names of `stream_app.settings.Settings`) that suit Tansu; real Kafka needs none
-#: of them. Short group timings: Tansu holds a JoinGroup reply for about session_timeout/2. One record per
-#: producer batch (and no linger): Tansu answers ListOffsets(latest) with the last batch's base offset + 1,
-#: so faust's changelog recovery would stop short of a last batch of several records. A short fetch wait:
+#: of them. Short group timings: Tansu holds a JoinGroup reply for about session_timeout/2. A short fetch wait:
 #: Tansu answers a waiting fetch after up to half of it, so steady clicks arrive in bursts of rate x wait / 2.
+#: Partition ends from a fetch's high watermark: Tansu answers ListOffsets(latest) with the last batch's first
+#: offset + 1, so faust's changelog recovery would stop short of a last batch of several records.
 #: Each setting's why: docs/operations.md, "The embedded broker"; what they cost: docs/stream_performance.md.
-TANSU_WORKER_TUNING: dict[str, float | int] = {
+TANSU_WORKER_TUNING: dict[str, float | str] = {
     "broker_session_timeout": 2.0,
     "broker_heartbeat_interval": 0.5,
     "broker_rebalance_timeout": 2.0,
     "broker_commit_interval": 0.5,
     "consumer_fetch_max_wait": 0.03,
-    "producer_linger": 0.0,
-    "producer_max_batch_size": 1,
+    "broker_end_offsets": "fetch",
 }
 
 #: What a worker needs on top of `TANSU_WORKER_TUNING` when the broker keeps its data in S3 (`storage`): a fetch
 #: there returns only what the broker read from the bucket within the fetch wait, and finding a partition's batches
 #: takes longer the more there are, so with the short wait above a consumer can stall for good near the end of a
 #: long partition. Measured: docs/operations.md, "The embedded broker".
-DURABLE_WORKER_TUNING: dict[str, float | int] = {"consumer_fetch_max_wait": 0.5}
+DURABLE_WORKER_TUNING: dict[str, float] = {"consumer_fetch_max_wait": 0.5}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -32,6 +32,7 @@ from stream_app.cli_help import HelpFormatter, OneLineErrors, settings_or_none
 from stream_app.inference.catalogue_records import InvalidItemRecord, parse_item_record
 from stream_app.inference.partitioning import partition_for_key
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.partition_ends import partition_ends
 from stream_app.settings import Settings
 from stream_app.worker.catalogue_reader import ensure_catalogue_topic
 
@@ -104,7 +105,7 @@ async def latest_record(settings: Settings, item_id: str) -> tuple[dict[str, Any
         tp = TopicPartition(settings.catalogue_topic, partition_for_key(key, len(partitions)))
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
+        end = (await partition_ends(consumer, [tp], settings))[tp]
         found = None
         while await consumer.position(tp) < end:
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):

@@ -121,8 +121,9 @@ class Settings(BaseSettings):
 
     # --- Streaming worker: Kafka connection -------------------------------------------------
     # Defaults suit a real Kafka cluster. The embedded test/demo broker (Tansu) wants shorter
-    # group timings and fetch waits: `devtools.embedded_broker.TANSU_WORKER_TUNING` lists them
-    # and `EmbeddedBroker.worker_env()` turns them into NEXTCLICK_* variables.
+    # group timings and fetch waits, and partition ends from a fetch:
+    # `devtools.embedded_broker.TANSU_WORKER_TUNING` lists them and `EmbeddedBroker.worker_env()`
+    # turns them into NEXTCLICK_* variables.
     bootstrap_servers: str = Field(
         default="localhost:9092", description="Comma-separated Kafka bootstrap host:port list."
     )
@@ -341,14 +342,19 @@ class Settings(BaseSettings):
         "partition's batch is full and the previous request is in flight: with its default 16 KiB a "
         "micro-batch's suggestions and states filled them, and the worker waited for the broker several "
         "times per micro-batch (a fifth fewer clicks/s). At most one batch per partition is buffered, and "
-        "it must stay below the producer's 1 MB request limit. The embedded broker's tuning sets 1: "
-        "Tansu reports a partition's end as its last batch's first offset + 1, so changelog recovery "
-        "stops short of a last batch of several records.",
+        "it must stay below the producer's 1 MB request limit.",
     )
     consumer_fetch_max_wait: float = Field(
         default=1.5,
         gt=0,
         description="Longest a fetch may wait in the broker for data, seconds (faust's fixed 1.5 s).",
+    )
+    broker_end_offsets: Literal["list", "fetch"] = Field(
+        default="list",
+        description="How the worker learns where a partition ends (changelog recovery, consumer lag, the "
+        "catalogue and clicks readers): `list` asks the broker (ListOffsets); `fetch` also fetches the last "
+        "record batch and takes the fetch's high watermark, for brokers whose listing falls short of a last "
+        "batch of several records (the embedded broker's tuning; `stream_app.partition_ends`).",
     )
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ A suggestion is a JSON object (`stream_app.inference.suggestion.Suggestion`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from stream_app.inference.served_pipeline import LIVE_INDEX_SETTINGS, knn_params
 from stream_app.inference.sessions import SessionState
 from stream_app.inference.suggestion import SourcedClick, Suggestion
 from stream_app.kafka_security import aiokafka_client_kwargs, faust_credentials
+from stream_app.partition_ends import checked_ends
 from stream_app.settings import get_settings
 from stream_app.worker.broker_watch import BrokerWatch, worker_topics
 from stream_app.worker.catalogue_reader import CatalogueReader
@@ -80,6 +82,7 @@ app = TunedApp(
     broker_rebalance_timeout=settings.broker_rebalance_timeout,
     broker_commit_interval=settings.broker_commit_interval,
     consumer_fetch_max_wait=settings.consumer_fetch_max_wait,
+    partition_ends=functools.partial(checked_ends, settings),  # what the tables recover up to (faust_adapter)
     Table=KeyPartitionedTable,
 )
 

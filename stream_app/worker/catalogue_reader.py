@@ -24,6 +24,7 @@ from stream_app.inference.catalogue_records import InvalidItemRecord, parse_item
 from stream_app.inference.events import Reason
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.kafka_topics import ensure_topic
+from stream_app.partition_ends import partition_ends
 from stream_app.settings import Settings
 from stream_app.worker.metrics import WorkerMetrics, latency_observable
 from stream_app.worker.retrying import read_forever
@@ -80,7 +81,7 @@ class CatalogueReader:
                 if self.loaded.is_set():
                     continue
                 if ends is None and consumer.assignment():  # the partitions the topic had at the start
-                    ends = await consumer.end_offsets(list(consumer.assignment()))
+                    ends = await partition_ends(consumer, consumer.assignment(), self.settings)
                     self.partitions = len(ends)
                 if ends is not None and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
                     self.loaded.set()

@@ -22,6 +22,7 @@ from aiokafka.structs import ConsumerRecord
 from stream_app.inference.events import InvalidClick, parse_click
 from stream_app.inference.live_knn import LiveNeighbours
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.partition_ends import partition_ends
 from stream_app.settings import Settings
 from stream_app.worker.metrics import WorkerMetrics
 from stream_app.worker.retrying import read_forever
@@ -63,7 +64,7 @@ class ClicksReader:
             partitions = sorted(consumer.assignment())
             since = int((time.time() - self.settings.knn_window) * 1000)
             firsts = await consumer.offsets_for_times(dict.fromkeys(partitions, since))
-            ends = await consumer.end_offsets(partitions)
+            ends = await partition_ends(consumer, partitions, self.settings)
             for tp in partitions:
                 consumer.seek(tp, ends[tp] if firsts[tp] is None else firsts[tp].offset)
             while True:

@@ -22,6 +22,9 @@ is checked at the pinned versions by tests/stream_app/worker/test_faust_adapter.
 9. `recovered_once`: faust tells whether its tables finished their first recovery only by an awaitable.
 10. `_Consumer._to_message`: a record is stamped when the consumer hands it over, where the worker's own time
     per click starts; faust's monitor stamps it when the stream takes it, after its wait in faust's queue.
+11. `_Consumer.highwaters`: the partition ends that changelog recovery reads up to (and the consumer lag counts
+    from) go through the app's `partition_ends` check. faust lists them (ListOffsets), which the embedded broker
+    answers short of a last batch of several records: a new owner missed a partition's last session states.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import asyncio
 import time
 import types
 import weakref
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -180,6 +183,11 @@ class _Consumer(EagerWaitFirst, faust_aiokafka.Consumer):
         )
         return offsets
 
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """Each partition's end as faust lists it, checked by the app's `partition_ends` (docstring, item 11)."""
+        listed = await super().highwaters(*partitions)
+        return listed if self.app.partition_ends is None else await self.app.partition_ends(listed)
+
     def resume_flow(self) -> None:
         # `_read_offset`: what faust's fetch loop drops as already read (docstring, item 4).
         # The fetch loop may still have recorded one handed-over offset after the flow stopped.
@@ -230,15 +238,23 @@ class _TableManager(faust.tables.TableManager):
         self.app.committed_offsets.update((tp, offset) for tp, offset in offsets.items() if tp in assigned)
 
 
-class TunedApp(faust.App):
-    """faust.App plus `consumer_fetch_max_wait` (seconds) for the worker's consumer, and the offsets the
-    broker accepted as committed (`committed_offsets`: the next offset to read, per partition)."""
+#: Checks the partition ends faust listed, returning them right (`stream_app.partition_ends.checked_ends`).
+EndsCheck = Callable[[Mapping[TP, int]], Awaitable[Mapping[TP, int]]]
 
-    def __init__(self, *args: Any, consumer_fetch_max_wait: float = 1.5, **kwargs: Any) -> None:
+
+class TunedApp(faust.App):
+    """faust.App plus `consumer_fetch_max_wait` (seconds) for the worker's consumer, `partition_ends` for the ends
+    its tables recover up to (None: as faust lists them), and the offsets the broker accepted as committed
+    (`committed_offsets`: the next offset to read, per partition)."""
+
+    def __init__(
+        self, *args: Any, consumer_fetch_max_wait: float = 1.5, partition_ends: EndsCheck | None = None, **kwargs: Any
+    ) -> None:
         self.consumer_fetch_max_wait = consumer_fetch_max_wait
+        self.partition_ends = partition_ends
         self.committed_offsets: dict[TP, int] = {}
         super().__init__(*args, TableManager=_TableManager, **kwargs)
 
     def _new_transport(self) -> _Transport:
-        # faust picks the transport by the broker URL's scheme, with no setting for the class (items 3, 4, 5, 10)
+        # faust picks the transport by the broker URL's scheme, with no setting for the class (items 3, 4, 5, 10, 11)
         return _Transport(self.conf.broker_consumer, self)

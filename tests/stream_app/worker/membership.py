@@ -15,11 +15,23 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from devtools.click_replay import LoggedClick, kafka_producer, rate_schedule, send_clicks, suggestion_consumer
+from devtools.embedded_broker import free_port
 
 Launch = Callable[[str], contextlib.AbstractContextManager[Any]]
+
+
+def side_by_side(launch_worker: Callable[..., Any], fields: dict[str, Any], tmp_path: Path) -> Launch:
+    """`launch(name)`: a worker of the same group with its own web port, table folder and log."""
+
+    def launch(name: str) -> contextlib.AbstractContextManager[Any]:
+        own = fields | {"web_port": free_port(), "table_dir": tmp_path / name / "tables"}
+        return launch_worker(own, tmp_path / f"{name}.log", require_model=True)
+
+    return launch
 
 
 @dataclass

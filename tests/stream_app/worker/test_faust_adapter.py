@@ -254,6 +254,12 @@ CHECKS: list[tuple[str, Callable[[], object]]] = [
     ("web_faust_views (faust's web_tables_enabled and web_router_enabled settings gate /table and /router)",
      lambda: {"/table", "/router"} & worker()["web_prefixes"][False] == set()
      and {"/table", "/router"} <= worker()["web_prefixes"][True]),
+    ("_Consumer.highwaters (changelog recovery reads up to app.consumer.highwaters(*tps), less 1)",
+     lambda: "consumer=self.app.consumer" in code(faust.tables.recovery.Recovery._restart_recovery.fun)
+     and "T(self._build_highwaters)(consumer," in code(faust.tables.recovery.Recovery._restart_recovery.fun)
+     and "awaitconsumer.highwaters(*tps)" in code(faust.tables.recovery.Recovery._build_highwaters)),
+    ("_Consumer.highwaters (ThreadDelegateConsumer.highwaters(*partitions), a coroutine)",
+     lambda: shape(Delegate.highwaters) == "*partitions" and inspect.iscoroutinefunction(Delegate.highwaters)),
     ("recovered_once (TableManager.recovery.completed, an Event that faust sets and never clears)",
      lambda: isinstance(faust.tables.TableManager.recovery, property)
      and hasattr(worker()["recovery_completed"], "is_set") and "completed.clear()" not in code(faust.tables.recovery)),
@@ -285,3 +291,23 @@ def test_ready_batches_ends_when_faust_stops_the_agent() -> None:
 
     for waiting in (True, False):
         assert run(batches_until_stopped(waiting)) == []
+
+
+def test_the_ends_faust_lists_go_through_the_apps_check() -> None:
+    """What changelog recovery and the consumer lag read: faust's listed ends, as the app's `partition_ends` returns
+    them (`stream_app.partition_ends`)."""
+
+    class ListingThread:  # faust's consumer thread lists the ends (ListOffsets)
+        async def highwaters(self, *partitions: faust.types.TP) -> dict[faust.types.TP, int]:
+            return dict.fromkeys(partitions, 6)
+
+    async def checked(listed: dict[faust.types.TP, int]) -> dict[faust.types.TP, int]:
+        return {tp: end + 2 for tp, end in listed.items()}
+
+    async def ends(partition_ends: Any) -> dict[faust.types.TP, int]:
+        app = faust_adapter.TunedApp("faust-adapter-ends", broker="kafka://127.0.0.1:1", partition_ends=partition_ends)
+        app.consumer._thread = ListingThread()
+        return dict(await app.consumer.highwaters(faust.types.TP("changelog", 0)))
+
+    assert run(ends(checked)) == {faust.types.TP("changelog", 0): 8}
+    assert run(ends(None)) == {faust.types.TP("changelog", 0): 6}

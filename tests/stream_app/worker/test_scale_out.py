@@ -18,31 +18,15 @@ from typing import Any
 import pytest
 
 from devtools.click_replay import held_out_clicks
-from devtools.embedded_broker import EmbeddedBroker, free_port
+from devtools.embedded_broker import EmbeddedBroker
 from stream_app.settings import get_settings
-from tests.stream_app.worker.membership import (
-    Launch,
-    Step,
-    Workers,
-    assert_answered_as_one_worker,
-    serve_through,
-)
+from tests.stream_app.worker.membership import Step, Workers, assert_answered_as_one_worker, serve_through, side_by_side
 
 pytestmark = pytest.mark.broker
 
 CLICKS = 1_200
 RATE = 40.0  # clicks/s: the stream lasts 30 s, long enough for three workers to start in it
 PARTITIONS = 4
-
-
-def side_by_side(launch_worker: Callable[..., Any], fields: dict[str, Any], tmp_path: Path) -> Launch:
-    """`launch(name)`: a worker of the same group with its own web port, table folder and log."""
-
-    def launch(name: str) -> contextlib.AbstractContextManager[Any]:
-        own = fields | {"web_port": free_port(), "table_dir": tmp_path / name / "tables"}
-        return launch_worker(own, tmp_path / f"{name}.log", require_model=True)
-
-    return launch
 
 
 def test_workers_joining_crashing_and_leaving_answer_every_click_as_one_worker_would(
