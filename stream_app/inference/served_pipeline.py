@@ -77,6 +77,12 @@ def knn_params(settings: Settings) -> VSKNNParams:
     return VSKNNParams(k=settings.knn_neighbours, sample_size=settings.knn_sample_size)
 
 
+def live_neighbours(settings: Settings, params: VSKNNParams | None = None) -> LiveNeighbours:
+    """The worker's live index: the last NEXTCLICK_KNN_SESSIONS sessions, V-SKNN with `params` (None: the
+    settings')."""
+    return LiveNeighbours(settings.knn_sessions, params or knn_params(settings))
+
+
 def served_pipeline(directory: Path, settings: Settings) -> ServingPipeline:
     """The pipeline `settings.serving_model` serves from the artifact in `directory`."""
     if settings.serving_model != ARTIFACT:
@@ -85,18 +91,20 @@ def served_pipeline(directory: Path, settings: Settings) -> ServingPipeline:
     return ServingPipeline(MODEL_NAME) if recorded is None else ServingPipeline.from_dict(recorded)
 
 
-def served_scorer(directory: Path, settings: Settings, neighbours: LiveNeighbours | None = None) -> Scorer:
-    """The scorer a worker with `settings` serves the artifact in `directory` with. A pipeline that reads a live
-    index reads `neighbours` (the worker's), or a new empty one (a replay of held-out sessions fills it as it
-    serves them: `stream_app.inference.served_quality`). The artifact loads outside the index's lock; only its
-    items' numbering takes it."""
-    chosen = served_pipeline(directory, settings)
+def served_scorer(directory: Path, settings: Settings, neighbours: LiveNeighbours | None = None,
+                  chosen: ServingPipeline | None = None) -> Scorer:
+    """The scorer a worker with `settings` serves the artifact in `directory` with: `chosen`, or (None) the
+    pipeline `settings.serving_model` serves from it. A pipeline that reads a live index reads `neighbours` (the
+    worker's), or a new empty one (a replay of held-out sessions fills it as it serves them:
+    `stream_app.inference.served_quality`). The artifact loads outside the index's lock; only its items'
+    numbering takes it."""
+    chosen = chosen or served_pipeline(directory, settings)
     model = Scorer(directory, settings.inference_threads, chosen.model_pipeline, settings.topk_index,
                    settings.topk_index_min_items, settings.inference_provider)
     if not chosen.reads_neighbours:
         return model
     if neighbours is None:
-        neighbours = LiveNeighbours(settings.knn_sessions, chosen.vsknn or knn_params(settings))
+        neighbours = live_neighbours(settings, chosen.vsknn)
     with neighbours.lock:
         knn = neighbours.scorer(model, settings.max_history, chosen.vsknn)
         scorer = knn if chosen.pipeline == VSKNN else BlendedScorer(model, knn, chosen.weight)

@@ -30,9 +30,8 @@ from aiokafka.structs import ConsumerRecord
 from stream_app.inference.catalogue import Catalogue
 from stream_app.inference.catalogue_records import InvalidItemRecord
 from stream_app.inference.events import InvalidClick, InvalidMessage, Reason, check_partition, parse_click
-from stream_app.inference.live_knn import LiveNeighbours
 from stream_app.inference.partitioning import partition_for_key
-from stream_app.inference.served_pipeline import LIVE_INDEX_SETTINGS, knn_params
+from stream_app.inference.served_pipeline import LIVE_INDEX_SETTINGS, live_neighbours
 from stream_app.inference.sessions import SessionState
 from stream_app.inference.suggestion import SourcedClick, Suggestion
 from stream_app.kafka_security import aiokafka_client_kwargs, faust_credentials
@@ -119,8 +118,7 @@ app.sensors.add(ActiveSessionCount(sessions, metrics.active_sessions))  # sessio
 model_loaded = asyncio.Event()
 catalogue = Catalogue() if settings.catalogue_rules else None
 neighbours = (  # the kNN pipelines' index of every partition's sessions (docs/serving.md, Session-kNN)
-    LiveNeighbours(settings.knn_sessions, knn_params(settings)) if settings.serving_model in LIVE_INDEX_SETTINGS
-    else None
+    live_neighbours(settings) if settings.serving_model in LIVE_INDEX_SETTINGS else None
 )
 served = ServedModel(settings, metrics, loaded=model_loaded, catalogue=catalogue, neighbours=neighbours)
 clicks_reader = ClicksReader(settings, neighbours, metrics) if neighbours is not None else None
