@@ -7,9 +7,10 @@
 
 The log is cut in two by sessions: the first `--initial-share` trains the first version (a full retrain), the
 rest streams in time order in slices (per day, or every `--slice-clicks`). Each slice is first served by every
-policy's current version (frozen, retrain, incremental, popularity, vsknn) through the served protocol, then each
-policy learns from it. docs/continuous-training.md ("What freshness is worth") says how sessions that cross
-slices are served and judged, what each policy learns from, and what is reported.
+policy's current version (frozen, retrain, incremental, popularity, vsknn, and the worker's live kNN pipelines:
+live-vsknn and blend) through the served protocol, then each policy learns from it. docs/continuous-training.md
+("What freshness is worth") says how sessions that cross slices are served and judged, why the live pipelines are
+served in stream order, what each policy learns from, and what is reported.
 
 Every flag this command does not define is `training.retrain`'s (the models and their hyper-parameters:
 `--models`, `--config`, `--epochs`, `--gru4rec-*`, `--narm-*`, `--dien-*`, `--top-k`, `--threads`, `--device`,
@@ -38,11 +39,16 @@ import torch
 from tqdm import tqdm
 
 from stream_app.cli_help import HelpFormatter
+from stream_app.inference.blended_scorer import PIPELINE as BLEND
+from stream_app.inference.events import Click
+from stream_app.inference.live_knn import PIPELINE as VSKNN
+from stream_app.inference.live_knn import LiveNeighbours
 from stream_app.inference.scoring import PIPELINES, UNMEASURED_EXCLUDE_SEEN, Scorer
 from stream_app.inference.served_baseline import ItemVocabulary, ServedBaseline
+from stream_app.inference.served_pipeline import ServingPipeline, live_neighbours, served_scorer
 from stream_app.inference.served_quality import CUTOFF, ServedMetrics, replayed
-from stream_app.inference.sessions import SessionRecommender
-from stream_app.inference.suggestion import Judgement, item_hash
+from stream_app.inference.sessions import SessionRecommender, SessionState
+from stream_app.inference.suggestion import Judgement, SourcedClick, Suggestion, item_hash
 from stream_app.settings import REPO_ROOT, Settings, get_settings
 from training import retrain
 from training.artifact import code_version, new_version, write_retrain_artifact
@@ -55,7 +61,9 @@ from training.incremental import DIEN_POLICIES, UpdateBudget, update
 from training.model_training import ModelTraining, RetrainData, RetrainPlan, evaluated_models
 from training.progress import StageClock
 
-POLICIES = ("frozen", "retrain", "incremental", "popularity", "vsknn")
+POLICIES = ("frozen", "retrain", "incremental", "popularity", "vsknn", "live-vsknn", "blend")
+ARTIFACT_POLICIES = ("frozen", "retrain", "incremental", "live-vsknn", "blend")  # serve artifacts: the first version
+STREAM_BATCH = 64  # clicks a live policy serves at once at most: a worker's micro-batch
 DEFAULT_SLICE_CLICKS = 50_000  # a log without times
 DAY = 86_400.0
 # per day: a last day with fewer clicks than this share of the stream's joins the day before (yoochoose_rsc15_100k's
@@ -195,8 +203,7 @@ class Replay:
     def serve(self, recommender: SessionRecommender, spans: Spans) -> Served:
         """The slice served by `recommender` (see the module docstring): each session replayed from its first click
         to its last in the slice; the suggestions answering the slice's clicks judged by each one's next click."""
-        scorer = recommender.scorer
-        labels = (scorer.name, scorer.version, recommender.variant)
+        labels = labels_of(recommender)
         prefixes = [self.sessions[s][:end] for s, end in zip(spans.sessions, spans.ends)]
         served = Served([], 0, 0, {})
         row = 0
@@ -204,22 +211,75 @@ class Replay:
             position = 0  # of the chunk's first click among the result's suggestions
             for prefix in chunk:
                 s, start = int(spans.sessions[row]), int(spans.starts[row])
-                session = self.sessions[s]
                 for p in range(start, len(prefix)):
-                    suggestion = result.suggestions[position + p]
-                    served.clicks += 1
-                    served.unknown += suggestion.source == "popularity"
-                    if p + 1 < len(session):
-                        served.judgements.append(
-                            Judgement.of([item_hash(item) for item in suggestion.items], session[p + 1], labels))
-                    if self.new_items:
-                        at = int(self.stream_position[self.offsets[s] + p])
-                        for item in suggestion.items:
-                            if item in self.new_items and at < served.first_suggested.get(item, math.inf):
-                                served.first_suggested[item] = at
+                    self.count(served, result.suggestions[position + p], s, p, labels)
                 position += len(prefix)
                 row += 1
         return served
+
+    def serve_in_stream_order(self, t: int, served_by: dict[str, tuple[SessionRecommender, dict]],
+                              neighbours: LiveNeighbours) -> dict[str, Served]:
+        """Slice t served as a worker serves it, by each of `served_by` (name -> its recommender and session table,
+        which carries each session's state across slices and versions): the clicks in stream order, in batches
+        of consecutive ones (`stream_batches`), each batch indexed into `neighbours` once every recommender has
+        served it; every suggestion judged by its session's next click, as `serve` judges it."""
+        served = {name: Served([], 0, 0, {}) for name in served_by}
+        for batch in self.stream_batches(t):
+            sessions, positions = self.session_of[batch], self.position[batch]
+            clicks = [SourcedClick(Click(str(s), item, 0.0), partition=0, offset=int(at)) for s, item, at in
+                      zip(sessions.tolist(), self.stream.log.item_ids[batch].astype(str).tolist(),
+                          self.stream_position[batch])]
+            ended = [click.click.session_id.encode() for click, s, p in zip(clicks, sessions, positions)
+                     if p + 1 == len(self.sessions[s])]
+            for name, (recommender, table) in served_by.items():
+                started = time.monotonic()
+                result = recommender.recommend(clicks, table, now=0.0)
+                table.update(result.states)
+                for key in ended:  # its last click: no state is read again
+                    del table[key]
+                labels = labels_of(recommender)
+                for suggestion, s, p in zip(result.suggestions, sessions.tolist(), positions.tolist()):
+                    self.count(served[name], suggestion, s, p, labels)
+                served[name].seconds += time.monotonic() - started
+            for click in clicks:
+                neighbours.observe(click.click.session_id, click.click.item_id)
+        return served
+
+    def stream_batches(self, t: int) -> Iterator[np.ndarray]:
+        """Slice t's clicks (indices in the log) in stream order, in runs of at most `STREAM_BATCH` consecutive
+        ones, a run cut before a second click of one session: each click is served before the next click of its
+        session arrives, as in a worker whose batches are what has arrived."""
+        batch: list[int] = []
+        sessions: set[int] = set()
+        for click in self.stream.order[self.stream.bounds[t]:self.stream.bounds[t + 1]].tolist():
+            session = int(self.session_of[click])
+            if len(batch) == STREAM_BATCH or session in sessions:
+                yield np.array(batch)
+                batch, sessions = [], set()
+            batch.append(click)
+            sessions.add(session)
+        if batch:
+            yield np.array(batch)
+
+    def count(self, served: Served, suggestion: Suggestion, s: int, p: int, labels: tuple[str, str, str]) -> None:
+        """The suggestion answering click p of session s: a served click (an unknown one when it is the popularity
+        answer), judged by the session's click p + 1, and the first to name the new items it names."""
+        session = self.sessions[s]
+        served.clicks += 1
+        served.unknown += suggestion.source == "popularity"
+        if p + 1 < len(session):
+            served.judgements.append(Judgement.of([item_hash(item) for item in suggestion.items], session[p + 1],
+                                                  labels))
+        if self.new_items:
+            at = int(self.stream_position[self.offsets[s] + p])
+            for item in suggestion.items:
+                if item in self.new_items and at < served.first_suggested.get(item, math.inf):
+                    served.first_suggested[item] = at
+
+
+def labels_of(recommender: SessionRecommender) -> tuple[str, str, str]:
+    """What a judgement of its suggestions is labelled with: pipeline, version and variant."""
+    return recommender.scorer.name, recommender.scorer.version, recommender.variant
 
 
 # --- the policies ---
@@ -384,6 +444,49 @@ class Rebuilt(Policy):
         self.versions += 1
 
 
+@dataclass
+class Live(Policy):
+    """A kNN pipeline served as a worker serves it (`live-vsknn`: V-SKNN; `blend`: fused with a neural version):
+    over the live index, which learns each stream click once it is served, the clicks served in stream order
+    (`Replay.serve_in_stream_order`); the artifact serving is the current version of the policy it follows."""
+
+    chosen: ServingPipeline | None = None
+    follows: ArtifactPolicy | None = None
+    neighbours: LiveNeighbours | None = None  # shared by the live policies: they index the same clicks
+    settings: Settings | None = None
+    table: dict[bytes, SessionState] = field(default_factory=dict)  # kept across slices, as a worker's
+    _scorer: Scorer | None = None
+    _directory: Path | None = None
+
+    def scorer(self) -> Scorer:
+        """The worker's scorer of the followed version; a new version is a hot swap: the table stays, and each
+        session's state is rebuilt from its kept clicks at its next click (`SessionRecommender`)."""
+        if self._directory != self.follows.directory:
+            if self._directory is not None:
+                self.versions += 1
+            self._scorer = served_scorer(self.follows.directory, self.settings, self.neighbours, self.chosen)
+            self._directory, self.version = self.follows.directory, self.follows.version
+        return self._scorer
+
+    def due(self, t: int) -> bool:
+        """Never: the index learns as it serves, and the versions are the followed policy's."""
+        return False
+
+    def serving(self) -> dict:
+        """What the record says it served: the pipeline, whose versions, how, and the index's settings."""
+        index = {"sessions": self.neighbours.index.capacity} | dataclasses.asdict(self.neighbours.model.params)
+        return {"pipeline": self.chosen.describe(), "artifact_versions_of": self.follows.name, "index": index,
+                "served": f"in stream order, batches of up to {STREAM_BATCH} clicks, each indexed once served"}
+
+
+def index_first_part(neighbours: LiveNeighbours, initial: ClickLog) -> None:
+    """The first part's clicks into the live index, session after session (in the order of their first click:
+    the index numbers them as a worker that read them from the clicks topic does)."""
+    for number, session in enumerate(initial.sessions_as_ids()):
+        for item in session:
+            neighbours.observe(f"first:{number}", item)
+
+
 # --- the run ---
 
 @dataclass
@@ -412,6 +515,7 @@ class PrequentialRun:
         new_items = NewItems.of(self.stream, set(np.unique(self.initial.item_ids.astype(str)).tolist()))
         replay = Replay(self.stream, set(new_items.first))
         self.record["stream"]["new_items"] = len(new_items.first)
+        live = [policy for policy in self.policies if isinstance(policy, Live)]
         bar = tqdm(range(self.stream.n_slices), desc="slices", unit="slice", disable=not self.progress)
         for t in bar:
             spans = replay.spans(t)
@@ -419,9 +523,14 @@ class PrequentialRun:
             last = t == self.stream.n_slices - 1
             served = {}
             for policy in self.policies:
-                started = time.monotonic()
-                served[policy.name] = replay.serve(policy.recommender(self.settings, self.exclude_seen), spans)
-                served[policy.name].seconds = time.monotonic() - started
+                if not isinstance(policy, Live):
+                    started = time.monotonic()
+                    served[policy.name] = replay.serve(policy.recommender(self.settings, self.exclude_seen), spans)
+                    served[policy.name].seconds = time.monotonic() - started
+            if live:
+                served |= replay.serve_in_stream_order(
+                    t, {p.name: (p.recommender(self.settings, self.exclude_seen), p.table) for p in live},
+                    live[0].neighbours)
             for policy in self.policies:
                 cpu = wall = 0.0
                 if not last and policy.due(t):
@@ -450,7 +559,8 @@ class PrequentialRun:
 
     def figures(self, policy: Policy, new_items: NewItems, reached: int) -> dict:
         overall = ServedMetrics.of(policy.version, policy.judgements)
-        return {
+        serving = {"serving": policy.serving()} if isinstance(policy, Live) else {}
+        return serving | {
             "overall": {f"hit_rate@{CUTOFF}": overall.recall, f"mrr@{CUTOFF}": overall.mrr,
                         "predictions": overall.predictions, "clicks": policy.clicks, "unknown_clicks": policy.unknown,
                         "unknown_share": policy.unknown / policy.clicks if policy.clicks else 0.0},
@@ -535,6 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "NEXTCLICK_FOLLOW_REPLAY_RATIO, %(default)s)")
     replay.add_argument("--update-dien", choices=DIEN_POLICIES, default=get_settings().follow_dien,
                         help="incremental: DIEN kept or fine-tuned (default: NEXTCLICK_FOLLOW_DIEN, %(default)s)")
+    replay.add_argument("--blend-weight", type=float, default=0.5, metavar="W",
+                        help="blend: the neural weight, in [0, 1] (default: %(default)s; `training.retrain "
+                             "--choose-pipeline` picks it on validation)")
     replay.add_argument("--pipeline", choices=PIPELINES, default="gru4rec",
                         help="what the artifacts serve (default: %(default)s)")
     replay.add_argument("--exclude-seen", choices=("true", "false"),
@@ -587,6 +700,8 @@ def read_log(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple
 
 def make_policies(args: argparse.Namespace, flags: argparse.Namespace, initial_dir: Path,
                   settings: Settings) -> list[Policy]:
+    """The policies of `--policies`. The live ones share one index; `live-vsknn` serves with the first version (its
+    version and popular items), `blend` with incremental's versions, or the first where incremental is not run."""
     made: dict[str, Policy] = {
         "frozen": Frozen("frozen", directory=initial_dir, pipeline=args.pipeline),
         "retrain": Retrain("retrain", directory=initial_dir, pipeline=args.pipeline, every=args.retrain_every,
@@ -599,6 +714,12 @@ def make_policies(args: argparse.Namespace, flags: argparse.Namespace, initial_d
         "vsknn": Rebuilt("vsknn", baseline="vsknn", params=retrain.training_params("vsknn", flags.config),
                          window=settings.max_history + 1, graph_top_k=flags.top_k),
     }
+    neighbours = live_neighbours(settings)
+    made["live-vsknn"] = Live("live-vsknn", chosen=ServingPipeline(VSKNN), follows=made["frozen"],
+                              neighbours=neighbours, settings=settings)
+    made["blend"] = Live("blend", chosen=ServingPipeline(BLEND, retriever=args.pipeline, weight=args.blend_weight),
+                         follows=made["incremental" if "incremental" in args.policies else "frozen"],
+                         neighbours=neighbours, settings=settings)
     return [made[name] for name in args.policies]
 
 
@@ -625,6 +746,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--slice-clicks must be at least 1")
     if args.retrain_every < 1 or args.incremental_every < 0:
         parser.error("--retrain-every must be at least 1, --incremental-every at least 0")
+    if not 0 <= args.blend_weight <= 1:
+        parser.error("--blend-weight is the neural weight, between 0 and 1")
     flags = retrain_arguments(parser, args, rest)
     if flags.threads:
         torch.set_num_threads(flags.threads)
@@ -645,19 +768,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     started_cpu, started_wall = cpu_seconds(), time.monotonic()
     initial_dir = out / "initial"
-    needs_models = any(p in args.policies for p in ("frozen", "retrain", "incremental"))
+    needs_models = any(p in args.policies for p in ARTIFACT_POLICIES)
     if needs_models:
         with quiet(out / "logs" / "initial.log"):
             full_retrain(plan, initial, initial_dir, f"{name}: first {args.initial_share:g} of the sessions")
     initial_cpu, initial_wall = cpu_seconds() - started_cpu, time.monotonic() - started_wall
     policies = make_policies(args, flags, initial_dir, settings)
+    live = [policy for policy in policies if isinstance(policy, Live)]
+    started = cpu_seconds()
+    if live:
+        index_first_part(live[0].neighbours, initial)
+    indexing_cpu = cpu_seconds() - started
     for policy in policies:
         if isinstance(policy, Rebuilt):
             started = cpu_seconds()
             policy.build(initial, f"{policy.name}@initial")
             policy.initial_cpu = cpu_seconds() - started
         else:
-            policy.initial_cpu = initial_cpu
+            policy.initial_cpu = initial_cpu + (indexing_cpu if isinstance(policy, Live) else 0.0)
     record = {
         "data": name, "protocol": ("prequential: each stream click served by the version current when it arrives "
                                    "(the served protocol: the worker's SessionRecommender, top 20), its suggestion "

@@ -1,7 +1,8 @@
 """`python -m training.prequential_merge A B ... --out DIR`: one replay's result from replays run side by side.
 
     python -m training.prequential ... --threads 1 --policies frozen retrain --out runs/a &
-    python -m training.prequential ... --threads 1 --policies frozen incremental popularity vsknn --out runs/b
+    python -m training.prequential ... --threads 1 --policies frozen incremental popularity vsknn live-vsknn blend \\
+        --out runs/b
     python -m training.prequential_merge runs/a runs/b --out runs/all
 
 Once the first version is trained, a replay's policies are independent of each other. On two cores, two processes

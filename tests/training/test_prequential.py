@@ -1,19 +1,26 @@
 """The prequential replay (`python -m training.prequential`) on a small real slice of YOOCHOOSE: with the updates
 turned off it gives the frozen version's served figures on the same clicks, the incremental updates know the
-stream's new items, and bad data ends it with one line and exit status 2."""
+stream's new items, the live kNN policies serve in stream order from an index that learns each click once served,
+and bad data ends it with one line and exit status 2."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from stream_app.inference.live_knn import LiveNeighbours
 from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_baseline import ItemVocabulary, ServedBaseline
 from stream_app.inference.served_quality import served_top_k_metrics
+from stream_app.inference.session_knn import VSKNNParams
+from stream_app.inference.sessions import SessionRecommender
 from stream_app.settings import get_settings
 from training import prequential, prequential_merge
+from training.data.click_log import ClickLog
 from training.data.datasets import dataset_files
 
 pytestmark = pytest.mark.training
@@ -69,6 +76,12 @@ def test_incremental_updates_know_the_new_items_the_frozen_version_does_not(tmp_
     assert {p["overall"]["predictions"] for p in policies.values()} == {frozen["overall"]["predictions"]}
     assert all(0 < p["overall"]["hit_rate@20"] < 1 for p in policies.values())
     assert policies["vsknn"]["overall"]["hit_rate@20"] > policies["popularity"]["overall"]["hit_rate@20"]
+    live, blend = policies["live-vsknn"], policies["blend"]
+    # the live index knows every item clicked before the batch: at most the clicks the last update had not seen
+    assert live["overall"]["unknown_share"] <= incremental["overall"]["unknown_share"]
+    assert live["new_items"]["suggested"] > 0 and live["training"]["versions"] == 0
+    assert blend["serving"]["artifact_versions_of"] == "incremental" and blend["training"]["versions"] == 2
+    assert [entry["version"] for entry in blend["slices"]] == ["initial", "incremental@0", "incremental@1"]
     assert json.loads((tmp_path / prequential.RESULT).read_text()) == json.loads(json.dumps(result))
     assert (tmp_path / prequential.PLOT).stat().st_size > 0
     assert not (tmp_path / "versions" / "incremental" / "after-slice-0").exists()  # superseded: removed
@@ -139,3 +152,45 @@ def test_replays_run_side_by_side_merge_into_one(tmp_path: Path, capsys: pytest.
     other_first_version = json.loads(json.dumps(b))
     other_first_version["policies"]["frozen"]["slices"][0]["hit_rate@20"] += 0.01
     refused(other_first_version, "frozen served other figures", "not the same first version")
+
+
+def test_a_session_of_the_same_slice_is_a_live_neighbour_at_once() -> None:
+    """X clicks a new item; Y, later in the same slice, is suggested it by the live index, never by V-SKNN rebuilt
+    at the slice's end."""
+    first = log_of({"f1": ["a", "b"], "f2": ["a", "c"], "f3": ["b", "c"]})
+    stream = prequential.Stream.of(log_of({"x": ["a", "new"], "y": ["b", "a", "c"]}), slice_clicks=100)
+    replay = prequential.Replay(stream, {"new"})
+    # Y's first click is served with X's second, before the index learns it; Y's second comes after
+    assert [batch.tolist() for batch in replay.stream_batches(0)] == [[0], [1, 2], [3], [4]]
+    neighbours = LiveNeighbours(100, VSKNNParams())
+    prequential.index_first_part(neighbours, first)
+    others = [f"other{number}" for number in range(30)]  # a catalogue longer than a suggestion
+    artifact = ServedBaseline("popularity", "first", ItemVocabulary(["a", "b", "c", *others]),
+                              np.array([2.0, 2.0, 2.0, *[1.0] * len(others)]), None, 0, 100)
+    live = SessionRecommender(neighbours.scorer(artifact, 50), top_k=20, max_history=50, session_ttl=math.inf,
+                              exclude_seen=False)
+    table: dict = {}
+    served = replay.serve_in_stream_order(0, {"live-vsknn": (live, table)}, neighbours)["live-vsknn"]
+    assert served.first_suggested == {"new": 3}  # Y's second click
+    assert served.clicks == 5 and served.unknown == 1  # X's click on the item nobody had clicked yet
+    assert table == {}  # both sessions ended: their states are dropped
+    rebuilt = prequential.Rebuilt("vsknn", baseline="vsknn", window=51)
+    rebuilt.build(first, "vsknn@initial")
+    offline = replay.serve(rebuilt.recommender(get_settings(), exclude_seen=False), replay.spans(0))
+    assert offline.first_suggested == {} and len(offline.judgements) == len(served.judgements) == 3
+
+
+def log_of(sessions: dict[str, list[str]]) -> ClickLog:
+    """Sessions in this order, without times (the stream in file order)."""
+    ids = [session for session, items in sessions.items() for _ in items]
+    items = [item for session_items in sessions.values() for item in session_items]
+    return ClickLog(np.array(ids, dtype=object), np.array(items, dtype=object), None, "test")
+
+
+def test_the_blend_weighted_zero_serves_the_live_vsknn_figures(tmp_path: Path) -> None:
+    result = replay(tmp_path, "--policies", "vsknn", "live-vsknn", "blend", "--blend-weight", "0")
+    policies = result["policies"]
+    assert policies["blend"]["serving"]["artifact_versions_of"] == "frozen"  # no incremental policy in this run
+    assert policies["live-vsknn"]["overall"]["predictions"] == policies["vsknn"]["overall"]["predictions"]
+    assert prequential_merge._served(policies["blend"]) == prequential_merge._served(policies["live-vsknn"])
+    assert policies["live-vsknn"]["overall"] != policies["vsknn"]["overall"]
