@@ -221,8 +221,8 @@ class Replay:
                               neighbours: LiveNeighbours) -> dict[str, Served]:
         """Slice t served as a worker serves it, by each of `served_by` (name -> its recommender and session table,
         which carries each session's state across slices and versions): the clicks in stream order, in batches
-        of consecutive ones (`stream_batches`), each batch indexed into `neighbours` once every recommender has
-        served it; every suggestion judged by its session's next click, as `serve` judges it."""
+        of consecutive ones (`stream_batches`), each batch indexed into `neighbours` just before it is served, as a
+        worker indexes it; every suggestion judged by its session's next click, as `serve` judges it."""
         served = {name: Served([], 0, 0, {}) for name in served_by}
         for batch in self.stream_batches(t):
             sessions, positions = self.session_of[batch], self.position[batch]
@@ -231,6 +231,8 @@ class Replay:
                           self.stream_position[batch])]
             ended = [click.click.session_id.encode() for click, s, p in zip(clicks, sessions, positions)
                      if p + 1 == len(self.sessions[s])]
+            for click in clicks:
+                neighbours.observe(click.click.session_id, click.click.item_id)
             for name, (recommender, table) in served_by.items():
                 started = time.monotonic()
                 result = recommender.recommend(clicks, table, now=0.0)
@@ -241,8 +243,6 @@ class Replay:
                 for suggestion, s, p in zip(result.suggestions, sessions.tolist(), positions.tolist()):
                     self.count(served[name], suggestion, s, p, labels)
                 served[name].seconds += time.monotonic() - started
-            for click in clicks:
-                neighbours.observe(click.click.session_id, click.click.item_id)
         return served
 
     def stream_batches(self, t: int) -> Iterator[np.ndarray]:
@@ -714,12 +714,14 @@ def make_policies(args: argparse.Namespace, flags: argparse.Namespace, initial_d
         "vsknn": Rebuilt("vsknn", baseline="vsknn", params=retrain.training_params("vsknn", flags.config),
                          window=settings.max_history + 1, graph_top_k=flags.top_k),
     }
-    neighbours = live_neighbours(settings)
-    made["live-vsknn"] = Live("live-vsknn", chosen=ServingPipeline(VSKNN), follows=made["frozen"],
-                              neighbours=neighbours, settings=settings)
-    made["blend"] = Live("blend", chosen=ServingPipeline(BLEND, retriever=args.pipeline, weight=args.blend_weight),
-                         follows=made["incremental" if "incremental" in args.policies else "frozen"],
-                         neighbours=neighbours, settings=settings)
+    if {"live-vsknn", "blend"} & set(args.policies):  # the index holds `NEXTCLICK_KNN_SESSIONS` slots
+        neighbours = live_neighbours(settings)
+        made["live-vsknn"] = Live("live-vsknn", chosen=ServingPipeline(VSKNN), follows=made["frozen"],
+                                  neighbours=neighbours, settings=settings)
+        made["blend"] = Live("blend", chosen=ServingPipeline(BLEND, retriever=args.pipeline,
+                                                             weight=args.blend_weight),
+                             follows=made["incremental" if "incremental" in args.policies else "frozen"],
+                             neighbours=neighbours, settings=settings)
     return [made[name] for name in args.policies]
 
 

@@ -160,7 +160,7 @@ def test_a_session_of_the_same_slice_is_a_live_neighbour_at_once() -> None:
     first = log_of({"f1": ["a", "b"], "f2": ["a", "c"], "f3": ["b", "c"]})
     stream = prequential.Stream.of(log_of({"x": ["a", "new"], "y": ["b", "a", "c"]}), slice_clicks=100)
     replay = prequential.Replay(stream, {"new"})
-    # Y's first click is served with X's second, before the index learns it; Y's second comes after
+    # Y's first click is served with X's second (both indexed just before, as a worker does); Y's second after
     assert [batch.tolist() for batch in replay.stream_batches(0)] == [[0], [1, 2], [3], [4]]
     neighbours = LiveNeighbours(100, VSKNNParams())
     prequential.index_first_part(neighbours, first)
@@ -172,7 +172,7 @@ def test_a_session_of_the_same_slice_is_a_live_neighbour_at_once() -> None:
     table: dict = {}
     served = replay.serve_in_stream_order(0, {"live-vsknn": (live, table)}, neighbours)["live-vsknn"]
     assert served.first_suggested == {"new": 3}  # Y's second click
-    assert served.clicks == 5 and served.unknown == 1  # X's click on the item nobody had clicked yet
+    assert served.clicks == 5 and served.unknown == 0  # X's click on the new item: known once its batch is indexed
     assert table == {}  # both sessions ended: their states are dropped
     rebuilt = prequential.Rebuilt("vsknn", baseline="vsknn", window=51)
     rebuilt.build(first, "vsknn@initial")
