@@ -248,6 +248,14 @@ class Settings(BaseSettings):
         "they rank; places no new candidate takes go back to the ranking, and nothing the pipeline did not score is "
         "added. 0: off. Needs `NEXTCLICK_CATALOGUE_RULES` (docs/serving.md, Catalogue and rules).",
     )
+    catalogue_fetch_max_wait: float = Field(
+        default=0.25,
+        gt=0,
+        description="Longest a fetch of the catalogue topic may wait in the broker, seconds. The catalogue is quiet "
+        "most of the time: a short wait makes the worker poll it many times a second for nothing, on the thread that "
+        "serves clicks. Kafka answers as soon as a record is there; the embedded broker after up to half the wait, "
+        "which bounds what this adds to a record's propagation.",
+    )
     catalogue_max_record_bytes: int = Field(
         default=4_096, ge=64, description="Larger catalogue records go to the dead-letter topic."
     )

@@ -29,6 +29,14 @@ def allowed_candidates(view: CatalogueView, top_items: np.ndarray, rules: Sequen
     return allowed
 
 
+def first_allowed(allowed: np.ndarray, scores: np.ndarray, count: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Per row of `allowed` (`allowed_candidates`), its first `count` allowed candidates and their scores, in
+    ranking order (REFUSED ones after them where fewer are allowed), as lists: the rest would never be read, and
+    making Python objects of every candidate cost the whole worker far more than the rules themselves."""
+    order = np.argsort(allowed == REFUSED, axis=1, kind="stable")[:, :count]
+    return np.take_along_axis(allowed, order, 1).tolist(), np.take_along_axis(scores, order, 1).tolist()
+
+
 def refused_items(view: CatalogueView, rules: ClickRules | None) -> set[int]:
     """What a row's selection leaves out besides the session's clicked items: REFUSED, and the click's
     `rules.exclude_items` the model knows."""

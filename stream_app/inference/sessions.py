@@ -23,7 +23,7 @@ import orjson
 from stream_app.inference.catalogue import CatalogueView
 from stream_app.inference.new_items import new_candidates, new_places, with_new_items
 from stream_app.inference.scoring import Scorer
-from stream_app.inference.serving_rules import allowed_candidates, refused_items, topped_up
+from stream_app.inference.serving_rules import allowed_candidates, first_allowed, refused_items, topped_up
 from stream_app.inference.suggestion import Judgement, SourcedClick, Suggestion
 from stream_app.settings import Settings
 
@@ -299,16 +299,19 @@ class SessionRecommender:
             result = scorer.score(np.array([indices[p] for p in stepped], dtype=np.int64), hidden, windows,
                                   [clicks[p].click.session_id for p in stepped])
             self.observe_inference(time.perf_counter() - started)
+            # a row's best `top_k` after leaving out at most `max_history` seen items: no need to read further
+            read = self.top_k + (self.max_history if self.exclude_seen else 0)
             if self.catalogue is None:
-                # a row's best `top_k` after leaving out at most `max_history` seen items: no need to read further
-                read = self.top_k + (self.max_history if self.exclude_seen else 0)
                 top_items, top_scores = result.top_items[:, :read].tolist(), result.top_scores[:, :read].tolist()
-            else:  # every candidate: the next ones take the places of those the rules refuse
+            else:  # the next candidates take the places of those the rules refuse
                 rules = [clicks[p].click.rules for p in stepped]
                 allowed = allowed_candidates(self.catalogue, result.top_items, rules)
-                if self.new_places:
+                if self.new_places:  # a new item may take a place however far down it ranks: every candidate
                     new_in_row = new_candidates(self.catalogue, allowed)
-                top_items, top_scores = allowed.tolist(), result.top_scores.tolist()
+                    top_items, top_scores = allowed.tolist(), result.top_scores.tolist()
+                else:
+                    read += max((len(rule.exclude_items) for rule in rules if rule is not None), default=0)
+                    top_items, top_scores = first_allowed(allowed, result.top_scores, read)
         rows = {p: row for row, p in enumerate(stepped)}
 
         for p in positions:

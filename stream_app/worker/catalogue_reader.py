@@ -65,7 +65,7 @@ class CatalogueReader:
             group_id=None,  # every worker reads every partition
             auto_offset_reset="earliest",
             enable_auto_commit=False,
-            fetch_max_wait_ms=int(self.settings.consumer_fetch_max_wait * 1000),
+            fetch_max_wait_ms=int(self.settings.catalogue_fetch_max_wait * 1000),
             client_id=f"{self.settings.app_id}-catalogue",
             **aiokafka_client_kwargs(self.settings),
         )

@@ -59,6 +59,23 @@ def test_hidden_items_make_way_for_the_models_next_candidates(scorer: Scorer) ->
     assert before.items[0] not in after.items and before.items[3] not in after.items
 
 
+def test_hidden_candidates_far_down_the_list_are_skipped_in_ranking_order(scorer: Scorer) -> None:
+    clicks = scorer.item_ids[5:8]
+    hidden_state = scorer.zero_hidden(1)
+    for item in clicks:  # the last click's candidates: the graph's whole top N
+        step = scorer.step(np.array([scorer.index_of(item)]), hidden_state)
+        hidden_state = step.next_hidden
+    ranked = [scorer.item_ids[i] for i in step.top_items[0].tolist() if scorer.item_ids[i] not in clicks]
+    catalogue = Catalogue()
+    hidden = set(ranked[: 2 * TOP_K]) - set(ranked[3 : 2 * TOP_K : 4])  # far more than the K served
+    for item in hidden:
+        catalogue.apply(item, HIDDEN)
+    rules = ClickRules(exclude_items=frozenset(ranked[2 * TOP_K : 2 * TOP_K + 3]))
+    [*_, suggestion] = served(engine(scorer, catalogue), clicks, rules)
+    shown = [item for item in ranked if item not in hidden and item not in rules.exclude_items]
+    assert suggestion.items == shown[:TOP_K] and suggestion.source == "model"
+
+
 def test_a_suggestion_whose_candidates_run_dry_is_topped_up_with_popular_shown_items(scorer: Scorer) -> None:
     clicks = scorer.item_ids[5:7]
     recommender = engine(scorer, catalogue := Catalogue())
