@@ -249,7 +249,7 @@ class Settings(BaseSettings):
         "added. 0: off. Needs `NEXTCLICK_CATALOGUE_RULES` (docs/serving.md, Catalogue and rules).",
     )
     catalogue_fetch_max_wait: float = Field(
-        default=0.25,
+        default=0.1,
         gt=0,
         description="Longest a fetch of the catalogue topic may wait in the broker, seconds. The catalogue is quiet "
         "most of the time: a short wait makes the worker poll it many times a second for nothing, on the thread that "
