@@ -177,24 +177,26 @@ class Settings(BaseSettings):
         description="Serve this fixed artifact directory (see `stream_app.inference.scoring`) and never swap; "
         "unset: serve the store's current version and follow its promotions.",
     )
-    serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien", "vsknn", "artifact"] = Field(
+    serving_model: Literal["gru4rec", "narm", "gru4rec+dien", "narm+dien", "vsknn", "stan", "artifact"] = Field(
         default="gru4rec",
         description="What serves: a retriever (GRU4Rec, NARM) or a retriever whose top N DIEN re-ranks; "
-        "the artifact must hold the models it names. `vsknn`: session-kNN over the sessions the worker has read "
-        "from the clicks topic (docs/serving.md, Session-kNN); the artifact gives its version and popular items. "
+        "the artifact must hold the models it names. `vsknn`, `stan`: session-kNN (V-SKNN, STAN) over the sessions "
+        "the worker has read from the clicks topic (docs/serving.md, Session-kNN); the artifact gives its version "
+        "and popular items. "
         "`artifact`: the pipeline the artifact records, chosen on validation by `training.retrain "
         "--choose-pipeline` (a retriever, `vsknn`, or their blend: docs/serving.md, Blend); GRU4Rec where it "
         "records none.",
     )
     knn_sessions: int = Field(
         default=1_000_000, ge=1,
-        description="Sessions the live kNN index holds (`vsknn`, `artifact`): the most recent to start (a new one "
-        "replaces the oldest).",
+        description="Sessions the live kNN index holds (`vsknn`, `stan`, `artifact`): the most recent to start (a new "
+        "one replaces the oldest).",
     )
     knn_window: float = Field(
         default=86_400.0, gt=0,
-        description="Seconds of the clicks topic a `vsknn` or `artifact` worker reads into its index when it starts, "
-        "before it serves (records older than that are skipped; the index keeps at most `NEXTCLICK_KNN_SESSIONS`).",
+        description="Seconds of the clicks topic a `vsknn`, `stan` or `artifact` worker reads into its index when it "
+        "starts, before it serves (records older than that are skipped; the index keeps at most "
+        "`NEXTCLICK_KNN_SESSIONS`).",
     )
     knn_neighbours: int = Field(
         default=100, ge=1,
@@ -204,6 +206,27 @@ class Settings(BaseSettings):
         default=1_000, ge=0,
         description="Most recent sessions sharing an item with the session that V-SKNN compares it with (0: all); "
         "with `artifact`, the artifact's own value serves.",
+    )
+    # STAN's parameters (`stream_app.inference.stan`): session-rec's defaults, its lambda_snh of 5 days in seconds
+    stan_neighbours: int = Field(default=100, ge=1, description="Neighbour sessions STAN scores with (k).")
+    stan_sample_size: int = Field(
+        default=5_000, ge=0,
+        description="Most recent sessions sharing an item with the session that STAN compares it with (0: all).",
+    )
+    stan_lambda_position: float = Field(
+        default=1.02, gt=0,
+        description="STAN's position decay in the session, in clicks (λ1): a click p clicks before the last weighs "
+        "exp(-p / λ1) in the similarity.",
+    )
+    stan_lambda_time: float = Field(
+        default=432_000.0, gt=0,
+        description="STAN's recency decay of a neighbour session, in seconds (λ2): a session whose last click is t "
+        "seconds before the index's latest weighs exp(-t / λ2).",
+    )
+    stan_lambda_item: float = Field(
+        default=2.05, gt=0,
+        description="STAN's decay within a neighbour session, in clicks (λ3): its item d clicks from its latest click "
+        "on an item the session holds scores exp(-d / λ3).",
     )
     inference_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide."

@@ -1,7 +1,7 @@
 """A session-kNN or popularity baseline served by `SessionRecommender` as it serves an artifact's pipeline.
 
 The same `Scorer` face (`score`, `index_of`, `select`, `popular`, ...), nothing loaded from an artifact: the
-worker's live V-SKNN pipeline (`stream_app.inference.live_knn`) and the prequential replay's rebuilt baselines
+worker's live V-SKNN and STAN pipelines (`stream_app.inference.live_knn`) and the prequential replay's rebuilt baselines
 (`training.prequential`) both serve through it, so that the replay measures what a worker serves.
 """
 
@@ -39,12 +39,12 @@ class ItemVocabulary:
 
 class ServedBaseline(Scorer):
     """Without a model, the popularity baseline: the most clicked items, whatever the session. With one
-    (`batch_scores(prefixes, excludes)`: `stream_app.inference.session_knn.VSKNN`), it reads each session's kept
-    clicks (the recommender's window: up to `window` - 1 earlier known clicks and the current one) and ranks
-    the items it scores, highest first (ties: lower number); fewer than `graph_top_k` are followed by the most
-    clicked items, so that a suggestion always has its `top_k` items, as a served list has. `live_sessions`:
-    session id -> number in the model's index, when the index holds the sessions being served (a session is
-    never its own neighbour)."""
+    (`batch_scores(prefixes, excludes)`: `stream_app.inference.session_knn.VSKNN`, `stream_app.inference.stan.STAN`),
+    it reads each session's kept clicks (the recommender's window: up to `window` - 1 earlier known clicks and the
+    current one) and ranks the items it scores, highest first (ties: lower number); fewer than `graph_top_k` are
+    followed by the most clicked items, so that a suggestion always has its `top_k` items, as a served list has.
+    `live_sessions`: session id -> number in the model's index, when the index holds the sessions being served (a
+    session is never its own neighbour)."""
 
     def __init__(self, name: str, version: str, vocabulary: ItemVocabulary, popularity: np.ndarray,
                  model: object | None, window: int, graph_top_k: int,

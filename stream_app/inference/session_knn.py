@@ -10,7 +10,8 @@ sessions a worker has seen (`stream_app.inference.session_index`), so that the t
 
 s = the current session's prefix, p_s(i) the 1-based position of i's last click in it; n = a past session, seen
 as the set of its items; S_j = the past sessions holding j, |T| = how many past sessions there are. "Recent" is
-session order: a larger session number started later. Numpy only: serving imports no torch and no training.
+session order: a larger session number started later. The candidates, the top k and the grouped sums are STAN's too
+(`stream_app.inference.stan`). Numpy only: serving imports no torch and no training.
 """
 
 from __future__ import annotations
@@ -119,12 +120,10 @@ def idf(support: np.ndarray, n_sessions: int) -> np.ndarray:
     return np.log(n_sessions / np.maximum(support, 1))
 
 
-class VSKNN:
-    """`batch_scores(prefixes)`: the items V-SKNN scores after each prefix (item numbers of `index`) and their
-    scores, a batch at once (per-click numpy overhead, not arithmetic, is most of the cost of one prefix);
-    reads the index at every call, so a live index's latest sessions count at once."""
+class SessionKNN:
+    """A session-kNN model over `index` (`batch_scores`: V-SKNN's, STAN's), and one prefix's scores from it."""
 
-    def __init__(self, index: NeighbourIndex, params: VSKNNParams):
+    def __init__(self, index: NeighbourIndex, params: object):
         self.index, self.params = index, params
 
     @property
@@ -135,6 +134,23 @@ class VSKNN:
                      excludes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, item, score) of each scored item, by row then item ascending. `excludes[row]`: a session of the
         index not to count as a neighbour of that row (the one whose prefix it is; -1: none)."""
+        raise NotImplementedError
+
+    def sparse_scores(self, prefix: np.ndarray, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One prefix's scored items, ascending, and their scores."""
+        _, items, scores = self.batch_scores([prefix], None if exclude is None else np.array([exclude]))
+        return items, scores
+
+
+class VSKNN(SessionKNN):
+    """`batch_scores(prefixes)`: the items V-SKNN scores after each prefix (item numbers of `index`) and their
+    scores, a batch at once (per-click numpy overhead, not arithmetic, is most of the cost of one prefix);
+    reads the index at every call, so a live index's latest sessions count at once."""
+
+    params: VSKNNParams
+
+    def batch_scores(self, prefixes: Sequence[np.ndarray],
+                     excludes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p, index = self.params, self.index
         rows, items, positions = last_positions(prefixes)
         lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
@@ -145,8 +161,3 @@ class VSKNN:
         if p.idf_weighting:
             contributions *= 1.0 + p.idf_weighting * idf(index.support_of(held), index.n_sessions)
         return grouped_sum(np.repeat(rows, lengths), held, contributions)
-
-    def sparse_scores(self, prefix: np.ndarray, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One prefix's scored items, ascending, and their scores."""
-        _, items, scores = self.batch_scores([prefix], None if exclude is None else np.array([exclude]))
-        return items, scores

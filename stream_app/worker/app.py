@@ -325,7 +325,7 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
     if clicks_reader is not None:
         await clicks_reader.loaded.wait()  # kNN answers from a full index only
         for sourced, _ in clicks:  # the worker's own clicks count at once, before the reader gets to them
-            neighbours.observe(sourced.click.session_id, sourced.click.item_id)
+            neighbours.observe(sourced.click.session_id, sourced.click.item_id, sourced.click.timestamp, sourced.offset)
     try:  # the served versions are read once: a swap lands between two batches, never inside one
         result = served.recommend([sourced for sourced, _ in clicks], sessions, now=time.time())
     except Exception as exc:

@@ -1,13 +1,13 @@
 """The whole clicks topic, read into the live session index (`stream_app.inference.live_knn`) by every worker that
-keeps one (NEXTCLICK_SERVING_MODEL `vsknn` or `artifact`).
+keeps one (NEXTCLICK_SERVING_MODEL `vsknn`, `stan` or `artifact`).
 
 A consumer without a group reads every partition, so a worker's index holds the sessions of every partition,
 not only of those it serves: any session can be any session's neighbour. At start it reads from the first click
 of the last `knn_window` seconds (or the partition's start) and sets `loaded` once it has read up to the ends the
 partitions had then: the worker serves no click before, so a restarted worker answers with a full index
 (docs/serving.md, Session-kNN). It then follows the topic live. A click it cannot parse is skipped: the worker
-that owns its partition dead-letters it. Indexing a click twice changes nothing, so a restart of the reader after
-an error reads the window again.
+that owns its partition dead-letters it. A click is indexed with its offset, and indexing it twice changes nothing
+(`SessionIndex.add`), so a restart of the reader after an error reads the window again.
 """
 
 from __future__ import annotations
@@ -85,4 +85,4 @@ class ClicksReader:
             click = parse_click(record.value, key=record.key, max_bytes=self.settings.max_payload_bytes)
         except InvalidClick:
             return
-        self.neighbours.observe(click.session_id, click.item_id)
+        self.neighbours.observe(click.session_id, click.item_id, click.timestamp, record.offset)

@@ -19,42 +19,22 @@ item-kNN (session-rec `knn/iknn.py`, ItemKNN; Hidasi et al. 2016's baseline):
 V-SKNN (Ludewig & Jannach 2018): `stream_app.inference.session_knn`, the same code that scores a worker's live
 index of recent sessions; here it runs on the training sessions (`TrainIndex`).
 
-STAN (Garg et al., SIGIR 2019, "Sequence and Time Aware Neighborhood for Session-based Recommendations"), as
-session-rec implements it (`knn/stan.py`, the code behind its published STAN figures):
-    w1(p) = exp((p - |s|) / lambda_position)                   position decay in s (session-rec: lambda_spw)
-    w2(n) = exp(-(t_s - t_n) / lambda_time)                    recency of the neighbour session (lambda_snh)
-    sim(s, n) = w2(n) * sum over i in s ∩ n of w1(p_s(i)) / (sqrt(sum over i in s of w1(p_s(i))^2) * sqrt(|n|))
-            the cosine of s's weighted vector and n's binary one (|n| = n's distinct items), times w2
-    N(s) = the k most similar of the `sample_size` most recent sessions sharing an item with s
-    p_n(i*) = the last position in n of an item that s holds (the latest click of n on a shared item)
-    w3(j, n) = exp(-|p_n(j) - p_n(i*)| / lambda_item)           distance from it within n (lambda_inh)
-    score(j | s) = sum over n in N(s) holding j of sim(s, n) * w3(j, n)
-    The items of s are scored like any other (session-rec's remind=True: re-clicks are common); with
-    `zero_shared_item`, the item at p_n(i*) gets w3 = 0 in n (a reading of the paper's factor 3 that session-rec
-    does not implement). Time: with `train_times` (each training session's last click, seconds, as session-rec's
-    `session_time`) t_n is that and lambda_time is in seconds (session-rec's lambda_snh is in days: 5 by default);
-    without (SR-GNN pickles hold none), t_n is the session's index and lambda_time_sessions is used instead, in
-    sessions (default: None, no time decay). t_s is the same for every neighbour of s, so only t_n - t_latest
-    matters to the ranking (t_s = the latest session's time). How this code once differed from session-rec's, and
-    what each difference cost: docs/experiments.md ("STAN against session-rec").
+STAN (Garg et al., SIGIR 2019, as session-rec's `knn/stan.py`): `stream_app.inference.stan`, the same code that
+scores a worker's live index; here it runs on the training sessions (`TrainIndex`), with `train_times` (each
+training session's last click, seconds: `session_end_times`) as their times, or their numbers without them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from tqdm import tqdm
 
-from stream_app.inference.session_knn import (
-    VSKNN,
-    VSKNNParams,
-    candidates,
-    grouped_sum,
-    last_positions,
-    top_k,
-)
+from stream_app.inference.session_knn import VSKNN, VSKNNParams
+from stream_app.inference.stan import STAN, STANParams
 from training.data.click_log import ClickLog, EncodedSplit, Sessions
 
 
@@ -65,23 +45,6 @@ class ItemKNNParams:
     n_sims: int = 100  # similar items kept per item
     lam: float = 20.0  # shrink term added to each item's support
     alpha: float = 0.5  # asymmetric cosine: 0.5 = symmetric
-
-
-@dataclass(frozen=True)
-class STANParams:
-    """session-rec STAN defaults (k=100, sample_size=5000, lambda_spw=1.02, lambda_snh=5 days, lambda_inh=2.05,
-    remind=True)."""
-
-    k: int = 100  # neighbour sessions
-    sample_size: int = 5000  # most recent candidate sessions considered (0: all of them)
-    lambda_position: float = 1.02  # λ1 (session-rec lambda_spw), in clicks
-    lambda_time: float = 5 * 86_400.0  # λ2 (session-rec lambda_snh, there in days) in seconds, used with train_times
-    # λ2 in sessions, used without train_times (session order as time). Off by default: a count of sessions has
-    # no published value (5 days is no fixed number of sessions), and a wrong guess costs much recall
-    # (docs/experiments.md).
-    lambda_time_sessions: float | None = None  # None: no decay (config.json stays strict JSON, unlike inf)
-    lambda_item: float = 2.05  # λ3 (session-rec lambda_inh), in clicks
-    zero_shared_item: bool = False  # True: w3 = 0 for the item at p_n(i*); False: scored like the rest, as session-rec
 
 
 BaselineParams = ItemKNNParams | VSKNNParams | STANParams
@@ -106,13 +69,26 @@ class TrainIndex:
     positions: np.ndarray  # 1-based position of the item's last click in its session
     item_offsets: np.ndarray  # item i is in sessions item_sessions[item_offsets[i]:item_offsets[i+1]], ascending
     item_sessions: np.ndarray
+    times: np.ndarray | None = None  # each session's last click, seconds; None: its number stands for it
+
+    def __post_init__(self) -> None:
+        if self.times is not None and len(self.times) != self.n_sessions:
+            raise ValueError(f"train_times has {len(self.times)} entries for {self.n_sessions} training sessions")
 
     @property
     def n_sessions(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def seconds(self) -> bool:
+        return self.times is not None
+
+    @cached_property
+    def latest_time(self) -> float:
+        return float(self.times_of(np.arange(self.n_sessions)).max(initial=0.0))
+
     @classmethod
-    def of(cls, train: Sessions, n_items: int) -> TrainIndex:
+    def of(cls, train: Sessions, n_items: int, times: np.ndarray | None = None) -> TrainIndex:
         session = np.repeat(np.arange(train.n_sessions), train.lengths())
         position = np.arange(train.n_clicks) - train.offsets[session] + 1
         order = np.lexsort((position, train.items, session))  # by session, item, position
@@ -125,13 +101,15 @@ class TrainIndex:
         items, sessions = train.items[keep], session[keep]
         by_item = np.lexsort((sessions, items))
         item_offsets = np.concatenate(([0], np.cumsum(np.bincount(items, minlength=n_items)))).astype(np.int64)
-        return cls(n_items, offsets, items, position[keep], item_offsets, sessions[by_item])
+        times = None if times is None else np.asarray(times, dtype=np.float64)
+        return cls(n_items, offsets, items, position[keep], item_offsets, sessions[by_item], times)
 
     def support(self) -> np.ndarray:
         """|S_i|: number of training sessions holding each item."""
         return np.diff(self.item_offsets)
 
-    # the `stream_app.inference.session_knn.NeighbourIndex` protocol, which V-SKNN scores on
+    # the `stream_app.inference.stan.TimedIndex` protocol (`session_knn.NeighbourIndex`'s and more), which V-SKNN
+    # and STAN score on
 
     def holders(self, items: np.ndarray, most_recent: int) -> tuple[np.ndarray, np.ndarray]:
         starts, ends = self.item_offsets[items], self.item_offsets[items + 1]
@@ -147,6 +125,16 @@ class TrainIndex:
 
     def support_of(self, items: np.ndarray) -> np.ndarray:
         return self.support()[items]
+
+    def sizes(self, sessions: np.ndarray) -> np.ndarray:
+        return self.offsets[sessions + 1] - self.offsets[sessions]
+
+    def clicks_of(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flat, lengths = _ranges(self.offsets, sessions)
+        return self.items[flat], self.positions[flat], lengths
+
+    def times_of(self, sessions: np.ndarray) -> np.ndarray:
+        return sessions.astype(np.float64) if self.times is None else self.times[sessions]
 
 
 # --- scoring: each model gives, for a prefix, the items it scores (> 0 or not) and their scores ---
@@ -177,44 +165,6 @@ class ItemKNN:
         current = prefix[-1]
         row = slice(self.offsets[current], self.offsets[current + 1])
         return self.neighbours[row], self.sims[row]
-
-
-class STAN:
-    def __init__(self, index: TrainIndex, params: STANParams, train_times: np.ndarray | None = None):
-        self.index, self.n_items, self.params = index, index.n_items, params
-        if train_times is None:
-            times, lam = np.arange(index.n_sessions, dtype=np.float64), params.lambda_time_sessions
-        else:
-            times, lam = np.asarray(train_times, dtype=np.float64), params.lambda_time
-            if len(times) != index.n_sessions:
-                raise ValueError(f"train_times has {len(times)} entries for {index.n_sessions} training sessions")
-        # w2 with t_s = the latest session; no decay: 1 for every session
-        self.recency = np.ones(len(times)) if lam is None else np.exp(-(times.max(initial=0.0) - times) / lam)
-        self.root_length = np.sqrt(np.diff(index.offsets))  # sqrt(|n|), n's distinct items
-        self.in_prefix = np.zeros(index.n_items, dtype=bool)  # scratch: the items of s
-
-    def sparse_scores(self, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p = self.params
-        rows, items, positions = last_positions([prefix])  # one row: V-SKNN's helpers, batched
-        w1 = np.exp((positions - len(prefix)) / p.lambda_position)
-        rows, sessions, dot = candidates(self.index, rows, items, w1, p.sample_size)
-        cosine = dot / (np.sqrt(np.sum(w1 ** 2)) * self.root_length[sessions])
-        _, sessions, sim = top_k(rows, sessions, cosine * self.recency[sessions], p.k)
-        index = self.index
-        flat, lengths = _ranges(index.offsets, sessions)
-        held, held_position = index.items[flat], index.positions[flat]
-        neighbour = np.repeat(np.arange(len(sessions)), lengths)
-        self.in_prefix[items] = True
-        shared = self.in_prefix[held]
-        self.in_prefix[items] = False
-        # p_n(i*): the largest position of a shared item in each neighbour (every neighbour holds one)
-        starts = np.cumsum(lengths) - lengths
-        star_position = np.maximum.reduceat(np.where(shared, held_position, 0), starts) if len(held) else held
-        distance = np.abs(held_position - star_position[neighbour])
-        w3 = np.exp(-distance / p.lambda_item)
-        if p.zero_shared_item:
-            w3[distance == 0] = 0.0
-        return grouped_sum(np.zeros_like(held), held, sim[neighbour] * w3)[1:]
 
 
 def dense_scores(model, prefix: np.ndarray) -> np.ndarray:
@@ -248,13 +198,13 @@ def ranks_of(model, sessions: Sessions, progress: bool = False, desc: str = "bas
 @dataclass(frozen=True)
 class Baseline:
     params: type
-    build: Callable[[TrainIndex, BaselineParams, np.ndarray | None, bool], object]
+    build: Callable[[TrainIndex, BaselineParams, bool], object]
 
 
 BASELINES: dict[str, Baseline] = {
-    "item_knn": Baseline(ItemKNNParams, lambda index, params, times, progress: ItemKNN(index, params, progress)),
-    "vsknn": Baseline(VSKNNParams, lambda index, params, times, progress: VSKNN(index, params)),
-    "stan": Baseline(STANParams, lambda index, params, times, progress: STAN(index, params, times)),
+    "item_knn": Baseline(ItemKNNParams, lambda index, params, progress: ItemKNN(index, params, progress)),
+    "vsknn": Baseline(VSKNNParams, lambda index, params, progress: VSKNN(index, params)),
+    "stan": Baseline(STANParams, lambda index, params, progress: STAN(index, params)),
 }
 
 
@@ -267,7 +217,7 @@ def build_baseline(name: str, params: BaselineParams | None, train: Sessions, n_
     params = spec.params() if params is None else params
     if not isinstance(params, spec.params):
         raise TypeError(f"{name} takes {spec.params.__name__}, not {type(params).__name__}")
-    return spec.build(TrainIndex.of(train, n_items), params, train_times, progress)
+    return spec.build(TrainIndex.of(train, n_items, train_times), params, progress)
 
 
 def baseline_ranks(name: str, params: BaselineParams | None, split: EncodedSplit, *,

@@ -198,10 +198,10 @@ def reranker_objective(trials: Trials, retriever_params: Any, split: EncodedSpli
 
 
 def baseline_objective(trials: Trials, split: EncodedSplit, train_times: np.ndarray | None) -> Objective:
-    index = TrainIndex.of(split.train, len(split.item_map))
+    index = TrainIndex.of(split.train, len(split.item_map), train_times)
 
     def objective(trial: optuna.Trial) -> float:
-        model = BASELINES[trials.name].build(index, trials.params(trial), train_times, False)
+        model = BASELINES[trials.name].build(index, trials.params(trial), False)
         return trials.settings.score(ranks_of(model, split.test, trials.settings.progress, desc=trials.name))
     return objective
 

@@ -1,7 +1,7 @@
 """What serves an artifact under NEXTCLICK_SERVING_MODEL: `artifact` serves the pipeline the manifest records (a
-blend with its weight and kNN parameters, V-SKNN, GRU4Rec where it records none), other values ignore the record,
-a replay of held-out sessions fills a kNN pipeline's index as it serves them, and the setting refuses the catalogue
-rules and values it does not know."""
+blend with its weight and kNN parameters, V-SKNN, STAN, GRU4Rec where it records none), other values ignore the
+record, `stan` serves STAN over the worker's index with its settings, a replay of held-out sessions fills a kNN
+pipeline's index as it serves them, and the setting refuses the catalogue rules and values it does not know."""
 
 from __future__ import annotations
 
@@ -11,13 +11,21 @@ import pytest
 from pydantic import ValidationError
 
 from devtools.artifact_versions import edit_manifest, renamed
+from stream_app.inference.artifact_format import ArtifactError
 from stream_app.inference.blended_scorer import BlendedScorer
 from stream_app.inference.live_knn import LiveNeighbours
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.served_baseline import ServedBaseline
-from stream_app.inference.served_pipeline import ServingPipeline, served_scorer
+from stream_app.inference.served_pipeline import (
+    LIVE_INDEX_SETTINGS,
+    ServingPipeline,
+    live_neighbours,
+    served_pipeline,
+    served_scorer,
+)
 from stream_app.inference.served_quality import served_top_k_metrics
 from stream_app.inference.session_knn import VSKNNParams
+from stream_app.inference.stan import STAN, STANParams
 from stream_app.settings import Settings
 from training.data.datasets import load_dataset
 
@@ -46,6 +54,21 @@ def test_artifact_serves_the_pipeline_it_records(artifact: Path, tmp_path: Path)
     assert type(served_scorer(blend, Settings())) is Scorer  # NEXTCLICK_SERVING_MODEL=gru4rec: the record waits
 
 
+def test_stan_serves_over_the_workers_index_with_its_settings(artifact: Path, tmp_path: Path) -> None:
+    settings = Settings(serving_model="stan", catalogue_rules=False, stan_neighbours=7, stan_lambda_time=3_600.0)
+    assert settings.serving_model in LIVE_INDEX_SETTINGS
+    assert served_pipeline(artifact, settings) == ServingPipeline("stan")
+    neighbours = live_neighbours(settings)  # the index the worker keeps
+    assert isinstance(neighbours.model, STAN)
+    scorer = served_scorer(artifact, settings, neighbours)
+    assert isinstance(scorer, ServedBaseline) and scorer.name == "stan" and scorer.neighbours is neighbours
+    assert isinstance(scorer.model, STAN) and scorer.model.params == STANParams(k=7, lambda_time=3_600.0)
+    recorded = served_scorer(recording(artifact, tmp_path / "stan", pipeline="stan"), ARTIFACT_SETTINGS)
+    assert recorded.name == "stan" and recorded.model.params == STANParams()  # the worker's settings: the defaults
+    with pytest.raises(ArtifactError):
+        ServingPipeline("stan", vsknn=CHOSEN_KNN)  # STAN's parameters are the worker's, never V-SKNN's
+
+
 def test_a_replay_of_held_out_sessions_fills_the_index_as_it_serves_them(artifact: Path, tmp_path: Path) -> None:
     blend = recording(artifact, tmp_path / "blend", pipeline="blend", retriever="gru4rec", weight=0.5,
                       vsknn=CHOSEN_KNN)
@@ -57,7 +80,7 @@ def test_a_replay_of_held_out_sessions_fills_the_index_as_it_serves_them(artifac
     assert served.predictions == sum(len(session) - 1 for session in sessions) and served.recall > 0
 
 
-@pytest.mark.parametrize("model", ["vsknn", "artifact"])
+@pytest.mark.parametrize("model", ["vsknn", "stan", "artifact"])
 def test_the_knn_pipelines_serve_with_the_catalogue_rules_on_or_off(model: str) -> None:
     for rules in (True, False):
         assert Settings(serving_model=model, catalogue_rules=rules).serving_model == model
