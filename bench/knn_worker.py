@@ -1,7 +1,8 @@
-"""Issue 36's bar through Kafka: one worker serving live V-SKNN, the blend and the neural pipeline, each with a
-session index of `--index-sessions` sessions read from the clicks topic before it serves.
+"""Issue 36's bar through Kafka: one worker serving live V-SKNN, live STAN, the blend and the neural pipeline, each
+with a session index of `--index-sessions` sessions read from the clicks topic before it serves.
 
     PYTHONPATH=. python bench/knn_worker.py --artifact DIR [--index-sessions 1000000] [--clicks 20000]
+        [--pipelines gru4rec vsknn stan blend]
 
 bench/knn_serving.py times the scoring without Kafka; bench/stream_throughput.py times a worker whose index holds
 only the clicks it serves. Here the worker reads a full index the way it does in production, at start, from the
@@ -11,13 +12,13 @@ clicks topic (`stream_app.worker.clicks_reader`), then serves a backlog:
    (metrics.json's `dataset`), click by click. Beyond the data set's sessions (186,670 for Diginetica) they are its
    sessions again under new ids: the index's memory and neighbour search see that many sessions, the item
    distribution is the real one. Sent just before the workers start, so inside their `knn_window`.
-2. Per pipeline (`gru4rec`, `vsknn`, and `artifact` on a copy of the artifact that records the blend of GRU4Rec and
-   V-SKNN at `--blend-weight`; the weight changes no cost): the worker's consumer group is committed at the topic's
-   end, so it serves none of the fill; `--clicks` test clicks (interleaved as stream_throughput's) are appended;
-   the worker starts with NEXTCLICK_KNN_SESSIONS = `--index-sessions` and reads the whole window into its index
-   before it serves: the fill, its own clicks (the backlog it serves; indexing a click again changes nothing) and
-   the clicks of the pipelines before it, so the index is full and stays full, each new session replacing the
-   oldest, as a live worker's does.
+2. Per pipeline of `--pipelines` (`gru4rec`, `vsknn`, `stan` with its settings' defaults, and `artifact` on a copy of
+   the artifact that records the blend of GRU4Rec and V-SKNN at `--blend-weight`; the weight changes no cost): the
+   worker's consumer group is committed at the topic's end, so it serves none of the fill; `--clicks` test clicks
+   (interleaved as stream_throughput's) are appended; the worker starts with NEXTCLICK_KNN_SESSIONS =
+   `--index-sessions` and reads the whole window into its index before it serves: the fill, its own clicks (the
+   backlog it serves; indexing a click again changes nothing) and the clicks of the pipelines before it, so the index
+   is full and stays full, each new session replacing the oldest, as a live worker's does.
 
 Prints the fill's clicks/s and the broker's resident memory after it; per pipeline the index load (seconds from
 the worker's start to `knn_index_loaded`, which the default tuning's listed ends set up to one record batch per
@@ -65,7 +66,8 @@ from stream_app.partition_ends import checked_ends
 from stream_app.settings import Settings
 
 FILL_CHUNK = 50_000  # clicks sent between two waits for the broker's acknowledgements (bounds the futures held)
-SERVING_MODELS = {"gru4rec": "gru4rec", "vsknn": "vsknn", "blend": "artifact"}  # pipeline: NEXTCLICK_SERVING_MODEL
+# pipeline: its NEXTCLICK_SERVING_MODEL
+SERVING_MODELS = {"gru4rec": "gru4rec", "vsknn": "vsknn", "stan": "stan", "blend": "artifact"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,6 +77,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clicks", type=int, default=20_000, help="test clicks served per pipeline")
     parser.add_argument("--sessions", type=int, default=2_000, help="test sessions interleaved")
     parser.add_argument("--blend-weight", type=float, default=0.5, help="the blend's neural weight")
+    parser.add_argument("--pipelines", nargs="+", choices=list(SERVING_MODELS), default=list(SERVING_MODELS),
+                        help="the pipelines served, in this order")
     return parser.parse_args()
 
 
@@ -189,7 +193,8 @@ async def measure(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -
 
     blend = blend_artifact(args.artifact, tmp / "blend", args.blend_weight)
     test = interleaved(test_sessions(args.artifact, settings)[1], args.sessions)
-    for pipeline, serving_model in SERVING_MODELS.items():
+    for pipeline in args.pipelines:
+        serving_model = SERVING_MODELS[pipeline]
         run = f"{pipeline}-{tag}"
         clicks = take(test, args.clicks, run)
         bare_fields = run_fields(broker, args.artifact, f"bare-{run}") | serving | {"serving_model": "gru4rec"}

@@ -83,8 +83,9 @@ def grouped_sum(rows: np.ndarray, keys: np.ndarray,
 
 
 def rank_in_row(rows: np.ndarray) -> np.ndarray:
-    """0, 1, ... within each row of `rows` (sorted)."""
-    return np.arange(len(rows)) - np.searchsorted(rows, rows)
+    """0, 1, ... within each row of `rows` (sorted); in one pass (a binary search per entry cost more)."""
+    starts = np.flatnonzero(np.diff(rows, prepend=rows[:1] - 1)) if len(rows) else np.zeros(0, dtype=np.int64)
+    return np.arange(len(rows)) - np.repeat(starts, np.diff(starts, append=len(rows)))
 
 
 def candidates(index: NeighbourIndex, rows: np.ndarray, items: np.ndarray, weights: np.ndarray, sample_size: int,
@@ -93,10 +94,19 @@ def candidates(index: NeighbourIndex, rows: np.ndarray, items: np.ndarray, weigh
     out: the session being served, when the index holds it; -1: none), by row then session ascending, and each
     one's sum of the weights of the items it holds (the dot product). A session among the most recent M of the
     union, one excluded session aside, is among the most recent M + 1 of each of its items' lists: cutting the
-    lists first changes nothing."""
+    lists first changes nothing. Nor does leaving out, before the sums, the sessions older than a row's `floor`:
+    the oldest kept of any of its items whose list was cut (to M + 1, or M with no session excluded), since the
+    union holds that many sessions from there on (long lists, the popular items', are where the sums' work is)."""
     most_recent = sample_size + (excludes is not None) if sample_size else 0
     flat, lengths = index.holders(items, most_recent)
-    rows, sessions, dot = grouped_sum(np.repeat(rows, lengths), flat, np.repeat(weights, lengths))
+    entry_rows, entry_weights = np.repeat(rows, lengths), np.repeat(weights, lengths)
+    cut = lengths >= most_recent if most_recent else np.zeros(len(lengths), dtype=bool)
+    if cut.any():
+        floor = np.full(int(rows.max()) + 1, -1, dtype=flat.dtype)
+        np.maximum.at(floor, rows[cut], flat[(np.cumsum(lengths) - lengths)[cut]])
+        kept = flat >= floor[entry_rows]
+        flat, entry_rows, entry_weights = flat[kept], entry_rows[kept], entry_weights[kept]
+    rows, sessions, dot = grouped_sum(entry_rows, flat, entry_weights)
     if excludes is not None:
         kept = sessions != excludes[rows]
         rows, sessions, dot = rows[kept], sessions[kept], dot[kept]
@@ -110,7 +120,10 @@ def top_k(rows: np.ndarray, sessions: np.ndarray, sim: np.ndarray,
           k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, the k most similar (ties: the more recent), most similar first."""
     last = len(rows) - 1  # input by row, then session ascending: reversed, the more recent first in ties
-    order = last - np.lexsort((-sim[::-1], rows[::-1]))  # lexsort is stable
+    by_sim = np.argsort(-sim[::-1], kind="stable")
+    then_row = rows[::-1][by_sim]  # then by row, stably: numpy radix-sorts 16-bit keys (a batch's row numbers)
+    radix = len(rows) and rows[-1] < 2**15  # rows are sorted: the last is the largest
+    order = last - by_sim[np.argsort(then_row.astype(np.int16) if radix else then_row, kind="stable")]
     best = order[rank_in_row(rows[order]) < k]
     return rows[best], sessions[best], sim[best]
 
