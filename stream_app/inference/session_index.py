@@ -95,6 +95,11 @@ class SessionIndex:
             bisect.insort(holders, number, lo=self._dead[item])
         return number
 
+    def indexed(self, key: Hashable, offset: int) -> bool:
+        """Whether the click of session `key` at `offset` is indexed already (`add` would skip it)."""
+        number = self.number_of.get(key)
+        return number is not None and offset <= self._offsets[number % self.capacity]
+
     def _start(self, key: Hashable) -> int:
         number = self.started
         if number >= self.capacity:

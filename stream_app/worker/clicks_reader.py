@@ -81,6 +81,11 @@ class ClicksReader:
             await consumer.stop()
 
     def _index(self, record: ConsumerRecord) -> None:
+        # the worker indexed the clicks it served already: known by the record's key (the session id) and offset,
+        # without parsing the click again
+        if record.key is not None and self.neighbours.index.indexed(record.key.decode("utf-8", "replace"),
+                                                                    record.offset):
+            return
         try:
             click = parse_click(record.value, key=record.key, max_bytes=self.settings.max_payload_bytes)
         except InvalidClick:

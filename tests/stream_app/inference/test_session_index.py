@@ -98,3 +98,14 @@ def test_a_batch_scores_each_prefix_as_it_would_alone(params):
         alone = model.sparse_scores(prefix, None if exclude < 0 else exclude)
         np.testing.assert_array_equal(items[rows == row], alone[0])
         np.testing.assert_array_equal(scores[rows == row], alone[1])
+
+
+def test_a_click_indexed_with_its_offset_is_known_as_indexed_until_its_session_goes():
+    index = SessionIndex(2)
+    index.add("a", 3, offset=10)
+    index.add("a", 4, offset=12)
+    assert index.indexed("a", 10) and index.indexed("a", 12) and not index.indexed("a", 13)
+    assert not index.indexed("b", 0)  # a session the index has not seen
+    index.add("b", 3, offset=0)
+    index.add("c", 3, offset=1)  # full: "a" goes
+    assert not index.indexed("a", 10) and index.indexed("b", 0) and index.indexed("c", 1)
