@@ -39,6 +39,15 @@ def served(recommender: SessionRecommender, items: list[str], rules: ClickRules 
     return suggestions
 
 
+def last_candidates(scorer: Scorer, clicks: list[str]) -> list[str]:
+    """The graph's whole top N after a session's last click, best first."""
+    hidden_state = scorer.zero_hidden(1)
+    for item in clicks:
+        step = scorer.step(np.array([scorer.index_of(item)]), hidden_state)
+        hidden_state = step.next_hidden
+    return [scorer.item_ids[i] for i in step.top_items[0].tolist()]
+
+
 def test_an_empty_catalogue_changes_no_suggestion(scorer: Scorer) -> None:
     clicks = scorer.item_ids[5:9] + ["not-an-item"]
     plain = served(engine(scorer, None), clicks)
@@ -61,11 +70,7 @@ def test_hidden_items_make_way_for_the_models_next_candidates(scorer: Scorer) ->
 
 def test_hidden_candidates_far_down_the_list_are_skipped_in_ranking_order(scorer: Scorer) -> None:
     clicks = scorer.item_ids[5:8]
-    hidden_state = scorer.zero_hidden(1)
-    for item in clicks:  # the last click's candidates: the graph's whole top N
-        step = scorer.step(np.array([scorer.index_of(item)]), hidden_state)
-        hidden_state = step.next_hidden
-    ranked = [scorer.item_ids[i] for i in step.top_items[0].tolist() if scorer.item_ids[i] not in clicks]
+    ranked = [item for item in last_candidates(scorer, clicks) if item not in clicks]
     catalogue = Catalogue()
     hidden = set(ranked[: 2 * TOP_K]) - set(ranked[3 : 2 * TOP_K : 4])  # far more than the K served
     for item in hidden:
@@ -80,11 +85,7 @@ def test_a_suggestion_whose_candidates_run_dry_is_topped_up_with_popular_shown_i
     clicks = scorer.item_ids[5:7]
     recommender = engine(scorer, catalogue := Catalogue())
     [*_, before] = served(engine(scorer, None), clicks)
-    hidden_state = scorer.zero_hidden(1)
-    for item in clicks:  # the last click's candidates: the graph's whole top N
-        step = scorer.step(np.array([scorer.index_of(item)]), hidden_state)
-        hidden_state = step.next_hidden
-    hidden = {scorer.item_ids[i] for i in step.top_items[0].tolist()} | set(scorer.item_ids[:3])
+    hidden = set(last_candidates(scorer, clicks)) | set(scorer.item_ids[:3])
     for item in hidden - {before.items[0]}:
         catalogue.apply(item, HIDDEN)
     [*_, after] = served(recommender, clicks)
@@ -97,11 +98,7 @@ def test_a_suggestion_whose_candidates_run_dry_is_topped_up_with_popular_shown_i
 
 def test_the_best_new_candidates_below_k_take_the_shares_places(scorer: Scorer) -> None:
     clicks = scorer.item_ids[5:8]
-    hidden_state = scorer.zero_hidden(1)
-    for item in clicks:  # the last click's candidates: the graph's whole top N
-        step = scorer.step(np.array([scorer.index_of(item)]), hidden_state)
-        hidden_state = step.next_hidden
-    ranked = [scorer.item_ids[i] for i in step.top_items[0].tolist() if scorer.item_ids[i] not in clicks]
+    ranked = [item for item in last_candidates(scorer, clicks) if item not in clicks]
     catalogue = Catalogue()
     for position in (24, 29, 30):
         catalogue.apply(ranked[position], ItemRecord(available=True, new=True))
