@@ -54,6 +54,7 @@ from training.evaluation.evaluate import (
 )
 from training.parallel_trainings import Lanes
 from training.progress import EpochCallback, StageClock, TrainingHistory
+from training.reranker_candidates import HeldOut, choose_count, held_out
 from training.retriever_files import export_retriever
 from training.trainers.device import CPU
 from training.trainers.dien import DIENTraining, train_dien
@@ -250,26 +251,37 @@ def reranker_job(clock: StageClock, params: DIENTraining, sessions: Sessions, re
         return train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress, device=device)
 
 
-def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: TrainingHistory,
-                       training_sessions: Sessions, test_retrieval: Retrieval, split: EncodedSplit,
-                       clock: StageClock) -> tuple[TrainedModel, dict]:
-    """DIEN's two-stage ranks and figures on the test set."""
+def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: TrainingHistory, data: HeldOut,
+                       test_retrieval: Retrieval, split: EncodedSplit, clock: StageClock) -> tuple[TrainedModel, dict]:
+    """DIEN's served candidate count (chosen on `data`'s validation sessions) and its two-stage ranks and figures
+    on the test set, at that count and at all N."""
     n = params.n_candidates
     test_retrieval = test_retrieval.best(n)
     prior_weight = model.prior_weight.item() if params.residual else None
+    with clock.stage("dien's served candidates on validation"):
+        choice = choose_count(model, params, data, prior_weight)
+    if choice.figures:
+        print(choice.describe())
     with clock.stage(f"dien test re-ranking of the top-{n}"):
-        ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
+        ranks_at_n = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
+    ranks = ranks_at_n
+    if choice.count != n:
+        with clock.stage(f"dien test re-ranking of the top-{choice.count}"):
+            ranks = reranked_ranks(model, params.max_len, split.test, test_retrieval.best(choice.count), prior_weight)
     auc = None  # no test clicks: a prequential replay's first version, trained on all it is given
     if split.test.n_clicks > split.test.n_sessions:
         with clock.stage("dien AUC"):
             auc = pairwise_auc(model, params.max_len, split.test, split.popularity, params.sample_alpha,
                                seed=params.seed)
+    at_n = RankingMetrics.from_ranks(f"top {n}", ranks_at_n, 0, (20,))
     figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
-               "dien_training_sessions": training_sessions.n_sessions, "holdout_fraction": params.holdout_fraction,
+               "dien_training_sessions": data.sessions.n_sessions, "holdout_fraction": params.holdout_fraction,
                f"retriever_recall@{n}": float((test_retrieval.ranks <= n).mean()) if len(ranks) else 0.0,
-               "dien_auc": auc}
+               "dien_auc": auc, **choice.to_dict(),
+               f"test_at_{n}": {"recall@20": at_n.recall[20], "mrr@20": at_n.mrr[20]}}
     entry = {"file": "dien.onnx", "kind": "reranker", "retriever": params.retriever, "n_candidates": n,
-             "prior_weight": prior_weight, "max_len": params.max_len, "n_items": len(split.popularity)}
+             "serving_candidates": choice.count, "prior_weight": prior_weight, "max_len": params.max_len,
+             "n_items": len(split.popularity)}
     trained = TrainedModel(f"{params.retriever}->dien", history, params, ranks, entry,
                            lambda path: export_dien(model, path), partial(save_checkpoint, model))
     return trained, figures
@@ -294,7 +306,7 @@ class ModelTraining:
         self.trained: dict[str, TrainedModel] = {}
         self.retrievers: dict[str, tuple[RetrievalOf, Retrieval]] = {}  # how each retrieves, its test top-K
         self.training: dict[str, Future] = {}  # retrievers submitted and not yet collected
-        self.dien_sessions: Sessions | None = None  # the sessions DIEN trains on
+        self.dien_data: HeldOut | None = None  # the sessions DIEN trains on, and those held out to validate it
 
     def run(self) -> TrainedModels:
         if self.plan.retriever_artifact:
@@ -349,13 +361,15 @@ class ModelTraining:
         if not stacked and dien.retriever in self.training:
             self.collect(lanes, dien.retriever)  # its top-N of every training prefix is DIEN's training data
         retrieval_of = self.retrievers[dien.retriever][0] if dien.retriever in self.retrievers else None
-        self.dien_sessions, retrieved = reranker_inputs(dien, stacked, retrieval_of, self.split, self.clock)
-        return lanes.submit("dien", reranker_job, dien, self.dien_sessions, retrieved, self.split, self.plan.progress,
-                            self.plan.device)
+        sessions, retrieved = reranker_inputs(dien, stacked, retrieval_of, self.split, self.clock)
+        # validation sessions only under stacking: without it, the retriever saw every training session
+        self.dien_data = held_out(dien, sessions, retrieved) if stacked else HeldOut(sessions, retrieved)
+        return lanes.submit("dien", reranker_job, dien, self.dien_data.sessions, self.dien_data.retrieved, self.split,
+                            self.plan.progress, self.plan.device)
 
     def evaluate_reranker(self, lanes: Lanes, reranking: Future) -> dict:
         model, history = lanes.result(reranking)
-        self.trained["dien"], two_stage = evaluated_reranker(self.dien, model, history, self.dien_sessions,
+        self.trained["dien"], two_stage = evaluated_reranker(self.dien, model, history, self.dien_data,
                                                              self.retrievers[self.dien.retriever][1], self.split,
                                                              self.clock)
         return two_stage

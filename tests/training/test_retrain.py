@@ -52,7 +52,8 @@ def test_onnx_step_matches_torch_on_real_sessions(trained, tmp_path):
 SMALL_RETRAIN = ["--dataset", "yoochoose_rsc15_100k", "--max-train-sessions", "1500", "--max-test-sessions", "200",
                  "--epochs", "1", "--gru4rec-layers", "16", "--gru4rec-batch-size", "16", "--gru4rec-n-sample", "32",
                  "--narm-hidden-size", "16", "--narm-embedding-dim", "16", "--dien-item-dim", "8",
-                 "--dien-mlp", "16,8", "--dien-n-candidates", "10", "--top-k", "10", "--threads", "1", "--no-progress"]
+                 "--dien-mlp", "16,8", "--dien-n-candidates", "10", "--dien-candidate-counts", "5",
+                 "--top-k", "10", "--threads", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,7 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retr
     assert set(manifest["models"]) == set(models)
     dien = manifest["models"]["dien"]
     assert (dien["kind"], dien["retriever"], dien["n_candidates"]) == ("reranker", "gru4rec", 10)
+    assert dien["serving_candidates"] in (5, 10)  # chosen on sessions held out of DIEN's training
 
     metrics = json.loads((out / "metrics.json").read_text())
     # the baselines on the same predictions: popularity, item-kNN, V-SKNN, STAN
@@ -86,6 +88,8 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retr
     # the re-ranker only reorders the top 10: its Recall@10 is the retriever's, whatever it learned
     assert metrics["results"]["gru4rec->dien"]["recall@10"] == metrics["results"]["gru4rec"]["recall@10"]
     assert 0.0 <= metrics["two_stage"]["dien_auc"] <= 1.0
+    assert metrics["two_stage"]["serving_candidates"] == dien["serving_candidates"]
+    assert set(metrics["two_stage"]["validation"]) == {"5", "10"}
     assert set(metrics["training"]) >= set(models)
     stages = [stage["name"] for stage in metrics["stages"]]  # where a retrain's time went, in run order
     assert stages[0] == "loading" and stages[-2:] == ["ONNX exports and training curves",

@@ -85,6 +85,12 @@ class DIENTraining:
     # training session, instead of a new one trained from scratch: a shorter retrain, for a weaker retriever and
     # pipeline (docs/experiments.md)
     retriever_warm_start_epochs: int = 0
+    # the candidates served (`training.reranker_candidates`): the smallest of `candidate_counts` (up to N) whose
+    # Recall@20 and MRR@20, on the latest `validation_fraction` of DIEN's stacked sessions held out of its training,
+    # are within `candidates_tolerance` of the best count's; validation_fraction 0 (or no stacking): all N
+    validation_fraction: float = 0.1
+    candidate_counts: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 80)
+    candidates_tolerance: float = 0.001
     n_members: int = 1  # DIENs averaged (`DIENEnsemble`), each trained from its own seed: seed, seed + 1, ...
     seed: int = 42
 
@@ -95,6 +101,8 @@ class DIENTraining:
             raise ValueError("DIEN needs at least one negative per positive")
         if not 0.0 <= self.holdout_fraction <= 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1], got {self.holdout_fraction}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.n_members < 1:
             raise ValueError(f"n_members must be at least 1, got {self.n_members}")
         if self.holdout_folds < 1 or (self.holdout_fraction == 1.0 and self.holdout_folds == 1):
