@@ -149,6 +149,9 @@ class Scorer:
             self.reranker = inference_session(self.artifact_dir / dien["file"], options, provider)
             self.n_candidates = int(dien["n_candidates"])
             self.reranker_len = int(dien["max_len"])
+            # a graph exported before DIEN's L was dynamic (`models.export.DIENServing`) takes exactly max_len
+            width = {graph_input.name: graph_input.shape for graph_input in self.reranker.get_inputs()}["items"][1]
+            self.reranker_fixed_len = isinstance(width, int)
             self.prior_weight: float | None = dien.get("prior_weight")
         # clicks (model indices) the pipeline reads per session, the current one included; 0: none
         self.window = max(self.retriever_len, self.reranker_len)
@@ -225,7 +228,9 @@ class Scorer:
 
     def _rerank(self, retrieved: StepResult, windows: Sequence[Sequence[int]]) -> StepResult:
         candidates = np.ascontiguousarray(retrieved.top_items[:, : self.n_candidates])
-        items, lengths = padded(windows, self.reranker_len)  # the graph's L is fixed: pad to exactly it
+        # as the retriever: the batch's longest history, the graph's loop running over the real clicks only
+        longest = min(self.reranker_len, max(map(len, windows)))
+        items, lengths = padded(windows, self.reranker_len if self.reranker_fixed_len else longest)
         [scores] = self.reranker.run(["scores"], {"items": items, "lengths": lengths, "candidates": candidates})
         if self.prior_weight is not None:
             scores = scores + np.float32(self.prior_weight) * retrieved.top_scores[:, : self.n_candidates]
