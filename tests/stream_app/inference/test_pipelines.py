@@ -40,7 +40,7 @@ def graph_suggestion(artifact: Path, pipeline: str, clicks: list[int]) -> tuple[
     items, scores = top_items[0], top_scores[0]
     if reranker:
         dien = manifest["dien"]
-        n = dien["n_candidates"]
+        n = dien.get("serving_candidates", dien["n_candidates"])
         history = np.array([clicks[-dien["max_len"]:]])  # batch 1: no padding
         [extra] = ort.InferenceSession(str(artifact / dien["file"])).run(
             None, {"items": history, "lengths": np.array([history.shape[1]]), "candidates": items[None, :n]})
@@ -108,6 +108,26 @@ def test_a_pipeline_the_artifact_cannot_serve_is_refused(artifact: Path, three_m
         Scorer(three_model_artifact, pipeline="narm+dien")  # its DIEN learnt GRU4Rec's candidates
     with pytest.raises(ValueError, match="pipeline must be one of"):
         Scorer(three_model_artifact, pipeline="dien")
+
+
+def test_dien_re_ranks_the_manifests_serving_candidates(three_model_artifact: Path, tmp_path: Path) -> None:
+    """Training may serve fewer candidates than DIEN learnt to re-rank (`serving_candidates`), never more."""
+    copy = tmp_path / "artifact"
+    shutil.copytree(three_model_artifact, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    dien = manifest["models"]["dien"]
+    dien["serving_candidates"] = dien["n_candidates"] + 1
+    write_json(copy / MANIFEST, manifest)
+    with pytest.raises(ArtifactError, match="serving_candidates"):
+        Scorer(copy, pipeline="gru4rec+dien")
+    dien["serving_candidates"] = 10
+    write_json(copy / MANIFEST, manifest)
+    sessions, served = last_clicks_served(Scorer(copy, pipeline="gru4rec+dien"))
+    assert served.top_items.shape == (len(sessions), 10)
+    for row, clicks in enumerate(sessions):
+        expected_items, expected_scores = graph_suggestion(copy, "gru4rec+dien", clicks)
+        assert served.top_items[row].tolist() == expected_items
+        np.testing.assert_allclose(served.top_scores[row], expected_scores, rtol=1e-4, atol=1e-4)
 
 
 def test_a_dien_graph_of_fixed_length_is_fed_histories_padded_to_it(three_model_artifact: Path,
