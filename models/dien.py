@@ -23,8 +23,8 @@ s_a is a logit: σ(s_a) is the click probability of the paper's CTR setting.
 Padding: histories are left-aligned and padded after their clicks (like NARM's). Padding never enters a
 real state: the extractor looks only backwards, padding gets no attention (a_t = 0 there), and with
 ũ_t = 0 the AUGRU carries h'_t unchanged through it, so h'_T is the state after the last real click. The
-AUGRU is written out step by step (no fused kernel exists for it), so an exported graph has its L fixed:
-the serving graph takes histories padded to exactly `max_len`.
+AUGRU is written out step by step (no fused kernel exists for it); the serving graph runs it over each
+history's real clicks only (`models.export.DIENServing`), and takes histories padded to the batch's longest.
 
 Where this departs from the paper or its official code (mouna99/dien), and why:
 - the auxiliary score is the paper's inner product σ(h_t·e) (the official code uses a small MLP), so the

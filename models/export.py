@@ -23,10 +23,11 @@ DIEN re-ranks the N candidates a retriever returned, from the same padded histor
 
     (items [B, L] int64, lengths [B] int64, candidates [B, N] int64) → scores [B, N] float32 (logits)
 
-Its AUGRU is unrolled over L steps, so L is fixed at the model's max_len: pad every history to it.
+L is dynamic (at most the model's max_len): pad to the batch's longest history. Its AUGRU runs as a loop over
+the batch's real clicks only (`DIENServing`), so a batch of short histories costs what they need.
 
 Top-K is computed inside the retrievers' graphs so only K ids per session leave onnxruntime, and the batch
-dimension is dynamic so the worker can score any number of clicks in one call (NARM's L and DIEN's N are
+dimension is dynamic so the worker can score any number of clicks in one call (NARM's L and DIEN's L and N are
 dynamic too).
 
 A model trained on a GPU is exported from a CPU copy of its weights (`on_cpu`): the graph, and so the
@@ -140,8 +141,9 @@ def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inp
         # Known, and checked by the parity tests (ONNX outputs equal torch's at several batch sizes): the
         # TorchScript exporter is deprecated, but the torch.export-based one is far slower on these graphs
         # (docs/experiments.md) and warns in turn; tracing nn.GRU warns about its own shape checks and about
-        # batch sizes other than 1.
+        # batch sizes other than 1; scripting DIEN's AUGRU loop (`evolve`) warns that TorchScript is deprecated.
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
         warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning, r"torch\.onnx\.")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn")
         warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
@@ -176,11 +178,62 @@ def export_narm_query(model: NARM, path: Path) -> Path:
                    {"items": {0: "batch", 1: "length"}, "lengths": {0: "batch"}, "query": {0: "batch"}})
 
 
+@torch.jit.script_if_tracing
+def evolve(projected: torch.Tensor, attention: torch.Tensor, hidden_weight: torch.Tensor,
+           lengths: torch.Tensor) -> torch.Tensor:
+    """h'_T [B, N, D]: the AUGRU of `models.dien` over rows sorted longest history first, from their input
+    projections `projected` [B, L, 3D], `attention` [B, N, L] and U = `hidden_weight` [3D, D]. Row b's state
+    changes only at its real clicks, so step t updates the rows with more than t clicks, the first n_t, and
+    keeps the others' as they are; the loop stops at the longest history's last click."""
+    hidden = attention.new_zeros(attention.shape[0], attention.shape[1], hidden_weight.shape[1])  # h'_0
+    hidden_gates = hidden_weight.t()
+    for t in range(int(lengths[0])):
+        n = int((lengths > t).sum())
+        x_u, x_r, x_h = projected[:n, t : t + 1].chunk(3, dim=-1)
+        h_u, h_r, h_h = torch.matmul(hidden[:n], hidden_gates).chunk(3, dim=-1)
+        update = attention[:n, :, t : t + 1] * torch.sigmoid(x_u + h_u)  # ũ_t = a_t · u_t
+        reset = torch.sigmoid(x_r + h_r)
+        candidate = torch.tanh(x_h + reset * h_h)
+        hidden = torch.cat([(1 - update) * hidden[:n] + update * candidate, hidden[n:]])
+    return hidden
+
+
+class DIENServing(nn.Module):
+    """DIEN's serving graph: `DIEN.forward` (or `DIENEnsemble.forward`, the members' logits averaged) with the
+    AUGRU's work following the histories' real lengths.
+
+    Traced, `DIEN.score`'s Python loop would unroll into a graph of exactly L steps, and every history would pay
+    for all L of them, padding included, though padding leaves h' unchanged (a_t = 0 there). Here the loop is
+    scripted (`evolve`), so it exports as an ONNX Loop over the batch's longest history, and the batch is sorted
+    longest first so that the rows still inside their clicks at step t are a prefix of it: each step updates
+    only those, and the scores go back to the input's row order at the end."""
+
+    def __init__(self, model: DIEN | DIENEnsemble):
+        super().__init__()
+        model = on_cpu(model)
+        self.members = nn.ModuleList(model.members if isinstance(model, DIENEnsemble) else [model])
+        self.eval()
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        order = torch.argsort(lengths, descending=True)  # longest history first
+        items, lengths, candidates = items[order], lengths[order], candidates[order]
+        logits = torch.stack([self.score(member, items, lengths, candidates) for member in self.members]).mean(0)
+        return torch.zeros_like(logits).index_copy(0, order, logits)  # back in the input's row order
+
+    @staticmethod
+    def score(model: DIEN, items: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """`DIEN.score`'s logits [B, N] for rows sorted longest first, its AUGRU loop `evolve`."""
+        embedded, states, mask = model.extract(items, lengths)
+        target = model.embed(candidates)
+        logits = torch.einsum("bld,bnd->bnl", model.attention(states), target)  # h_t W e_a
+        attention = torch.softmax(logits.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
+        evolved = evolve(model.evolution.project(states), attention, model.evolution.hidden_gates.weight, lengths)
+        history_sum = (embedded * mask.unsqueeze(2)).sum(dim=1, keepdim=True).expand_as(target)
+        return model.output(torch.cat([target, history_sum, target * history_sum, evolved], dim=-1)).squeeze(-1)
+
+
 def export_dien(model: DIEN | DIENEnsemble, path: Path) -> Path:
-    model = on_cpu(model)
-    model.eval()
-    example = (torch.zeros(2, model.config.max_len, dtype=torch.int64), torch.ones(2, dtype=torch.int64),
-               torch.zeros(2, 3, dtype=torch.int64))
-    return _export(model, example, path, DIEN_INPUTS, DIEN_OUTPUTS,
-                   {"items": {0: "batch"}, "lengths": {0: "batch"}, "candidates": {0: "batch", 1: "candidates"},
-                    "scores": {0: "batch", 1: "candidates"}})
+    example = (torch.zeros(2, 3, dtype=torch.int64), torch.tensor([3, 1]), torch.zeros(2, 4, dtype=torch.int64))
+    return _export(DIENServing(model), example, path, DIEN_INPUTS, DIEN_OUTPUTS,
+                   {"items": {0: "batch", 1: "length"}, "lengths": {0: "batch"},
+                    "candidates": {0: "batch", 1: "candidates"}, "scores": {0: "batch", 1: "candidates"}})

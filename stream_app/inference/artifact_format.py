@@ -7,7 +7,7 @@ them); no torch. An artifact is a directory:
                      outputs top_items int64[B, K], top_scores float32[B, K], next_hidden like hidden
     narm.onnx        inputs  items int64[B, L] (clicks from position 0, then padding), lengths int64[B]
                      outputs top_items int64[B, K], top_scores float32[B, K]
-    dien.onnx        inputs  items int64[B, max_len], lengths int64[B], candidates int64[B, N]
+    dien.onnx        inputs  items int64[B, L] (L ≤ max_len, as narm's), lengths int64[B], candidates int64[B, N]
                      outputs scores float32[B, N]
     item_ids.json    external item ids; index i of the models is item_ids[i]
     popularity.npy   int64 click counts per item index: the cold-start ranking

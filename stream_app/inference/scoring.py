@@ -4,12 +4,13 @@ The artifact's files and their graphs' inputs and outputs: `stream_app.inference
 
 A pipeline (`PIPELINES`, the worker's NEXTCLICK_SERVING_MODEL) is a retriever, GRU4Rec (which carries
 a hidden state per session) or NARM (which reads the session's last L clicks), optionally followed by
-DIEN re-ranking the retriever's top N: two-stage score = prior_weight x retriever score + DIEN's
-(`training.trainers.dien`), the re-ranked N served best first. The retrievers' graphs return a fixed K
-(larger than the served top_k) so that items the session already clicked can be dropped and enough remain. That
-top K is the graph's own (exact: the whole catalogue scored), or, for a big catalogue, the retriever's query graph
-followed by a search of the artifact's item index (`stream_app.inference.item_index`, NEXTCLICK_TOPK_INDEX). The graphs
-score on CUDA or the CPU as `stream_app.inference.providers` decides (NEXTCLICK_INFERENCE_PROVIDER).
+DIEN re-ranking the retriever's top N (the manifest's `serving_candidates`, else its `n_candidates`): two-stage
+score = prior_weight x retriever score + DIEN's (`training.trainers.dien`), the re-ranked N served best first.
+The retrievers' graphs return a fixed K (larger than the served top_k) so that items the session already clicked
+can be dropped and enough remain. That top K is the graph's own (exact: the whole catalogue scored), or, for a big
+catalogue, the retriever's query graph followed by a search of the artifact's item index
+(`stream_app.inference.item_index`, NEXTCLICK_TOPK_INDEX). The graphs score on CUDA or the CPU as
+`stream_app.inference.providers` decides (NEXTCLICK_INFERENCE_PROVIDER).
 """
 
 from __future__ import annotations
@@ -146,9 +147,16 @@ class Scorer:
                     f"{self.artifact_dir}: dien re-ranks {dien['retriever']}'s top {dien['n_candidates']}, "
                     f"not {retriever}'s top {self.graph_top_k}"
                 )
+            # the candidates served: training may choose fewer on validation than DIEN learnt to re-rank
+            self.n_candidates = int(dien.get("serving_candidates", dien["n_candidates"]))
+            if not 0 < self.n_candidates <= int(dien["n_candidates"]):
+                raise ArtifactError(f"{self.artifact_dir}: dien's serving_candidates must be in "
+                                    f"1..{dien['n_candidates']} (its n_candidates), got {self.n_candidates}")
             self.reranker = inference_session(self.artifact_dir / dien["file"], options, provider)
-            self.n_candidates = int(dien["n_candidates"])
             self.reranker_len = int(dien["max_len"])
+            # a graph exported before DIEN's L was dynamic (`models.export.DIENServing`) takes exactly max_len
+            width = {graph_input.name: graph_input.shape for graph_input in self.reranker.get_inputs()}["items"][1]
+            self.reranker_fixed_len = isinstance(width, int)
             self.prior_weight: float | None = dien.get("prior_weight")
         # clicks (model indices) the pipeline reads per session, the current one included; 0: none
         self.window = max(self.retriever_len, self.reranker_len)
@@ -225,7 +233,9 @@ class Scorer:
 
     def _rerank(self, retrieved: StepResult, windows: Sequence[Sequence[int]]) -> StepResult:
         candidates = np.ascontiguousarray(retrieved.top_items[:, : self.n_candidates])
-        items, lengths = padded(windows, self.reranker_len)  # the graph's L is fixed: pad to exactly it
+        # as the retriever: the batch's longest history, the graph's loop running over the real clicks only
+        longest = min(self.reranker_len, max(map(len, windows)))
+        items, lengths = padded(windows, self.reranker_len if self.reranker_fixed_len else longest)
         [scores] = self.reranker.run(["scores"], {"items": items, "lengths": lengths, "candidates": candidates})
         if self.prior_weight is not None:
             scores = scores + np.float32(self.prior_weight) * retrieved.top_scores[:, : self.n_candidates]

@@ -198,23 +198,34 @@ def test_categories_join_the_item_embedding():
 @pytest.mark.training
 @pytest.mark.parametrize("members", [1, 2])
 def test_onnx_graph_matches_torch_on_real_sessions(tmp_path, retrieval, members):
+    """The serving graph runs the AUGRU over each batch's real clicks only, its rows sorted by length inside:
+    its scores are torch's in any row order, with histories padded to the batch's longest or to L."""
     _, test, _, popularity = yoochoose_slice()
     _, test_retrieval = retrieval
-    model = _scoring_model(len(popularity)) if members == 1 else DIENEnsemble(
-        [_scoring_model(len(popularity), seed=seed) for seed in range(members)])
-    path = export_dien(model, tmp_path / "dien.onnx")
-    session = ort.InferenceSession(str(path))
-    for first, count in ((0, 64), (64, 3)):  # two batch sizes, one graph
-        items, lengths = _padded(test, first + count, model.config.max_len, pad_with=0)
-        items, lengths = items[first:], lengths[first:]
-        candidates = torch.from_numpy(test_retrieval.top[first : first + count].astype(np.int64))
-        [scores] = session.run(None, {"items": items.numpy(), "lengths": lengths.numpy(),
-                                      "candidates": candidates.numpy()})
+    max_len = 10  # some of the slice's prefixes are longer
+    model = _scoring_model(len(popularity), max_len=max_len) if members == 1 else DIENEnsemble(
+        [_scoring_model(len(popularity), seed=seed, max_len=max_len) for seed in range(members)])
+    session = ort.InferenceSession(str(export_dien(model, tmp_path / "dien.onnx")))
+    prefixes = Prefixes.of(test, max_len)
+    shuffled = np.random.default_rng(0).permutation(len(prefixes))
+    assert len(set(prefixes.lengths[shuffled[:64]])) > 5 and max_len in prefixes.lengths[shuffled[:64]]
+    assert prefixes.lengths[:64].max() < max_len
+    single_clicks = np.flatnonzero(prefixes.lengths == 1)[:5]
+    for rows in (np.arange(64), shuffled[:64], shuffled[64:67], single_clicks):  # several sizes and orders, one graph
+        batch = prefixes.batch(rows)  # padded to its longest history
+        candidates = torch.from_numpy(test_retrieval.top[rows].astype(np.int64))
         with torch.no_grad():
-            expected = model(items, lengths, candidates).numpy()
-        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
-        np.testing.assert_array_equal(np.argsort(-scores, axis=1, kind="stable")[:, :5],
-                                      np.argsort(-expected, axis=1, kind="stable")[:, :5])
+            expected = model(batch.items, batch.lengths, candidates).numpy()
+        to_max_len = torch.zeros(len(rows), max_len, dtype=torch.int64)
+        to_max_len[:, : batch.items.shape[1]] = batch.items
+        scores = {items.shape[1]: session.run(None, {"items": items.numpy(), "lengths": batch.lengths.numpy(),
+                                                     "candidates": candidates.numpy()})[0]
+                  for items in (batch.items, to_max_len)}
+        np.testing.assert_allclose(scores[batch.items.shape[1]], scores[max_len], rtol=0, atol=1e-5)
+        for served in scores.values():
+            np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4)
+            np.testing.assert_array_equal(np.argsort(-served, axis=1, kind="stable")[:, :5],
+                                          np.argsort(-expected, axis=1, kind="stable")[:, :5])
 
 
 @pytest.mark.training

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from devtools.embedded_broker import EmbeddedBroker
-from stream_app.inference.artifact_format import ArtifactError
-from stream_app.inference.scoring import Scorer
+from stream_app.inference.artifact_format import MANIFEST, ArtifactError, sha256_of, weights_file, write_json
+from stream_app.inference.scoring import Scorer, StepResult
 from stream_app.inference.sessions import SessionRecommender, SessionState
 from tests.real_slices import yoochoose_slice
 from tests.stream_app.inference.test_sessions import serve, sourced
@@ -39,16 +40,26 @@ def graph_suggestion(artifact: Path, pipeline: str, clicks: list[int]) -> tuple[
     items, scores = top_items[0], top_scores[0]
     if reranker:
         dien = manifest["dien"]
-        n, length = dien["n_candidates"], dien["max_len"]
-        history = np.zeros((1, length), dtype=np.int64)
-        kept = clicks[-length:]
-        history[0, : len(kept)] = kept
+        n = dien.get("serving_candidates", dien["n_candidates"])
+        history = np.array([clicks[-dien["max_len"]:]])  # batch 1: no padding
         [extra] = ort.InferenceSession(str(artifact / dien["file"])).run(
-            None, {"items": history, "lengths": np.array([len(kept)]), "candidates": items[None, :n]})
+            None, {"items": history, "lengths": np.array([history.shape[1]]), "candidates": items[None, :n]})
         scores = dien["prior_weight"] * scores[:n] + extra[0]
         order = np.argsort(-scores, kind="stable")
         items, scores = items[:n][order], scores[order]
     return items[:TOP_K].tolist(), scores[:TOP_K]
+
+
+def last_clicks_served(scorer: Scorer, count: int = 12) -> tuple[list[list[int]], StepResult]:
+    """The first `count` real test sessions' known clicks (model indices), and what `scorer` serves at each one's
+    last click, the sessions in one batch."""
+    _, test, item_map, _ = yoochoose_slice()
+    sessions = [known for s in range(count) if (known := scorer.known_indices(
+        [str(item_map.ids[i]) for i in test.items[test.offsets[s]:test.offsets[s + 1]]]))]
+    assert len({min(len(clicks), scorer.reranker_len) for clicks in sessions}) > 2  # histories of mixed lengths
+    return sessions, scorer.score(np.array([clicks[-1] for clicks in sessions]),
+                                  scorer.rebuild_hidden([clicks[:-1] for clicks in sessions]),
+                                  [clicks[-scorer.window:] for clicks in sessions])
 
 
 @pytest.mark.parametrize("pipeline", ["narm", "gru4rec+dien"])
@@ -97,6 +108,52 @@ def test_a_pipeline_the_artifact_cannot_serve_is_refused(artifact: Path, three_m
         Scorer(three_model_artifact, pipeline="narm+dien")  # its DIEN learnt GRU4Rec's candidates
     with pytest.raises(ValueError, match="pipeline must be one of"):
         Scorer(three_model_artifact, pipeline="dien")
+
+
+def test_dien_re_ranks_the_manifests_serving_candidates(three_model_artifact: Path, tmp_path: Path) -> None:
+    """Training may serve fewer candidates than DIEN learnt to re-rank (`serving_candidates`), never more."""
+    copy = tmp_path / "artifact"
+    shutil.copytree(three_model_artifact, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    dien = manifest["models"]["dien"]
+    dien["serving_candidates"] = dien["n_candidates"] + 1
+    write_json(copy / MANIFEST, manifest)
+    with pytest.raises(ArtifactError, match="serving_candidates"):
+        Scorer(copy, pipeline="gru4rec+dien")
+    dien["serving_candidates"] = 10
+    write_json(copy / MANIFEST, manifest)
+    sessions, served = last_clicks_served(Scorer(copy, pipeline="gru4rec+dien"))
+    assert served.top_items.shape == (len(sessions), 10)
+    for row, clicks in enumerate(sessions):
+        expected_items, expected_scores = graph_suggestion(copy, "gru4rec+dien", clicks)
+        assert served.top_items[row].tolist() == expected_items
+        np.testing.assert_allclose(served.top_scores[row], expected_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_a_dien_graph_of_fixed_length_is_fed_histories_padded_to_it(three_model_artifact: Path,
+                                                                    tmp_path: Path) -> None:
+    """An artifact exported before DIEN's L was dynamic (DIEN itself traced: L fixed at max_len) serves as the
+    same DIEN's dynamic graph does."""
+    torch = pytest.importorskip("torch")
+    from models.checkpoint import load_checkpoint
+    from models.export import DIEN_INPUTS, DIEN_OUTPUTS, _export
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(three_model_artifact, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    dien = manifest["models"]["dien"]
+    example = (torch.zeros(2, dien["max_len"], dtype=torch.int64), torch.ones(2, dtype=torch.int64),
+               torch.zeros(2, 3, dtype=torch.int64))
+    _export(load_checkpoint(copy / weights_file(dien)).model, example, copy / dien["file"], DIEN_INPUTS, DIEN_OUTPUTS,
+            {"items": {0: "batch"}, "lengths": {0: "batch"}, "candidates": {0: "batch", 1: "candidates"},
+             "scores": {0: "batch", 1: "candidates"}})
+    manifest["files"][dien["file"]] = sha256_of(copy / dien["file"])
+    write_json(copy / MANIFEST, manifest)
+    fixed, dynamic = (Scorer(artifact, pipeline="gru4rec+dien") for artifact in (copy, three_model_artifact))
+    assert fixed.reranker_fixed_len and not dynamic.reranker_fixed_len
+    (_, served), (_, expected) = last_clicks_served(fixed), last_clicks_served(dynamic)
+    np.testing.assert_array_equal(served.top_items, expected.top_items)
+    np.testing.assert_allclose(served.top_scores, expected.top_scores, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.broker
