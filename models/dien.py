@@ -106,6 +106,20 @@ class PReLU(nn.Module):
         return torch.relu(s) - self.alpha * torch.relu(-s)
 
 
+def augru_step(projected: torch.Tensor, hidden: torch.Tensor, attention: torch.Tensor,
+               hidden_weight: torch.Tensor) -> torch.Tensor:
+    """One AUGRU step: `projected` [B, 1, 3D] (the click's input projections), `hidden` h'_{t-1} [B, N, D],
+    `attention` a_t [B, N, 1], U = `hidden_weight` [3D, D] → h'_t [B, N, D]. A plain function, so that the
+    serving graph's scripted loop (`models.export.DIENServing`) runs the same step."""
+    x_u, x_r, x_h = projected.chunk(3, dim=-1)
+    h_u, h_r, h_h = F.linear(hidden, hidden_weight).chunk(3, dim=-1)
+    update = torch.sigmoid(x_u + h_u)
+    reset = torch.sigmoid(x_r + h_r)
+    candidate = torch.tanh(x_h + reset * h_h)
+    update = attention * update
+    return (1 - update) * hidden + update * candidate
+
+
 class AUGRUCell(nn.Module):
     """One AUGRU step. The input projections do not depend on the candidate, so they are computed once per
     history (`project`) and shared by every candidate's recurrence."""
@@ -120,13 +134,7 @@ class AUGRUCell(nn.Module):
 
     def forward(self, projected: torch.Tensor, hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """projected [B, 1, 3D] (one click), hidden [B, N, D], attention [B, N, 1] → next hidden [B, N, D]."""
-        x_u, x_r, x_h = projected.chunk(3, dim=-1)
-        h_u, h_r, h_h = self.hidden_gates(hidden).chunk(3, dim=-1)
-        update = torch.sigmoid(x_u + h_u)
-        reset = torch.sigmoid(x_r + h_r)
-        candidate = torch.tanh(x_h + reset * h_h)
-        update = attention * update
-        return (1 - update) * hidden + update * candidate
+        return augru_step(projected, hidden, attention, self.hidden_gates.weight)
 
 
 class DIEN(nn.Module):
@@ -179,12 +187,21 @@ class DIEN(nn.Module):
     def score(self, embedded: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
               target: torch.Tensor) -> torch.Tensor:
         """Logits [B, N] of the embedded candidates `target` [B, N, D] given one extraction of the histories."""
-        logits = torch.einsum("bld,bnd->bnl", self.attention(states), target)  # h_t W e_a
-        attention = torch.softmax(logits.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
+        attention = self.attend(states, mask, target)
         projected = self.evolution.project(states)  # [B, L, 3D], shared by every candidate
         evolved = target.new_zeros(target.shape)  # h'_0, [B, N, D]
         for t in range(states.shape[1]):
             evolved = self.evolution(projected[:, t : t + 1], evolved, attention[:, :, t : t + 1])
+        return self.head(embedded, mask, target, evolved)
+
+    def attend(self, states: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """a_t [B, N, L]: each candidate's attention over the interest states, zero at padding."""
+        logits = torch.einsum("bld,bnd->bnl", self.attention(states), target)  # h_t W e_a
+        return torch.softmax(logits.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
+
+    def head(self, embedded: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+             evolved: torch.Tensor) -> torch.Tensor:
+        """The output MLP's logits [B, N] over [e_a ; Σ_t e_{x_t} ; e_a ∘ Σ_t e_{x_t} ; h'_T]."""
         history_sum = (embedded * mask.unsqueeze(2)).sum(dim=1, keepdim=True).expand_as(target)
         features = torch.cat([target, history_sum, target * history_sum, evolved], dim=-1)
         return self.output(features).squeeze(-1)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.dien import DIEN, DIENEnsemble
+from models.dien import DIEN, DIENEnsemble, augru_step
 from models.gru4rec import GRU4Rec
 from models.narm import NARM
 
@@ -186,15 +186,10 @@ def evolve(projected: torch.Tensor, attention: torch.Tensor, hidden_weight: torc
     changes only at its real clicks, so step t updates the rows with more than t clicks, the first n_t, and
     keeps the others' as they are; the loop stops at the longest history's last click."""
     hidden = attention.new_zeros(attention.shape[0], attention.shape[1], hidden_weight.shape[1])  # h'_0
-    hidden_gates = hidden_weight.t()
     for t in range(int(lengths[0])):
         n = int((lengths > t).sum())
-        x_u, x_r, x_h = projected[:n, t : t + 1].chunk(3, dim=-1)
-        h_u, h_r, h_h = torch.matmul(hidden[:n], hidden_gates).chunk(3, dim=-1)
-        update = attention[:n, :, t : t + 1] * torch.sigmoid(x_u + h_u)  # ũ_t = a_t · u_t
-        reset = torch.sigmoid(x_r + h_r)
-        candidate = torch.tanh(x_h + reset * h_h)
-        hidden = torch.cat([(1 - update) * hidden[:n] + update * candidate, hidden[n:]])
+        stepped = augru_step(projected[:n, t : t + 1], hidden[:n], attention[:n, :, t : t + 1], hidden_weight)
+        hidden = torch.cat([stepped, hidden[n:]])
     return hidden
 
 
@@ -225,11 +220,9 @@ class DIENServing(nn.Module):
         """`DIEN.score`'s logits [B, N] for rows sorted longest first, its AUGRU loop `evolve`."""
         embedded, states, mask = model.extract(items, lengths)
         target = model.embed(candidates)
-        logits = torch.einsum("bld,bnd->bnl", model.attention(states), target)  # h_t W e_a
-        attention = torch.softmax(logits.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
+        attention = model.attend(states, mask, target)
         evolved = evolve(model.evolution.project(states), attention, model.evolution.hidden_gates.weight, lengths)
-        history_sum = (embedded * mask.unsqueeze(2)).sum(dim=1, keepdim=True).expand_as(target)
-        return model.output(torch.cat([target, history_sum, target * history_sum, evolved], dim=-1)).squeeze(-1)
+        return model.head(embedded, mask, target, evolved)
 
 
 def export_dien(model: DIEN | DIENEnsemble, path: Path) -> Path:

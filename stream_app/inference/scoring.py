@@ -5,7 +5,8 @@ The artifact's files and their graphs' inputs and outputs: `stream_app.inference
 A pipeline (`PIPELINES`, the worker's NEXTCLICK_SERVING_MODEL) is a retriever, GRU4Rec (which carries
 a hidden state per session) or NARM (which reads the session's last L clicks), optionally followed by
 DIEN re-ranking the retriever's top N (the manifest's `serving_candidates`, else its `n_candidates`): two-stage
-score = prior_weight x retriever score + DIEN's (`training.trainers.dien`), the re-ranked N served best first.
+score = prior_weight x retriever score + DIEN's (`training.trainers.dien`), the re-ranked N served best first,
+then the retriever's other candidates in its order.
 The retrievers' graphs return a fixed K (larger than the served top_k) so that items the session already clicked
 can be dropped and enough remain. That top K is the graph's own (exact: the whole catalogue scored), or, for a big
 catalogue, the retriever's query graph followed by a search of the artifact's item index
@@ -240,9 +241,13 @@ class Scorer:
         if self.prior_weight is not None:
             scores = scores + np.float32(self.prior_weight) * retrieved.top_scores[:, : self.n_candidates]
         order = np.argsort(-scores, axis=1, kind="stable")
+        reranked, reranked_scores = np.take_along_axis(candidates, order, axis=1), np.take_along_axis(scores, order, 1)
+        # the retriever's other candidates follow in its order, at the re-ranked list's lowest score (as offline:
+        # `training.evaluation.evaluate.reranked_ranks`): a count under top_k still fills a suggestion
+        rest = retrieved.top_items[:, self.n_candidates :]
         return StepResult(
-            np.take_along_axis(candidates, order, axis=1),
-            np.take_along_axis(scores, order, axis=1),
+            np.concatenate([reranked, rest], axis=1),
+            np.concatenate([reranked_scores, np.repeat(reranked_scores[:, -1:], rest.shape[1], axis=1)], axis=1),
             retrieved.next_hidden,
         )
 

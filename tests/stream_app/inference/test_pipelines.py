@@ -25,7 +25,8 @@ TOP_K = 20
 
 def graph_suggestion(artifact: Path, pipeline: str, clicks: list[int]) -> tuple[list[int], np.ndarray]:
     """The served top 20 after `clicks` (model indices), written out from the artifact's contract alone:
-    the retriever on the whole prefix, batch 1, then w x its scores + DIEN's for its top N, best first."""
+    the retriever on the whole prefix, batch 1, then w x its scores + DIEN's for its top N, best first, then its
+    other candidates."""
     manifest = json.loads((artifact / "manifest.json").read_text())["models"]
     retriever, _, reranker = pipeline.partition("+")
     graph = ort.InferenceSession(str(artifact / manifest[retriever]["file"]))
@@ -44,9 +45,11 @@ def graph_suggestion(artifact: Path, pipeline: str, clicks: list[int]) -> tuple[
         history = np.array([clicks[-dien["max_len"]:]])  # batch 1: no padding
         [extra] = ort.InferenceSession(str(artifact / dien["file"])).run(
             None, {"items": history, "lengths": np.array([history.shape[1]]), "candidates": items[None, :n]})
-        scores = dien["prior_weight"] * scores[:n] + extra[0]
-        order = np.argsort(-scores, kind="stable")
-        items, scores = items[:n][order], scores[order]
+        reranked = dien["prior_weight"] * scores[:n] + extra[0]
+        order = np.argsort(-reranked, kind="stable")
+        # then the retriever's other candidates, in its order, at the re-ranked list's lowest score
+        items = np.concatenate([items[:n][order], items[n:]])
+        scores = np.concatenate([reranked[order], np.full(len(items) - n, reranked[order][-1])])
     return items[:TOP_K].tolist(), scores[:TOP_K]
 
 
@@ -123,11 +126,11 @@ def test_dien_re_ranks_the_manifests_serving_candidates(three_model_artifact: Pa
     dien["serving_candidates"] = 10
     write_json(copy / MANIFEST, manifest)
     sessions, served = last_clicks_served(Scorer(copy, pipeline="gru4rec+dien"))
-    assert served.top_items.shape == (len(sessions), 10)
-    for row, clicks in enumerate(sessions):
+    for row, clicks in enumerate(sessions):  # 10 re-ranked, then the retriever's others: a full suggestion
         expected_items, expected_scores = graph_suggestion(copy, "gru4rec+dien", clicks)
-        assert served.top_items[row].tolist() == expected_items
-        np.testing.assert_allclose(served.top_scores[row], expected_scores, rtol=1e-4, atol=1e-4)
+        assert served.top_items[row, :TOP_K].tolist() == expected_items
+        np.testing.assert_allclose(served.top_scores[row, :TOP_K], expected_scores, rtol=1e-4, atol=1e-4)
+        assert np.all(np.diff(served.top_scores[row]) <= 0)  # best first, as suggestions are read
 
 
 def test_a_dien_graph_of_fixed_length_is_fed_histories_padded_to_it(three_model_artifact: Path,
