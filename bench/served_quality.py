@@ -5,7 +5,8 @@ excluding the session's clicked items, and the bytes of session state per sessio
 
 (a) Every pipeline the artifact serves (or those asked) judged through the worker's own recommender on
 the data set's test sessions, both exclusion policies (`stream_app.inference.served_quality.served_evaluation`,
-what `training.retrain` writes into metrics.json); the policy `auto` would serve is marked.
+what `training.retrain` writes into metrics.json); the policy `auto` would serve is marked. The worker's
+NEXTCLICK_* settings apply: NEXTCLICK_TOPK_INDEX=ann judges the retrievers' top K searched in their item index.
 (b) The session table after those sessions, as the worker writes it: the changelog record's JSON bytes
 per session, and the Python heap it takes in a worker's in-memory table (tracemalloc), with the last
 suggestion kept for live judging (the state since the served-quality change) and without it (before),
