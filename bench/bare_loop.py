@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_pipeline import served_scorer
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.settings import get_settings
 
 
 async def serve(artifact: Path, clicks_topic: str, out_topic: str, group: str) -> None:
     settings = get_settings()
-    scorer = Scorer(artifact, settings.inference_threads, settings.serving_model)
+    scorer = served_scorer(artifact, settings)  # as the worker builds it: its threads, top-K index, provider
     zero = scorer.zero_hidden(1)[:, 0, :]
     popular = scorer.popular(settings.top_k)
     hidden: dict[str, np.ndarray] = {}  # GRU4Rec's state after the session's last click

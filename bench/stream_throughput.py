@@ -69,6 +69,7 @@ from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_p
 from devtools.machine import machine_line
 from stream_app.inference.artifact_format import METRICS
 from stream_app.inference.scoring import Scorer
+from stream_app.inference.served_pipeline import served_scorer
 from stream_app.inference.sessions import SessionState
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.settings import REPO_ROOT, Settings, get_settings
@@ -510,7 +511,7 @@ def main() -> None:
     args = parse_args()
     settings = get_settings()
     artifact = args.artifact or demo_artifact(settings, QUICK_EPOCHS)
-    scorer = Scorer(artifact, settings.inference_threads, settings.serving_model)
+    scorer = served_scorer(artifact, settings)  # as the worker builds it: its threads, top-K index, provider
     dataset, sessions = test_sessions(artifact, settings)
     print(machine_line(f"onnxruntime {onnxruntime.__version__} ({scorer.provider})"))
     state = f"hidden {scorer.hidden_size}" if scorer.stateful else f"reads the last {scorer.window} clicks"

@@ -154,10 +154,8 @@ def servable_pipelines(manifest: dict) -> list[str]:
 def pipeline_scorer(directory: Path, pipeline: str, settings: Settings) -> Scorer:
     """`pipeline` of the artifact, as a worker serves it; a kNN pipeline is the one the artifact records, reading
     an index that starts empty (`replayed` fills it)."""
-    if pipeline in PIPELINES:  # the retriever's top K as the worker's settings take it: exact or through the index
-        return Scorer(directory, pipeline=pipeline, topk_index=settings.topk_index,
-                      topk_index_min_items=settings.topk_index_min_items)
-    return served_scorer(directory, settings.model_copy(update={"serving_model": ARTIFACT}))
+    return served_scorer(directory, settings.model_copy(update={"serving_model": pipeline if pipeline in PIPELINES
+                                                                  else ARTIFACT}))
 
 
 def served_evaluation(
