@@ -54,7 +54,7 @@ from training.evaluation.evaluate import (
 )
 from training.parallel_trainings import Lanes
 from training.progress import EpochCallback, StageClock, TrainingHistory
-from training.reranker_candidates import HeldOut, choose_count, held_out
+from training.reranker_candidates import CandidateChoice, HeldOut, choose_count, held_out
 from training.retriever_files import export_retriever
 from training.trainers.device import CPU
 from training.trainers.dien import DIENTraining, train_dien
@@ -251,17 +251,18 @@ def reranker_job(clock: StageClock, params: DIENTraining, sessions: Sessions, re
         return train_dien(sessions, split.popularity, params, retrieved, categories, progress=progress, device=device)
 
 
-def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: TrainingHistory, data: HeldOut,
-                       test_retrieval: Retrieval, split: EncodedSplit, clock: StageClock) -> tuple[TrainedModel, dict]:
-    """DIEN's served candidate count (chosen on `data`'s validation sessions) and its two-stage ranks and figures
-    on the test set, at that count and at all N."""
+def prior_weight_of(params: DIENTraining, model: torch.nn.Module) -> float | None:
+    return model.prior_weight.item() if params.residual else None
+
+
+def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: TrainingHistory, choice: CandidateChoice,
+                       sessions: dict[str, int], test_retrieval: Retrieval, split: EncodedSplit,
+                       clock: StageClock) -> tuple[TrainedModel, dict]:
+    """DIEN's two-stage ranks and figures on the test set, at the served count `choice` and at all N; `sessions`:
+    how many DIEN trained on and validated on."""
     n = params.n_candidates
     test_retrieval = test_retrieval.best(n)
-    prior_weight = model.prior_weight.item() if params.residual else None
-    with clock.stage("dien's served candidates on validation"):
-        choice = choose_count(model, params, data, prior_weight)
-    if choice.figures:
-        print(choice.describe())
+    prior_weight = prior_weight_of(params, model)
     with clock.stage(f"dien test re-ranking of the top-{n}"):
         ranks_at_n = reranked_ranks(model, params.max_len, split.test, test_retrieval, prior_weight)
     ranks = ranks_at_n
@@ -275,7 +276,8 @@ def evaluated_reranker(params: DIENTraining, model: torch.nn.Module, history: Tr
                                seed=params.seed)
     at_n = RankingMetrics.from_ranks(f"top {n}", ranks_at_n, 0, (20,))
     figures = {"retriever": params.retriever, "n_candidates": n, "prior_weight": prior_weight,
-               "dien_training_sessions": data.sessions.n_sessions, "holdout_fraction": params.holdout_fraction,
+               "dien_training_sessions": sessions["training"], "validation_sessions": sessions["validation"],
+               "holdout_fraction": params.holdout_fraction,
                f"retriever_recall@{n}": float((test_retrieval.ranks <= n).mean()) if len(ranks) else 0.0,
                "dien_auc": auc, **choice.to_dict(),
                f"test_at_{n}": {"recall@20": at_n.recall[20], "mrr@20": at_n.mrr[20]}}
@@ -368,10 +370,25 @@ class ModelTraining:
                             self.plan.progress, self.plan.device)
 
     def evaluate_reranker(self, lanes: Lanes, reranking: Future) -> dict:
+        """The served count chosen on the validation sessions (if any) and, with `refit`, DIEN trained again on every
+        stacked session, those included: the count carries over, and no session is lost to choosing it."""
+        dien, data = self.dien, self.dien_data
         model, history = lanes.result(reranking)
-        self.trained["dien"], two_stage = evaluated_reranker(self.dien, model, history, self.dien_data,
-                                                             self.retrievers[self.dien.retriever][1], self.split,
-                                                             self.clock)
+        with self.clock.stage("dien's served candidates on validation"):
+            choice = choose_count(model, dien, data, prior_weight_of(dien, model))
+        sessions = {"training": data.sessions.n_sessions,
+                    "validation": 0 if data.validation is None else data.validation.n_sessions}
+        if choice.figures:
+            print(choice.describe())
+        if data.validation is not None and dien.refit:
+            print("dien trained again on every stacked session, the validation sessions included")
+            whole = Sessions.concat([data.sessions, data.validation])
+            retrieved = Retrieval.concat([data.retrieved, data.validation_retrieved])
+            model, history = lanes.result(lanes.submit("dien", reranker_job, dien, whole, retrieved, self.split,
+                                                       self.plan.progress, self.plan.device))
+            sessions["training"] = whole.n_sessions
+        self.trained["dien"], two_stage = evaluated_reranker(dien, model, history, choice, sessions,
+                                                             self.retrievers[dien.retriever][1], self.split, self.clock)
         return two_stage
 
 

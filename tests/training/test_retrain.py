@@ -115,6 +115,16 @@ def test_retrain_trains_all_three_models_into_one_verifiable_artifact(small_retr
     assert scores.shape == (3, 10)
 
 
+def test_the_reranker_trains_again_on_the_sessions_that_chose_its_candidate_count(small_retrain, tmp_path):
+    """By default DIEN is trained again after the choice, on every stacked session: those it was validated on too."""
+    out = retrain([*SMALL_RETRAIN, "--models", "gru4rec", "dien", "--no-baselines", "--dien-refit", "false",
+                   "--out", str(tmp_path / "artifact")])
+    refit, held = (json.loads((o / "metrics.json").read_text())["two_stage"] for o in (small_retrain, out))
+    assert held["validation_sessions"] == refit["validation_sessions"] > 0
+    assert refit["dien_training_sessions"] == held["dien_training_sessions"] + held["validation_sessions"]
+    assert held["validation"] == refit["validation"]  # the same choice: made before the second training
+
+
 def test_lanes_train_the_same_models_side_by_side(small_retrain, tmp_path):
     """Two lanes (worker processes) of one thread each train what a one-thread run trains one after another: the
     same figures and epoch losses to the last digit, and an artifact as complete."""

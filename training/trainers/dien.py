@@ -91,6 +91,7 @@ class DIENTraining:
     validation_fraction: float = 0.1
     candidate_counts: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 80)
     candidates_tolerance: float = 0.001
+    refit: bool = True  # after the choice, DIEN trains again on every stacked session, the validation ones included
     n_members: int = 1  # DIENs averaged (`DIENEnsemble`), each trained from its own seed: seed, seed + 1, ...
     seed: int = 42
 
