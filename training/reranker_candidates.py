@@ -5,7 +5,8 @@ candidates it scores: most of what re-ranking gains comes from the first few doz
 paying for candidates that rarely move into the top 20. Under stacking, the latest `validation_fraction` of
 DIEN's sessions (already unseen by the fold retriever that gave their candidates) are held out of DIEN's training
 too; the served count is the smallest of `candidate_counts` (up to N) whose Recall@20 and MRR@20 on them are
-each within `candidates_tolerance` of the best count's. The count goes into the manifest (`serving_candidates`)
+each within `candidates_tolerance` of the best count's; with `refit` (`training.model_training`) DIEN then trains
+again on every stacked session, the validation ones too. The count goes into the manifest (`serving_candidates`)
 and the serving pipeline (`stream_app.inference.scoring`) re-ranks that many.
 """
 
