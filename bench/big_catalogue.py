@@ -3,7 +3,8 @@
     PYTHONPATH=. python bench/big_catalogue.py --artifact DIR [--sizes 43097 250000 1000000] [--sessions 4000]
         [--worker-clicks 20000] [--modes exact ann] [--providers cuda cpu]
 
-The artifact is a GRU4Rec trained on Diginetica. For each size, its checkpoint's item table grows by synthetic items
+The artifact is a GRU4Rec (trained on Diginetica for the figures in BENCHMARKS.md; the sessions are its data set's
+test sessions); `--sizes` at its own item count measures its real catalogue as it is. For each size, its checkpoint's item table grows by synthetic items
 drawn like the real item vectors (`bench/ann_libraries.py`'s `grown_vectors`; they are never clicked, popularity 0)
 and is exported as a training export would (`training.retriever_files`: graph, query graph, index). For exact scoring
 and for the index (NEXTCLICK_TOPK_INDEX, `--modes`), on each onnxruntime provider of `--providers`
@@ -135,7 +136,8 @@ def main() -> None:
                         help="NEXTCLICK_INFERENCE_PROVIDER values (default: the setting's)")
     args = parser.parse_args()
     print(machine_line(f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"))
-    print(f"Recall@20 on the first {args.sessions} Diginetica test sessions", flush=True)
+    dataset = json.loads((args.artifact / "metrics.json").read_text())["dataset"]
+    print(f"Recall@20 on the first {args.sessions} test sessions of {dataset}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         for n_items in args.sizes:

@@ -11,6 +11,7 @@ those vectors, in the catalogue's order and number.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,17 @@ TRAINING_POINTS_PER_LIST = 64
 HASHED_ROWS = 65_536  # vectors read back at a time when checking an index
 
 
+def installed() -> bool:
+    """Whether faiss (the `ann` extra) is there to search an index: `auto` scores exactly without it."""
+    return importlib.util.find_spec("faiss") is not None
+
+
 def _faiss():
     """faiss, imported on first use: only a worker that searches an index needs the `ann` extra."""
-    try:
-        import faiss
-    except ImportError as error:
-        raise ArtifactError("searching an item index needs faiss-cpu: pip install 'nextclick[ann]'") from error
+    if not installed():
+        raise ArtifactError("searching an item index needs faiss-cpu: pip install 'nextclick[ann]'")
+    import faiss
+
     return faiss
 
 

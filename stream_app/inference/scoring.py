@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from stream_app.inference import item_index
 from stream_app.inference.artifact_format import ITEM_IDS, METRICS, POPULARITY, ArtifactError, verify_artifact
 from stream_app.inference.item_index import ItemIndex
 from stream_app.inference.providers import inference_session
@@ -60,10 +61,13 @@ def padded(windows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np
 
 
 def searches_index(setting: str, n_items: int, min_items: int, spec: dict) -> bool:
-    """Whether a retriever's top K comes from its item index (NEXTCLICK_TOPK_INDEX: `auto`, `exact` or `ann`)."""
+    """Whether a retriever's top K comes from its item index (NEXTCLICK_TOPK_INDEX: `auto`, `exact` or `ann`);
+    `auto` where the artifact has one, the catalogue is big enough and faiss is installed."""
     if setting == "ann" and "index" not in spec:
         raise ArtifactError("NEXTCLICK_TOPK_INDEX=ann, but the artifact's retriever has no item index")
-    return setting == "ann" or (setting == "auto" and "index" in spec and n_items >= min_items)
+    if setting == "auto":
+        return "index" in spec and n_items >= min_items and item_index.installed()
+    return setting == "ann"
 
 
 @functools.cache

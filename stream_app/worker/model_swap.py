@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -86,6 +87,16 @@ def smoke_check(recommender: SessionRecommender) -> None:
         ]
         if any(problems):
             raise ArtifactError("smoke inference: " + "; ".join(p for p in problems if p))
+
+
+def freeze_long_lived_objects() -> None:
+    """Take what the worker has built by its first served version (the libraries, faust's machinery, the model)
+    out of the garbage collector's full passes. Those objects live as long as the process, and a full pass over
+    them holds the event loop, and every click waiting on it, for tens of milliseconds (docs/stream_performance.md);
+    what a click makes dies young, in the passes that stay cheap. A version swapped out later is still freed: it
+    holds no reference cycle, so its reference counts free it (tests/stream_app/worker/test_long_lived_objects.py)."""
+    gc.collect()
+    gc.freeze()
 
 
 def created_timestamp(directory: Path) -> float:
@@ -285,6 +296,8 @@ class ServedModel:
         else:
             previous, self.recommender = self.recommender, recommender  # between two batches (module doc)
             self.metrics.model_created.set(created)
+            if not self.loaded.is_set():
+                freeze_long_lived_objects()
             self.loaded.set()
         self._started(recommender, variant, previous)
         logger.info(

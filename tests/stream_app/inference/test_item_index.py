@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from devtools.artifact_versions import edit_manifest, rehash, renamed
+from stream_app.inference import item_index
 from stream_app.inference.artifact_format import MANIFEST, ArtifactError
 from stream_app.inference.item_index import ItemIndex, build
 from stream_app.inference.scoring import Scorer
@@ -65,6 +66,13 @@ def test_auto_searches_the_index_from_the_threshold_on(artifact: Path) -> None:
     assert Scorer(artifact).index is None  # the tiny catalogue is far below the default threshold
     assert Scorer(artifact, topk_index_min_items=n_items).index is not None
     assert Scorer(artifact, topk_index="exact", topk_index_min_items=1).index is None
+
+
+def test_auto_scores_exactly_where_faiss_is_not_installed(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(item_index, "installed", lambda: False)
+    assert Scorer(artifact, topk_index_min_items=1).index is None  # served exactly rather than refused
+    with pytest.raises(ArtifactError, match="needs faiss-cpu"):
+        Scorer(artifact, topk_index="ann")
 
 
 def other_models_index(folder: Path) -> None:
