@@ -3,15 +3,15 @@
     PYTHONPATH=. python bench/big_catalogue.py --artifact DIR [--sizes 43097 250000 1000000] [--sessions 4000]
         [--worker-clicks 20000] [--modes exact ann] [--providers cuda cpu]
 
-The artifact is a GRU4Rec (trained on Diginetica for the figures in BENCHMARKS.md; the sessions are its data set's
-test sessions); `--sizes` at its own item count measures its real catalogue as it is. For each size, its checkpoint's item table grows by synthetic items
-drawn like the real item vectors (`bench/ann_libraries.py`'s `grown_vectors`; they are never clicked, popularity 0)
-and is exported as a training export would (`training.retriever_files`: graph, query graph, index). For exact scoring
-and for the index (NEXTCLICK_TOPK_INDEX, `--modes`), on each onnxruntime provider of `--providers`
-(NEXTCLICK_INFERENCE_PROVIDER), each in a fresh process: the time to load the artifact, the RSS after loading and
-serving, clicks/s of onnxruntime and the top K alone (`bench/stream_throughput.py`'s `onnxruntime_alone`, batch 256),
-and served Recall@20 through the worker's recommender on the first `--sessions` real test sessions (keeping clicked
-items). With `--worker-clicks`, the worker's clicks/s on the embedded broker (`bench/stream_throughput.py`'s
+The artifact is a GRU4Rec (trained on Diginetica for the figures in BENCHMARKS.md; the sessions are its data set's test
+sessions); `--sizes` at its own item count measures its real catalogue as it is. For each size, its checkpoint's item
+table grows by synthetic items drawn like the real item vectors (`bench/ann_libraries.py`'s `grown_vectors`; they are
+never clicked, popularity 0) and is exported as a training export would (`training.retriever_files`: graph, query
+graph, index). For exact scoring and for the index (NEXTCLICK_TOPK_INDEX, `--modes`), on each onnxruntime provider of
+`--providers` (NEXTCLICK_INFERENCE_PROVIDER), each in a fresh process: the time to load the artifact, the RSS after
+loading and serving, clicks/s of onnxruntime and the top K alone (`bench/stream_throughput.py`'s `onnxruntime_alone`,
+batch 256), and served Recall@20 through the worker's recommender on the first `--sessions` real test sessions (keeping
+clicked items). With `--worker-clicks`, the worker's clicks/s on the embedded broker (`bench/stream_throughput.py`'s
 machinery; both settings passed to the worker, which reports the provider it got). On a GPU machine
 (`scripts/gpu_check.sh serving`), `--providers cuda cpu` gives clicks/s per GPU (one process on one GPU) against the
 same machine's CPU cores.
