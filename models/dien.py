@@ -120,6 +120,13 @@ def augru_step(projected: torch.Tensor, hidden: torch.Tensor, attention: torch.T
     return (1 - update) * hidden + update * candidate
 
 
+def augru_first_step(projected: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """`augru_step` from h'_0 = 0, without the product with U (U·0 = 0): h'_1 = a_1·σ(x_u) ∘ tanh(x_h), the
+    reset gate having nothing to reset. The serving graph's loop starts with it (`models.export.evolve`)."""
+    x_u, _, x_h = projected.chunk(3, dim=-1)
+    return attention * torch.sigmoid(x_u) * torch.tanh(x_h)
+
+
 class AUGRUCell(nn.Module):
     """One AUGRU step. The input projections do not depend on the candidate, so they are computed once per
     history (`project`) and shared by every candidate's recurrence."""

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.dien import DIEN, DIENEnsemble, augru_step
+from models.dien import DIEN, DIENEnsemble, augru_first_step, augru_step
 from models.gru4rec import GRU4Rec
 from models.narm import NARM
 
@@ -185,13 +185,16 @@ def evolve(projected: torch.Tensor, attention: torch.Tensor, hidden_weight: torc
     """h'_T [B, N, D]: the AUGRU of `models.dien` over rows sorted longest history first, from their input
     projections `projected` [B, L, 3D], `attention` [B, N, L] and U = `hidden_weight` [3D, D]. Row b's state
     changes only at its real clicks, so step t updates the rows with more than t clicks, the first n_t, and
-    keeps the others' as they are; the loop stops at the longest history's last click."""
-    hidden = attention.new_zeros(attention.shape[0], attention.shape[1], hidden_weight.shape[1])  # h'_0
-    for t in range(int(lengths[0])):
+    sets the others' final states aside (copied once, not carried through every later step); the loop stops at
+    the longest history's last click. The first step, from h'_0 = 0, skips the product with U."""
+    hidden = augru_first_step(projected[:, 0:1], attention[:, :, 0:1])  # every row has a first click
+    finished: list[torch.Tensor] = []  # the rows whose last click is behind, shortest histories first
+    for t in range(1, int(lengths[0])):
         n = int((lengths > t).sum())
-        stepped = augru_step(projected[:n, t : t + 1], hidden[:n], attention[:n, :, t : t + 1], hidden_weight)
-        hidden = torch.cat([stepped, hidden[n:]])
-    return hidden
+        finished.insert(0, hidden[n:])
+        hidden = augru_step(projected[:n, t : t + 1], hidden[:n], attention[:n, :, t : t + 1], hidden_weight)
+    finished.insert(0, hidden)
+    return torch.cat(finished)
 
 
 class DIENServing(nn.Module):
