@@ -184,8 +184,8 @@ class Settings(BaseSettings):
         "the worker has read from the clicks topic (docs/serving.md, Session-kNN); the artifact gives its version "
         "and popular items. "
         "`artifact`: the pipeline the artifact records, chosen on validation by `training.retrain "
-        "--choose-pipeline` (a retriever, `vsknn`, or their blend: docs/serving.md, Blend); GRU4Rec where it "
-        "records none.",
+        "--choose-pipeline` (a retriever, `vsknn`, or their blend: docs/serving.md, Blend) or `--dien-retriever "
+        "auto` (DIEN on the retriever it chose); GRU4Rec where it records none.",
     )
     knn_sessions: int = Field(
         default=1_000_000, ge=1,

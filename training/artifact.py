@@ -36,6 +36,7 @@ from training.evaluation.plots import plot_training_curve
 from training.model_training import RetrainData, RetrainPlan, TrainedModels
 from training.pipeline_choice import PipelineChoice
 from training.progress import StageClock, TrainingHistory
+from training.retriever_choice import RetrieverChoice
 from training.tuning.search import TuningResult
 
 REPLAY_KEEP = 20_000  # training sessions an artifact keeps for incremental updates to replay
@@ -134,10 +135,14 @@ def write_artifact_metadata(directory: Path, *, version: str, trained_by: str, i
 
 def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: RetrainPlan, data: RetrainData,
                            trained: TrainedModels, rows: list[RankingMetrics], clock: StageClock,
-                           tuning: TuningResult | None = None, choice: PipelineChoice | None = None) -> Path:
+                           tuning: TuningResult | None = None, choice: PipelineChoice | None = None,
+                           retriever_choice: RetrieverChoice | None = None) -> Path:
     """The artifact of a retrain in `out` (created if needed); its manifest's path. `choice`: the serving pipeline
-    chosen on validation, recorded in the manifest and, with its figures, in the metrics."""
+    chosen on validation, recorded in the manifest and, with its figures, in the metrics. `retriever_choice`:
+    DIEN's retriever chosen on validation, in the metrics, and its two-stage pipeline the manifest's serving
+    pipeline where no `choice` names one (the pipeline a user of `auto` serves, whichever retriever won)."""
     out.mkdir(parents=True, exist_ok=True)
+    serving = choice.chosen if choice else retriever_choice.pipeline if retriever_choice else None
     write_json(out / REPLAY, replay_record(data.train_log, REPLAY_KEEP))
     with clock.stage("ONNX exports and training curves"):
         for name, t in trained.models.items():
@@ -154,10 +159,11 @@ def write_retrain_artifact(out: Path, *, version: str, trained_by: str, plan: Re
             out, version=version, trained_by=trained_by, item_ids=data.split.item_map.ids,
             popularity=data.split.popularity, config=config_record(plan, trained),
             metrics=metrics_record(data, trained, rows, clock, plan) | served
-                    | ({} if choice is None else {"pipeline_choice": choice.record()}),
+                    | ({} if choice is None else {"pipeline_choice": choice.record()})
+                    | ({} if retriever_choice is None else {"dien_retriever_choice": retriever_choice.record()}),
             models={name: t.manifest_entry for name, t in trained.models.items()},
             lineage={"kind": "full", "parent": None, "clicks": training_cutoff(data.train_log)},
-            serving_pipeline=None if choice is None else choice.chosen.to_dict(),
+            serving_pipeline=None if serving is None else serving.to_dict(),
         )
 
     manifest = json.loads(sealed().read_text())

@@ -5,12 +5,13 @@ blended with V-SKNN), chosen by MRR@20 on a validation split of the training log
 
 The split is `--tune`'s (`training.tuning.search.validation_split`: the latest `--tune-validation-fraction` of the
 training sessions, by time where the log has times). Nothing scored on it trained on it: each retriever of the run
-is trained once more, with the run's settings, on the rest (its training cost again, on the rest's sessions), and
-V-SKNN indexes the rest. The candidates, scored on the held-out sessions (`training.evaluation.blended`): each
-retriever, V-SKNN, and each retriever blended with V-SKNN at every weight of WEIGHTS. The highest MRR@20 wins; a tie
-goes to the earlier candidate in that order. A two-stage pipeline (DIEN) is no candidate: judging it would train
-DIEN once more. The final models then train on the whole training log as without the flag, and the test table gets
-the row of the best blend on validation (its retriever and weight) beside the models' and V-SKNN's.
+is trained once more, with the run's settings, on the rest (`training.validation_retrievals`, shared with
+`--dien-retriever auto`), and V-SKNN indexes the rest. The candidates, scored on the held-out sessions
+(`training.evaluation.blended`): each retriever, V-SKNN, and each retriever blended with V-SKNN at every weight of
+WEIGHTS. The highest MRR@20 wins; a tie goes to the earlier candidate in that order. A two-stage pipeline (DIEN) is
+no candidate: judging it would train DIEN once more. The final models then train on the whole training log as
+without the flag, and the test table gets the row of the best blend on validation (its retriever and weight) beside
+the models' and V-SKNN's.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from stream_app.inference.blended_scorer import PIPELINE as BLEND
 from stream_app.inference.live_knn import PIPELINE as VSKNN
 from stream_app.inference.served_pipeline import ServingPipeline
 from stream_app.inference.session_knn import VSKNNParams
-from training.data.click_log import ClickLog, EncodedSplit, Sessions
+from training.data.click_log import EncodedSplit, Sessions
 from training.data.prefixes import Prefixes
 from training.evaluation.blended import blended_ranks, knn_retrieval
-from training.evaluation.evaluate import RankingMetrics, Retrieval, format_table, retrieve
-from training.model_training import RETRIEVERS, RetrainPlan, TrainedModels, fit_retriever, retriever_scores
+from training.evaluation.evaluate import RankingMetrics, Retrieval, format_table
+from training.model_training import RetrainPlan, TrainedModels
 from training.progress import StageClock
-from training.tuning.search import validation_split
+from training.validation_retrievals import ValidationRetrievals
 
 WEIGHTS = tuple(round(0.1 * step, 1) for step in range(1, 10))  # the neural weight w; 0 and 1: V-SKNN, the retriever
 CUTOFF = 20  # chosen by MRR@20
@@ -88,21 +89,12 @@ class PipelineChoice:
                 f"the blend row: {self.best_blend.describe()}")
 
 
-def choose_pipeline(plan: RetrainPlan, train_log: ClickLog, fraction: float, knn_params: VSKNNParams,
+def choose_pipeline(plan: RetrainPlan, validation: ValidationRetrievals, knn_params: VSKNNParams,
                     clock: StageClock) -> PipelineChoice:
-    """Train the plan's retrievers on the rest of a validation split of `train_log`, score every candidate on the
-    held-out sessions and choose (module docstring)."""
-    rest, held_out, how = validation_split(train_log, fraction)
-    split = EncodedSplit.of(rest, held_out)
-    print(f"\nchoosing the serving pipeline on a validation split ({how['by']}): {how['train_sessions']:,} sessions "
-          f"to train, {how['validation_sessions']:,} to validate")
-    retrievals = {}
-    for name in (m for m in RETRIEVERS if m in plan.params):
-        params = plan.params[name]
-        with clock.stage(f"choosing the pipeline: {name} trained on the validation split's rest"):
-            model, _, _ = fit_retriever(name, params, split.train, split.popularity, plan.progress, plan.device)
-        with clock.stage(f"choosing the pipeline: {name}'s validation top-{plan.top_k}"):
-            retrievals[name] = retrieve(retriever_scores(model, params), split.test, plan.top_k)
+    """Score every candidate on the held-out sessions of `validation` (the plan's retrievers trained on the rest)
+    and choose (module docstring)."""
+    split, how, retrievals = validation.split, validation.how, validation.retrievals
+    print("\nchoosing the serving pipeline on the validation split")
     with clock.stage("choosing the pipeline: vsknn and the blends on validation"):
         knn = knn_retrieval(split, knn_params, plan.top_k)
         candidates = candidate_ranks(retrievals, knn, knn_params, split.test, len(split.item_map))

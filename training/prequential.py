@@ -754,6 +754,8 @@ def main(argv: list[str] | None = None) -> dict:
     if flags.threads:
         torch.set_num_threads(flags.threads)
     plan = dataclasses.replace(retrain.plan_from_args(flags, baselines={}), progress=False)
+    if retrain.chosen_on_validation(plan.params):
+        parser.error("--dien-retriever auto: training.retrain's, not here (name DIEN's retriever)")
     settings = get_settings()
     with exits_on_data_errors(parser):
         log, name = read_log(parser, args)

@@ -9,7 +9,8 @@
     python -m training.retrain --dataset diginetica_srgnn --models gru4rec narm --tune 20 --tune-timeout 7200
 
 Trains GRU4Rec, NARM and DIEN by default (`--models` picks some). DIEN is the second stage: it re-ranks the
-top-N of its retriever (`--dien-retriever`, GRU4Rec by default), which must be trained in the same run.
+top-N of its retriever (`--dien-retriever`, GRU4Rec by default), which must be trained in the same run;
+`--dien-retriever auto` chooses it by Recall@N on a validation split (`training.retriever_choice`).
 Each model's hyper-parameters come from its defaults, then the TOML config file's table of its name
 ([gru4rec], [narm], [dien]), then the flags `--<model>-<name>`; `--epochs` sets every model's epochs.
 The metrics table compares them with baselines on the same predictions: popularity, item-kNN, V-SKNN and STAN
@@ -60,13 +61,15 @@ from training.model_training import (
     RetrainPlan,
     evaluated_models,
 )
-from training.pipeline_choice import choose_pipeline
+from training.pipeline_choice import PipelineChoice, choose_pipeline
 from training.progress import StageClock
+from training.retriever_choice import RetrieverChoice, choose_retriever
 from training.trainers.device import DEVICES, training_device
-from training.trainers.dien import DIENTraining
+from training.trainers.dien import AUTO_RETRIEVER, DIENTraining
 from training.trainers.gru4rec import GRU4RecTraining
 from training.trainers.narm import NARMTraining
 from training.tuning.search import METRICS, TUNABLE, TuningResult, TuningSettings, tune
+from training.validation_retrievals import validation_retrievals
 
 SERVING_TOP_K = 100
 REFUSED_EXIT_STATUS = 3
@@ -136,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--tune-metric", choices=METRICS, default="mrr@20",
                         help="the validation figure to maximise (default: %(default)s)")
     tuning.add_argument("--tune-validation-fraction", type=float, default=0.1, metavar="F",
-                        help="the latest F of the training sessions validate (--tune, --choose-pipeline; default: "
-                             "%(default)s)")
+                        help="the latest F of the training sessions validate (--tune, --choose-pipeline, "
+                             "--dien-retriever auto; default: %(default)s)")
     tuning.add_argument("--tune-epochs", type=int, metavar="E",
                         help="train each trial E epochs (default: each model's own n_epochs; the final training "
                              "always trains its own)")
@@ -209,11 +212,19 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.choose_pipeline and (args.retriever_artifact or not any(m in chosen for m in RETRIEVERS)):
         raise SystemExit("--choose-pipeline trains the retrievers on a validation split: it needs one in --models "
                          "(and no --retriever-artifact, whose retriever cannot be trained again)")
-    available = set(chosen) | ({"gru4rec"} if args.retriever_artifact else set())
+    if chosen_on_validation(chosen) and not all(m in chosen for m in RETRIEVERS):
+        raise SystemExit(f"--dien-retriever auto chooses DIEN's retriever between {' and '.join(RETRIEVERS)} by "
+                         "their Recall@N on a validation split: add both to --models")
+    available = set(chosen) | ({"gru4rec"} if args.retriever_artifact else set()) | {AUTO_RETRIEVER}
     if "dien" in chosen and chosen["dien"].retriever not in available:
         raise SystemExit(f"DIEN re-ranks {chosen['dien'].retriever}'s candidates: add it to --models "
                          f"(or pick another --dien-retriever from {', '.join(m for m in RETRIEVERS if m in chosen)})")
     return chosen
+
+
+def chosen_on_validation(params: dict[str, Any]) -> bool:
+    """Whether DIEN's retriever is to be chosen on validation (`--dien-retriever auto`)."""
+    return "dien" in params and params["dien"].retriever == AUTO_RETRIEVER
 
 
 def open_logs(args: argparse.Namespace) -> tuple[ClickLog, Callable[[], ClickLog], str]:
@@ -258,7 +269,7 @@ def plan_from_args(args: argparse.Namespace, params: dict[str, Any] | None = Non
     params = params_from_args(args) if params is None else params
     dien = params.get("dien")
     fold_retriever_params = None
-    if dien and dien.holdout_fraction:
+    if dien and dien.holdout_fraction and not chosen_on_validation(params):  # else set once it is chosen
         # a published retriever's fold copy is trained with this run's settings of that retriever
         fold_retriever_params = params.get(dien.retriever) or model_params(args, dien.retriever)
     return RetrainPlan(params, top_k=args.top_k, lanes=args.lanes,
@@ -279,6 +290,9 @@ def tuning_settings(args: argparse.Namespace, plan: RetrainPlan) -> TuningSettin
     missing = [m for m in args.tune_models or () if m not in plan.params and m not in plan.baselines]
     if missing:
         raise SystemExit(f"--tune-models {' '.join(missing)}: not in this run (--models, or --no-baselines)")
+    if chosen_on_validation(plan.params) and "dien" in (args.tune_models or TUNABLE):
+        raise SystemExit("--dien-retriever auto chooses DIEN's retriever after the search: --tune cannot search "
+                         "DIEN's settings on it (name its retriever, or leave dien out of --tune-models)")
     try:
         return TuningSettings(args.tune, args.tune_timeout, args.tune_seed, args.tune_metric,
                               args.tune_validation_fraction, tuple(args.tune_models or TUNABLE), plan.progress,
@@ -293,7 +307,8 @@ def tuned_plan(args: argparse.Namespace, plan: RetrainPlan, settings: TuningSett
     fixed = {model: {f.name for f in dataclasses.fields(PARAMS[model])
                      if getattr(args, f"{model}.{f.name}") is not None} for model in plan.params}
     dien = plan.params.get("dien")
-    dien_retriever = model_params(args, dien.retriever) if dien and dien.retriever not in plan.params else None
+    dien_retriever = (model_params(args, dien.retriever)
+                      if dien and dien.retriever not in plan.params and not chosen_on_validation(plan.params) else None)
     result = tune(plan.params, plan.baselines, fixed, train_log, settings, clock, dien_retriever)
     return plan_from_args(args, result.params, result.baselines), result
 
@@ -302,6 +317,23 @@ def data_of(args: argparse.Namespace, name: str, train_log: ClickLog, test_log: 
     return RetrainData(name, "validation" if args.validation else "test", train_log, test_log,
                        EncodedSplit.of(train_log, test_log))
 
+
+
+def validation_choices(args: argparse.Namespace, plan: RetrainPlan, train_log: ClickLog, clock: StageClock
+                       ) -> tuple[RetrainPlan, PipelineChoice | None, RetrieverChoice | None]:
+    """What the validation split chooses, on one training of each retriever there: the serving pipeline
+    (`--choose-pipeline`) and DIEN's retriever (`--dien-retriever auto`: the plan then names it)."""
+    if not (args.choose_pipeline or chosen_on_validation(plan.params)):
+        return plan, None, None
+    validation = validation_retrievals(plan, train_log, args.tune_validation_fraction, clock)
+    choice = retriever_choice = None
+    if args.choose_pipeline:
+        knn_params = plan.baselines.get("vsknn") or training_params("vsknn", args.config)
+        choice = choose_pipeline(plan, validation, knn_params, clock)
+    if chosen_on_validation(plan.params):
+        retriever_choice = choose_retriever(validation, plan.params["dien"].n_candidates)
+        plan = plan_from_args(args, retriever_choice.applied(plan.params), plan.baselines)
+    return plan, choice, retriever_choice
 
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
@@ -353,22 +385,19 @@ def main(argv: list[str] | None = None) -> Path:
         data = data_of(args, name, train_log, read_test_log())
     print(data.summary())
 
-    choice = None
-    if args.choose_pipeline:
-        knn_params = plan.baselines.get("vsknn") or training_params("vsknn", args.config)
-        choice = choose_pipeline(plan, train_log, args.tune_validation_fraction, knn_params, clock)
-
+    plan, choice, retriever_choice = validation_choices(args, plan, train_log, clock)
     trained = ModelTraining(plan, data.split, clock).run()
     more_rows = None if choice is None else lambda rows: choice.test_rows(trained, data.split, rows, clock)
     rows = evaluated_models(trained, data.split, clock, plan.baselines, session_end_times(train_log), plan.progress,
                             more_rows)
-    if choice is not None:
-        print(choice.summary())
+    for made in (choice, retriever_choice):
+        if made is not None:
+            print(made.summary())
 
     version = new_version()
     out = args.out or staging_dir(version)
     write_retrain_artifact(out, version=version, trained_by=trained_by, plan=plan, data=data, trained=trained,
-                           rows=rows, clock=clock, tuning=tuning, choice=choice)
+                           rows=rows, clock=clock, tuning=tuning, choice=choice, retriever_choice=retriever_choice)
     print(f"\nartifact {version} written to {out}")
     publish_trained(out, data.test_log, args)
     return out

@@ -5,8 +5,8 @@ A model pipeline (`stream_app.inference.scoring.PIPELINES`) is the artifact's gr
 and STAN over a live session index (`stream_app.inference.live_knn`) as the artifact's version; `artifact` serves
 the pipeline the artifact's manifest records (`serving_pipeline`, chosen by validation MRR@20 in `training.retrain
 --choose-pipeline`): a retriever, V-SKNN, or the blend of the two (`stream_app.inference.blended_scorer`), with the
-weight and the kNN parameters it was chosen with. An artifact that records none serves GRU4Rec, the default
-pipeline.
+weight and the kNN parameters it was chosen with; or, after `--dien-retriever auto` alone, DIEN on the retriever
+chosen for it (`training.retriever_choice`). An artifact that records none serves GRU4Rec, the default pipeline.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_the_pipeline_chosen_on_validation_is_recorded_with_its_figures(tmp_path
     assert set(results) == {"gru4rec", "narm", "popularity", "vsknn", "blend"}
     assert len({row["n_predictions"] for row in results.values()}) == 1
     stages = [stage["name"] for stage in metrics["stages"]]
-    assert stages.index("choosing the pipeline: gru4rec trained on the validation split's rest") < stages.index(
+    assert stages.index("validation split: gru4rec trained on the rest") < stages.index(
         "gru4rec training")
     if chosen.reads_neighbours:  # measured through the worker's path like every pipeline the artifact serves
         assert chosen.pipeline in metrics["served"]["pipelines"]

@@ -51,11 +51,14 @@ from training.progress import EpochCallback, EpochProgress, TrainingHistory
 from training.trainers.device import CPU
 from training.trainers.sampling import PopularitySampler
 
+AUTO_RETRIEVER = "auto"  # `retriever`: chosen on validation before DIEN trains (`training.retriever_choice`)
+
 
 @dataclass(frozen=True)
 class DIENTraining:
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "activation": ("prelu", "dice"), "loss": ("softmax", "logloss"), "retriever": ("gru4rec", "narm"),
+        "activation": ("prelu", "dice"), "loss": ("softmax", "logloss"),
+        "retriever": ("gru4rec", "narm", AUTO_RETRIEVER),
     }
     item_dim: int = 32
     category_dim: int = 16
@@ -70,7 +73,7 @@ class DIENTraining:
     sample_alpha: float = 0.75  # popularity^alpha for the easy and the auxiliary negatives
     aux_weight: float = 1.0
     loss: str = "softmax"  # or "logloss"
-    retriever: str = "gru4rec"  # the first stage: "gru4rec" or "narm"
+    retriever: str = "gru4rec"  # the first stage: "gru4rec", "narm", or "auto": the better Recall@N on validation
     n_candidates: int = 100  # N: the retriever's top-N, re-ranked at serving time
     residual: bool = True  # two-stage score = retriever score + DIEN logit
     categories: str = ""  # item → category file (`training.data.readers.read_item_categories`); "": items by id alone
