@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ LIBRARY = "faiss-cpu"
 LISTS_PER_SQRT_ITEMS = 4  # nlist = 4·√n: a list holds about √n / 4 items
 PROBES = 16  # lists searched per query
 TRAINING_POINTS_PER_LIST = 64
+PARALLEL_FROM = 64  # queries in one search from which it runs on every thread: a backlog's batches, not a trickle's
 HASHED_ROWS = 65_536  # vectors read back at a time when checking an index
 
 
@@ -66,6 +68,8 @@ class ItemIndex:
     """A loaded, checked index: the best k items of each query by inner product, best first."""
 
     def __init__(self, artifact_dir: Path, entry: dict, n_items: int, threads: int = 1) -> None:
+        if threads != 1:  # idle OpenMP threads sleep rather than spin against the event loop (read as faiss loads)
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         faiss = _faiss()
         path = artifact_dir / entry["file"]
         try:
@@ -83,13 +87,14 @@ class ItemIndex:
             raise ArtifactError(f"{path} does not hold the item vectors it was built from (sha256 {held[:12]}, "
                                 f"manifest {entry['vectors_sha256'][:12]}): it is another model's index")
         self.index = index
-        self.threads = threads
+        self.threads = threads or os.cpu_count() or 1  # 0: every core, as onnxruntime reads it
         self.params = faiss.SearchParametersIVF(nprobe=int(entry["nprobe"]))
         self._faiss = faiss
 
     def top(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(items int64 [B, k], scores float32 [B, k]) of each query row, best first."""
-        self._faiss.omp_set_num_threads(self.threads)
+        """(items int64 [B, k], scores float32 [B, k]) of each query row, best first. A few queries search on one
+        thread: waking the others costs more than they save, and a click at a steady rate waits for it."""
+        self._faiss.omp_set_num_threads(self.threads if len(queries) >= PARALLEL_FROM else 1)
         scores, items = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=self.params)
         return items, scores
 

@@ -140,7 +140,7 @@ class Scorer:
         self.index: ItemIndex | None = None
         graph = spec["file"]
         if searches_index(topk_index, len(self.item_ids), topk_index_min_items, spec):
-            self.index = ItemIndex(self.artifact_dir, spec["index"], len(self.item_ids))
+            self.index = ItemIndex(self.artifact_dir, spec["index"], len(self.item_ids), intra_op_threads)
             graph = spec["query_file"]
         self.session = inference_session(self.artifact_dir / graph, options, provider)
         self.reranker: ort.InferenceSession | None = None

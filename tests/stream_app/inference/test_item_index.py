@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from devtools.artifact_versions import edit_manifest, rehash, renamed
 from stream_app.inference import item_index
 from stream_app.inference.artifact_format import MANIFEST, ArtifactError
-from stream_app.inference.item_index import ItemIndex, build
+from stream_app.inference.item_index import PARALLEL_FROM, ItemIndex, build
 from stream_app.inference.scoring import Scorer
 from stream_app.settings import Settings
 from stream_app.worker.metrics import WorkerMetrics
@@ -42,6 +43,19 @@ def test_an_index_searching_every_list_finds_the_exact_top_k(tmp_path: Path) -> 
     np.testing.assert_allclose(np.take_along_axis(exact, items, axis=1), best, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores, best, rtol=1e-5, atol=1e-5)
     assert_same_items(items, np.argsort(-exact, axis=1, kind="stable")[:, :K])
+
+
+def test_a_batch_searched_on_every_thread_finds_what_one_thread_finds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((5_000, 17)).astype(np.float32)
+    entry = build(vectors, tmp_path / "items.faiss")
+    queries = rng.standard_normal((PARALLEL_FROM * 2, 17)).astype(np.float32)
+    one = ItemIndex(tmp_path, entry, len(vectors), threads=1)
+    every = ItemIndex(tmp_path, entry, len(vectors), threads=0)
+    assert every.threads > 1 or (os.cpu_count() or 1) == 1
+    for rows in (queries, queries[:3]):  # a backlog's batch (on every thread) and a trickle's (on one)
+        for found, expected in zip(every.top(rows, K), one.top(rows, K), strict=True):
+            np.testing.assert_array_equal(found, expected)
 
 
 def assert_same_items(found: np.ndarray, expected: np.ndarray) -> None:
