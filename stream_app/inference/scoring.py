@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -29,7 +31,7 @@ import onnxruntime as ort
 from stream_app.inference import item_index
 from stream_app.inference.artifact_format import ITEM_IDS, METRICS, POPULARITY, ArtifactError, verify_artifact
 from stream_app.inference.item_index import ItemIndex
-from stream_app.inference.providers import inference_session
+from stream_app.inference.providers import CPU, inference_session
 from stream_app.inference.suggestion import item_hash
 from stream_app.settings import Settings
 
@@ -40,6 +42,9 @@ PIPELINES = ("gru4rec", "narm", "gru4rec+dien", "narm+dien")
 UNMEASURED_EXCLUDE_SEEN = False
 TOPK_INDEX_MIN_ITEMS: int = Settings.model_fields["topk_index_min_items"].default  # `auto`'s default threshold
 INFERENCE_PROVIDER: str = Settings.model_fields["inference_provider"].default
+# DIEN's rows per call on the CPU: histories of like length together, each call's tensors (rows x candidates x the
+# MLP's width) within a core's cache, and the calls run side by side on one thread each (`Scorer._rerank_scores`)
+RERANK_ROWS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,25 @@ def searches_index(setting: str, n_items: int, min_items: int, spec: dict) -> bo
     if setting == "auto":
         return "index" in spec and n_items >= min_items and item_index.installed()
     return setting == "ann"
+
+
+@functools.cache
+def rerank_pool(threads: int) -> ThreadPoolExecutor:
+    """The threads DIEN's calls run on side by side, one pool per process and thread count: onnxruntime releases the
+    GIL while it scores."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="rerank")
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Idle onnxruntime threads sleep instead of spinning: a spinning thread takes a core from the
+    # event loop that feeds it (the worker's batches are small and come between Kafka calls).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    share_cpu_arena()
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
 
 
 @functools.cache
@@ -128,14 +152,7 @@ class Scorer:
         self.popular_order = np.argsort(-popularity, kind="stable")  # item indices, most clicked first
         self._popular_order: list[int] = self.popular_order.tolist()
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        # Idle onnxruntime threads sleep instead of spinning: a spinning thread takes a core from the
-        # event loop that feeds it (the worker's batches are small and come between Kafka calls).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        share_cpu_arena()
-        options.add_session_config_entry("session.use_env_allocators", "1")
+        options = session_options(intra_op_threads)
         # exact: the graph's own top K; else its query graph, and the index searched
         self.index: ItemIndex | None = None
         graph = spec["file"]
@@ -157,7 +174,11 @@ class Scorer:
             if not 0 < self.n_candidates <= int(dien["n_candidates"]):
                 raise ArtifactError(f"{self.artifact_dir}: dien's serving_candidates must be in "
                                     f"1..{dien['n_candidates']} (its n_candidates), got {self.n_candidates}")
-            self.reranker = inference_session(self.artifact_dir / dien["file"], options, provider)
+            # on the CPU, one thread per call and `intra_op_threads` calls side by side: DIEN's many small steps
+            # keep a second thread of one call waiting more than working (docs/stream_performance.md)
+            self.reranker = inference_session(self.artifact_dir / dien["file"], session_options(1), provider)
+            self.rerank_threads = intra_op_threads or os.cpu_count() or 1
+            self.rerank_rows = RERANK_ROWS if self.reranker.get_providers()[0] == CPU else None  # None: one call
             self.reranker_len = int(dien["max_len"])
             # a graph exported before DIEN's L was dynamic (`models.export.DIENServing`) takes exactly max_len
             width = {graph_input.name: graph_input.shape for graph_input in self.reranker.get_inputs()}["items"][1]
@@ -236,12 +257,31 @@ class Scorer:
             result = StepResult(top_items, top_scores, None)
         return result if self.reranker is None else self._rerank(result, windows)
 
+    def _rerank_scores(self, windows: Sequence[Sequence[int]], candidates: np.ndarray) -> np.ndarray:
+        """DIEN's scores [B, N] of `candidates` [B, N]: on the CPU, the rows sorted by history length and scored
+        `rerank_rows` at a time, up to `rerank_threads` calls at once."""
+
+        def call(rows: Sequence[int]) -> np.ndarray:
+            # as the retriever: the rows' longest history, the graph's loop running over the real clicks only
+            longest = min(self.reranker_len, max(len(windows[row]) for row in rows))
+            items, lengths = padded([windows[row] for row in rows],
+                                    self.reranker_len if self.reranker_fixed_len else longest)
+            return self.reranker.run(["scores"], {"items": items, "lengths": lengths,
+                                                  "candidates": np.ascontiguousarray(candidates[rows])})[0]
+
+        if self.rerank_rows is None or len(windows) <= self.rerank_rows:
+            return call(range(len(windows)))
+        order = sorted(range(len(windows)), key=lambda row: len(windows[row]), reverse=True)
+        calls = [order[start : start + self.rerank_rows] for start in range(0, len(order), self.rerank_rows)]
+        scored = rerank_pool(self.rerank_threads).map(call, calls) if self.rerank_threads > 1 else map(call, calls)
+        scores = np.empty(candidates.shape, dtype=np.float32)
+        for rows, call_scores in zip(calls, scored, strict=True):
+            scores[rows] = call_scores
+        return scores
+
     def _rerank(self, retrieved: StepResult, windows: Sequence[Sequence[int]]) -> StepResult:
         candidates = np.ascontiguousarray(retrieved.top_items[:, : self.n_candidates])
-        # as the retriever: the batch's longest history, the graph's loop running over the real clicks only
-        longest = min(self.reranker_len, max(map(len, windows)))
-        items, lengths = padded(windows, self.reranker_len if self.reranker_fixed_len else longest)
-        [scores] = self.reranker.run(["scores"], {"items": items, "lengths": lengths, "candidates": candidates})
+        scores = self._rerank_scores(windows, candidates)
         if self.prior_weight is not None:
             scores = scores + np.float32(self.prior_weight) * retrieved.top_scores[:, : self.n_candidates]
         order = np.argsort(-scores, axis=1, kind="stable")

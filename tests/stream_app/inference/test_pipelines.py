@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from devtools.embedded_broker import EmbeddedBroker
+from stream_app.inference import scoring
 from stream_app.inference.artifact_format import MANIFEST, ArtifactError, sha256_of, weights_file, write_json
 from stream_app.inference.scoring import Scorer, StepResult
 from stream_app.inference.sessions import SessionRecommender, SessionState
@@ -131,6 +132,22 @@ def test_dien_re_ranks_the_manifests_serving_candidates(three_model_artifact: Pa
         assert served.top_items[row, :TOP_K].tolist() == expected_items
         np.testing.assert_allclose(served.top_scores[row, :TOP_K], expected_scores, rtol=1e-4, atol=1e-4)
         assert np.all(np.diff(served.top_scores[row]) <= 0)  # best first, as suggestions are read
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dien_scores_a_batch_in_calls_of_like_histories_as_in_one(three_model_artifact: Path, threads: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch cut into DIEN calls of a few rows each, sorted by history length and run side by side, serves what
+    one call over the whole batch serves."""
+    whole = Scorer(three_model_artifact, intra_op_threads=threads, pipeline="gru4rec+dien")
+    monkeypatch.setattr(scoring, "RERANK_ROWS", 3)
+    cut = Scorer(three_model_artifact, intra_op_threads=threads, pipeline="gru4rec+dien")
+    assert whole.rerank_rows == 32 and cut.rerank_rows == 3
+    sessions, one_call = last_clicks_served(whole, count=30)
+    assert len(sessions) > 3 * cut.rerank_rows
+    _, in_calls = last_clicks_served(cut, count=30)
+    np.testing.assert_array_equal(in_calls.top_items, one_call.top_items)
+    np.testing.assert_allclose(in_calls.top_scores, one_call.top_scores, rtol=1e-6, atol=1e-6)
 
 
 def test_a_dien_graph_of_fixed_length_is_fed_histories_padded_to_it(three_model_artifact: Path,
