@@ -229,8 +229,8 @@ class Settings(BaseSettings):
         "on an item the session holds scores exp(-d / λ3).",
     )
     inference_threads: int = Field(
-        default=0, ge=0, description="onnxruntime intra-op threads, and the item index's for a batch of 64 or more "
-        "queries; 0: every core."
+        default=0, ge=0, description="onnxruntime intra-op threads, the item index's for a batch of 64 or more "
+        "queries, and how many of DIEN's calls (one thread each) run side by side; 0: every core."
     )
     inference_provider: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
