@@ -13,7 +13,7 @@
 # build stage, runs as an unprivileged user, and is configured by NEXTCLICK_* variables (docs/configuration.md).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG ACCELERATOR=cpu
 
 # --- the Python every stage runs on: the slim CPU image, or a CUDA runtime base ----------------------

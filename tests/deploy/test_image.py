@@ -132,6 +132,23 @@ def test_the_cuda_image_installs_the_onnxruntime_gpu_of_the_gpu_extra() -> None:
     ]
 
 
+# The CUDA major each onnxruntime-gpu wheel on PyPI is built for (its release notes): on a base image with another
+# one it finds no libcudart / libcublas to load, and the worker scores on the CPU (or refuses: provider `cuda`)
+ONNXRUNTIME_GPU_CUDA = {"1.31": 13}
+
+
+def test_the_cuda_base_carries_the_cuda_its_onnxruntime_gpu_was_built_for() -> None:
+    arguments = dict(value.split("=", 1) for value in values(stages()["serving-build"], "ARG") if "=" in value)
+    minor = ".".join(arguments["ONNXRUNTIME_GPU_VERSION"].split(".")[:2])
+    assert minor in ONNXRUNTIME_GPU_CUDA, f"which CUDA is onnxruntime-gpu {minor} built for? (add it above)"
+    global_arguments = dict(
+        instruction["value"].split("=", 1) for instruction in DockerfileParser(str(DOCKERFILE)).structure
+        if instruction["instruction"] == "ARG" and "=" in instruction["value"]
+    )
+    cuda_image = global_arguments["CUDA_IMAGE"]  # e.g. nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+    assert cuda_image.startswith(f"nvidia/cuda:{ONNXRUNTIME_GPU_CUDA[minor]}.") and "cudnn" in cuda_image
+
+
 def test_the_image_sets_every_folder_setting() -> None:
     """The settings' folder defaults point into a source checkout, which an installed package is not."""
     env = environment(ancestry("serving", stages()))
