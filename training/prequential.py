@@ -72,7 +72,7 @@ STUB_SHARE = 0.01
 RESULT, PLOT = "prequential.json", "prequential.png"
 # retrain flags that have no meaning here (the replay decides what each version trains on and where it goes)
 NOT_HERE = ("tune", "out", "push", "no_promote", "force_promote", "from_topic", "validation", "max_train_sessions",
-            "max_test_sessions", "retriever_artifact")
+            "max_test_sessions", "retriever_artifact", "choose_pipeline")  # the replay serves --pipeline
 
 
 # --- the stream ---

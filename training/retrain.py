@@ -185,7 +185,14 @@ def training_params(model: str = "gru4rec", config: Path | None = None, **overri
     for name, value in values.items():
         if isinstance(value, list):
             values[name] = tuple(value)
-    return SETTINGS_OF[model](**values)
+    where = f"{config}: [{model}]" if config else f"{model}'s settings"
+    known = {field.name for field in dataclasses.fields(SETTINGS_OF[model])}
+    if unknown := sorted(set(values) - known):
+        raise SystemExit(f"{where}: no setting {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    try:
+        return SETTINGS_OF[model](**values)
+    except (TypeError, ValueError) as error:  # a value its settings refuse
+        raise SystemExit(f"{where}: {error}") from None
 
 
 def model_params(args: argparse.Namespace, model: str) -> Any:

@@ -124,6 +124,16 @@ def test_bad_data_ends_it_with_one_line_and_status_2(tmp_path: Path, capsys: pyt
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", [["--choose-pipeline"], ["--tune", "3"], ["--push"]])
+def test_a_retrain_flag_the_replay_does_not_honour_is_refused(tmp_path: Path, flag: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        prequential.main(["--dataset", "yoochoose_rsc15_100k", *flag, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert exit.value.code == 2
+    assert f"{flag[0]}: training.retrain's, not here" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_replays_run_side_by_side_merge_into_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = replay(tmp_path / "a", "--policies", "frozen", "incremental")
     b = replay(tmp_path / "b", "--policies", "vsknn", "frozen")
