@@ -20,6 +20,7 @@ import functools
 import json
 import os
 from collections.abc import Collection, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -316,7 +317,8 @@ class Scorer:
         passes lists (one `tolist()` per batch costs less than numpy per row)."""
         if isinstance(top_items, np.ndarray):
             top_items, top_scores = top_items.tolist(), np.asarray(top_scores).tolist()
-        if not exclude:
+        # most rows exclude nothing of their first k (a set's check of them runs in C)
+        if not exclude or (isinstance(exclude, AbstractSet) and exclude.isdisjoint(top_items[:k])):
             return list(top_items[:k]), list(top_scores[:k])
         kept = list(islice(((item, score) for item, score in zip(top_items, top_scores) if item not in exclude), k))
         return [item for item, _ in kept], [score for _, score in kept]

@@ -313,6 +313,7 @@ class SessionRecommender:
                     read += max((len(rule.exclude_items) for rule in rules if rule is not None), default=0)
                     top_items, top_scores = first_allowed(allowed, result.top_scores, read)
         rows = {p: row for row, p in enumerate(stepped)}
+        item_ids, item_hashes = scorer.item_ids, scorer.item_hashes
 
         for p in positions:
             sourced = clicks[p]
@@ -344,7 +345,7 @@ class SessionRecommender:
                 items = topped
             suggestion = Suggestion(
                 sourced,
-                [scorer.item_ids[i] for i in items],
+                [item_ids[i] for i in items],
                 scores,
                 source,
                 scorer.name,
@@ -352,7 +353,7 @@ class SessionRecommender:
                 self.variant,
             )
             suggestions[p] = suggestion
-            session.suggested = [scorer.item_hashes[i] for i in items]
+            session.suggested = [item_hashes[i] for i in items]
             session.served_by = (scorer.name, scorer.version, self.variant)
             session.stepped = True
 

@@ -44,6 +44,9 @@ def test_selection_leaves_out_excluded_items_and_keeps_order(scorer: Scorer) -> 
     items, scores = scorer.select(result.top_items[0], result.top_scores[0], 5, {top[0], top[2]})
     assert items == [top[1], top[3], top[4], top[5], top[6]]
     assert scores == sorted(scores, reverse=True)
+    for exclude in ({top[7], -1}, [top[4]]):  # nothing of the first 5 (a set), or a collection that is no set
+        items, _ = scorer.select(result.top_items[0], result.top_scores[0], 5, exclude)
+        assert items == [item for item in top if item not in exclude][:5]
 
 
 def test_popularity_ranks_by_training_clicks(scorer: Scorer) -> None:
