@@ -142,9 +142,8 @@ def test_dien_scores_a_batch_in_calls_of_like_histories_as_in_one(three_model_ar
     whole = Scorer(three_model_artifact, intra_op_threads=threads, pipeline="gru4rec+dien")
     monkeypatch.setattr(scoring, "RERANK_ROWS", 3)
     cut = Scorer(three_model_artifact, intra_op_threads=threads, pipeline="gru4rec+dien")
-    assert whole.rerank_rows == 32 and cut.rerank_rows == 3
     sessions, one_call = last_clicks_served(whole, count=30)
-    assert len(sessions) > 3 * cut.rerank_rows
+    assert whole.rerank_rows >= len(sessions) > 3 * cut.rerank_rows  # one call, against four or more
     _, in_calls = last_clicks_served(cut, count=30)
     np.testing.assert_array_equal(in_calls.top_items, one_call.top_items)
     np.testing.assert_allclose(in_calls.top_scores, one_call.top_scores, rtol=1e-6, atol=1e-6)
