@@ -1,5 +1,6 @@
-"""A retriever's top K through its item index: equal to the exact top K where the index searches every list, and an
-index that does not hold its model's item vectors (another model's, another count) refused, the old version serving."""
+"""A retriever's top K through its item index: equal to the exact top K of the vectors it holds where it searches every
+list, those the item vectors to float16 precision, and an index that does not hold its model's item vectors (another
+model's, another count) refused, the old version serving."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -24,25 +26,50 @@ K = 100
 
 
 def exhaustive(folder: Path) -> Path:
-    """The artifact's index set to search all its lists: exact, up to the order of equal scores."""
+    """The artifact's index set to search all its lists: exact for the vectors it holds."""
     models = json.loads((folder / MANIFEST).read_text())["models"]
     models["gru4rec"]["index"]["nprobe"] = models["gru4rec"]["index"]["nlist"]
     edit_manifest(folder, models=models)
     return folder
 
 
-def test_an_index_searching_every_list_finds_the_exact_top_k(tmp_path: Path) -> None:
+def held_vectors(path: Path) -> np.ndarray:
+    """The vectors an index holds, its float16 codes decoded, in item order."""
+    index = faiss.read_index(str(path))
+    faiss.extract_index_ivf(index).make_direct_map()
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def test_an_index_searching_every_list_ranks_exactly_by_the_vectors_it_holds(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((5_000, 17)).astype(np.float32)
     entry = build(vectors, tmp_path / "items.faiss")
     entry["nprobe"] = entry["nlist"]
     queries = rng.standard_normal((64, 17)).astype(np.float32)
     items, scores = ItemIndex(tmp_path, entry, len(vectors)).top(queries, K)
-    exact = queries @ vectors.T
+    exact = queries @ held_vectors(tmp_path / "items.faiss")[:, :17].T
     best = -np.sort(-exact, axis=1)[:, :K]
     np.testing.assert_allclose(np.take_along_axis(exact, items, axis=1), best, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores, best, rtol=1e-5, atol=1e-5)
     assert_same_items(items, np.argsort(-exact, axis=1, kind="stable")[:, :K])
+
+
+def test_the_held_vectors_are_the_items_to_float16_precision_and_rank_as_they_do(tmp_path: Path) -> None:
+    """The index's codes are float16 (of each vector's offset from its list's centroid): each vector held within
+    float16's rounding, the padding zero, and searched exhaustively the top 20 nearly all of the float top 20."""
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((5_000, 17)).astype(np.float32)
+    entry = build(vectors, tmp_path / "items.faiss")
+    held = held_vectors(tmp_path / "items.faiss")
+    assert held.shape == (5_000, entry["index_dim"]) and entry["index_dim"] % item_index.DIMENSION_BLOCK == 0
+    assert not held[:, 17:].any()
+    np.testing.assert_allclose(held[:, :17], vectors, rtol=0, atol=2 * np.abs(vectors).max() * 2.0**-11)
+    entry["nprobe"] = entry["nlist"]
+    queries = rng.standard_normal((256, 17)).astype(np.float32)
+    found, _ = ItemIndex(tmp_path, entry, len(vectors)).top(queries, 20)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :20]
+    agreement = np.mean([len(set(f) & set(e)) / 20 for f, e in zip(found, exact, strict=True)])
+    assert agreement >= 0.99
 
 
 def test_a_batch_searched_on_every_thread_finds_what_one_thread_finds(tmp_path: Path) -> None:
@@ -70,8 +97,11 @@ def test_the_index_serves_the_graphs_top_k(artifact: Path, tmp_path: Path) -> No
     items = np.arange(12) * 7 % len(exact.item_ids)
     hidden = np.random.default_rng(1).standard_normal((exact.layers, 12, exact.hidden_size)).astype(np.float32)
     graph, searched = exact.step(items, hidden), indexed.step(items, hidden)
-    assert_same_items(searched.top_items, graph.top_items)
-    np.testing.assert_allclose(searched.top_scores, graph.top_scores, rtol=1e-4, atol=1e-4)
+    # the index holds the item vectors as float16 codes: the same best 20, each place's score within their rounding
+    for found, expected in zip(searched.top_items[:, :20], graph.top_items[:, :20], strict=True):
+        assert set(found) == set(expected)
+    np.testing.assert_allclose(searched.top_scores, graph.top_scores, rtol=0,
+                               atol=1e-3 * np.abs(graph.top_scores).max())
     np.testing.assert_allclose(searched.next_hidden, graph.next_hidden, rtol=1e-5, atol=1e-6)
 
 
