@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_origin
 
+import pydantic
 import torch
 
 from stream_app.cli_help import HelpFormatter, readable
@@ -179,20 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def training_params(model: str = "gru4rec", config: Path | None = None, **overrides) -> Any:
     """`model`'s (or a baseline's) defaults, then the config file's table of that name, then the overrides that
-    are not None."""
+    are not None; each value checked against its field's type and bounds (pydantic) and the settings' own rules."""
     values: dict = tomllib.loads(config.read_text()).get(model, {}) if config else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for name, value in values.items():
-        if isinstance(value, list):
-            values[name] = tuple(value)
     where = f"{config}: [{model}]" if config else f"{model}'s settings"
     known = {field.name for field in dataclasses.fields(SETTINGS_OF[model])}
     if unknown := sorted(set(values) - known):
         raise SystemExit(f"{where}: no setting {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     try:
-        return SETTINGS_OF[model](**values)
-    except (TypeError, ValueError) as error:  # a value its settings refuse
-        raise SystemExit(f"{where}: {error}") from None
+        return pydantic.TypeAdapter(SETTINGS_OF[model]).validate_python(values)
+    except pydantic.ValidationError as error:  # a value its settings refuse
+        raise SystemExit(f"{where}: " + "; ".join(refusal(problem) for problem in error.errors())) from None
+
+
+def refusal(problem: Any) -> str:
+    """One of pydantic's refusals as `field: what is wrong (got value)`, or the settings' own message."""
+    if problem["type"] == "value_error":  # raised by the settings' own checks (__post_init__)
+        return str(problem["ctx"]["error"])
+    field = ".".join(str(part) for part in problem["loc"])
+    return f"{field}: {problem['msg']} (got {problem['input']!r})"
 
 
 def model_params(args: argparse.Namespace, model: str) -> Any:

@@ -21,15 +21,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 
 @dataclass(frozen=True)
 class VSKNNParams:
     """session-rec VMContextKNN defaults (k=100, sample_size=1000, recent sampling, linear 'div' weights)."""
 
-    k: int = 100  # neighbour sessions
-    sample_size: int = 1000  # most recent candidate sessions considered (0: all of them)
-    idf_weighting: float = 0.0  # weight of the IDF term in the item score (0: off)
+    k: PositiveInt = 100  # neighbour sessions
+    sample_size: NonNegativeInt = 1000  # most recent candidate sessions considered (0: all of them)
+    idf_weighting: NonNegativeFloat = 0.0  # weight of the IDF term in the item score (0: off)
 
 
 class NeighbourIndex(Protocol):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from stream_app.inference.session_knn import (
     NeighbourIndex,
@@ -50,15 +51,15 @@ class STANParams:
     """session-rec STAN defaults (k=100, sample_size=5000, lambda_spw=1.02, lambda_snh=5 days, lambda_inh=2.05,
     remind=True)."""
 
-    k: int = 100  # neighbour sessions
-    sample_size: int = 5000  # most recent candidate sessions considered (0: all of them)
-    lambda_position: float = 1.02  # λ1 (session-rec lambda_spw), in clicks
-    lambda_time: float = 5 * 86_400.0  # λ2 (session-rec lambda_snh, there in days) in seconds, for an index with times
+    k: PositiveInt = 100  # neighbour sessions
+    sample_size: NonNegativeInt = 5000  # most recent candidate sessions considered (0: all of them)
+    lambda_position: PositiveFloat = 1.02  # λ1 (session-rec lambda_spw), in clicks
+    lambda_time: PositiveFloat = 5 * 86_400.0  # λ2 (session-rec lambda_snh, in days there), seconds, index with times
     # λ2 in sessions, for an index without times (session order as time). Off by default: a count of sessions has
     # no published value (5 days is no fixed number of sessions), and a wrong guess costs much recall
     # (docs/experiments.md).
-    lambda_time_sessions: float | None = None  # None: no decay (config.json stays strict JSON, unlike inf)
-    lambda_item: float = 2.05  # λ3 (session-rec lambda_inh), in clicks
+    lambda_time_sessions: PositiveFloat | None = None  # None: no decay (config.json stays strict JSON, unlike inf)
+    lambda_item: PositiveFloat = 2.05  # λ3 (session-rec lambda_inh), in clicks
     zero_shared_item: bool = False  # True: w3 = 0 for the item at p_n(i*); False: scored like the rest, as session-rec
 
 

@@ -1,4 +1,6 @@
-"""A config file's model table is read into that model's settings, or refused in one line that names the file."""
+"""A config file's model table is read into that model's settings, or refused in one line that names the file: an
+unknown setting, a value its settings' own rules refuse, or one out of its field's bounds (a negative learning rate
+would train, away from the data)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def test_a_table_sets_the_models_settings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("table", "refusal"), [
     ("[gru4rec]\nbogus = 3\n", "[gru4rec]: no setting bogus (known: batch_size,"),
     ('[dien]\nloss = "hinge"\n', "[dien]: loss must be 'softmax' or 'logloss', got 'hinge'"),
+    ("[gru4rec]\nlearning_rate = -0.05\nlayers = [0]\n",
+     "[gru4rec]: layers.0: Input should be greater than 0 (got 0);"
+     " learning_rate: Input should be greater than or equal to 0 (got -0.05)"),
+    ("[narm]\ndropout_embed = 1.0\n", "[narm]: dropout_embed: Input should be less than 1 (got 1.0)"),
+    ("[stan]\nk = 0\n", "[stan]: k: Input should be greater than 0 (got 0)"),
+    ('[dien]\nbatch_size = "many"\n', "[dien]: batch_size: Input should be a valid integer"),
 ])
 def test_an_unknown_setting_or_a_refused_value_ends_it_in_one_line(tmp_path: Path, table: str, refusal: str) -> None:
     path = config(tmp_path, table)

@@ -29,8 +29,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, NonNegativeFloat, PositiveInt
 from tqdm import tqdm
 
 from stream_app.inference.session_knn import VSKNN, VSKNNParams
@@ -42,9 +44,9 @@ from training.data.click_log import ClickLog, EncodedSplit, Sessions
 class ItemKNNParams:
     """session-rec ItemKNN defaults (n_sims=100, lmbd=20, alpha=0.5)."""
 
-    n_sims: int = 100  # similar items kept per item
-    lam: float = 20.0  # shrink term added to each item's support
-    alpha: float = 0.5  # asymmetric cosine: 0.5 = symmetric
+    n_sims: PositiveInt = 100  # similar items kept per item
+    lam: NonNegativeFloat = 20.0  # shrink term added to each item's support
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5  # asymmetric cosine: 0.5 = symmetric
 
 
 BaselineParams = ItemKNNParams | VSKNNParams | STANParams

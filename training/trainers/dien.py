@@ -42,6 +42,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from models.dien import DIEN, DIENConfig, DIENEnsemble
 from training.data.click_log import Sessions
@@ -60,21 +61,21 @@ class DIENTraining:
         "activation": ("prelu", "dice"), "loss": ("softmax", "logloss"),
         "retriever": ("gru4rec", "narm", AUTO_RETRIEVER),
     }
-    item_dim: int = 32
-    category_dim: int = 16
-    max_len: int = 19
-    mlp: tuple[int, ...] = (200, 80)
+    item_dim: PositiveInt = 32
+    category_dim: PositiveInt = 16
+    max_len: PositiveInt = 19
+    mlp: tuple[PositiveInt, ...] = (200, 80)
     activation: str = "prelu"  # "dice" is the paper's; its batch statistics come from the sampled candidates
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    n_epochs: int = 2
-    n_popular_negatives: int = 4
-    n_hard_negatives: int = 16
-    sample_alpha: float = 0.75  # popularity^alpha for the easy and the auxiliary negatives
-    aux_weight: float = 1.0
+    batch_size: PositiveInt = 256
+    learning_rate: NonNegativeFloat = 1e-3
+    n_epochs: NonNegativeInt = 2
+    n_popular_negatives: NonNegativeInt = 4
+    n_hard_negatives: NonNegativeInt = 16
+    sample_alpha: NonNegativeFloat = 0.75  # popularity^alpha for the easy and the auxiliary negatives
+    aux_weight: NonNegativeFloat = 1.0
     loss: str = "softmax"  # or "logloss"
     retriever: str = "gru4rec"  # the first stage: "gru4rec", "narm", or "auto": the better Recall@N on validation
-    n_candidates: int = 100  # N: the retriever's top-N, re-ranked at serving time
+    n_candidates: PositiveInt = 100  # N: the retriever's top-N, re-ranked at serving time
     residual: bool = True  # two-stage score = retriever score + DIEN logit
     categories: str = ""  # item → category file (`training.data.readers.read_item_categories`); "": items by id alone
     # stacking (`training.model_training.stacked_training_data`): DIEN trains on the latest `holdout_fraction` of the
@@ -83,17 +84,17 @@ class DIENTraining:
     # re-ranking the retriever that saw them all
     holdout_fraction: float = 0.2
     holdout_folds: int = 1
-    holdout_retriever_epochs: int = 4
+    holdout_retriever_epochs: NonNegativeInt = 4
     # > 0 (one fold, GRU4Rec): the serving retriever is that fold retriever trained this many more epochs on every
     # training session, instead of a new one trained from scratch: a shorter retrain, for a weaker retriever and
     # pipeline (docs/experiments.md)
-    retriever_warm_start_epochs: int = 0
+    retriever_warm_start_epochs: NonNegativeInt = 0
     # the candidates served (`training.reranker_candidates`): the smallest of `candidate_counts` (up to N) whose
     # Recall@20 and MRR@20, on the latest `validation_fraction` of DIEN's stacked sessions held out of its training,
     # are within `candidates_tolerance` of the best count's; validation_fraction 0 (or no stacking): all N
     validation_fraction: float = 0.1
-    candidate_counts: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 80)
-    candidates_tolerance: float = 0.001
+    candidate_counts: tuple[PositiveInt, ...] = (10, 20, 30, 40, 50, 60, 80)
+    candidates_tolerance: NonNegativeFloat = 0.001
     refit: bool = True  # after the choice, DIEN trains again on every stacked session, the validation ones included
     n_members: int = 1  # DIENs averaged (`DIENEnsemble`), each trained from its own seed: seed, seed + 1, ...
     seed: int = 42

@@ -31,9 +31,11 @@ as before a device existed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from training.data.click_log import Sessions
@@ -42,7 +44,7 @@ from training.progress import EpochCallback, EpochProgress, TrainingHistory
 from training.trainers.device import CPU, bfloat16_autocast, rng_state, set_rng_state
 from training.trainers.losses import make_loss
 from training.trainers.optim import AdagradMomentum
-from training.trainers.params import TrainingParams
+from training.trainers.params import Dropout, TrainingParams
 from training.trainers.sampling import PopularitySampler, sampled_candidates
 from training.trainers.warm_state import adagrad_state, load_adagrad_state
 
@@ -51,14 +53,14 @@ from training.trainers.warm_state import adagrad_state, load_adagrad_state
 class GRU4RecTraining(TrainingParams):
     """Hyper-parameters; the defaults are the official best settings for Diginetica (bpr-max, shared embedding)."""
 
-    layers: tuple[int, ...] = (512,)  # hidden units of each GRU layer
-    embedding: int = 0
+    layers: tuple[PositiveInt, ...] = (512,)  # hidden units of each GRU layer
+    embedding: NonNegativeInt = 0
     constrained_embedding: bool = True
-    dropout_embed: float = 0.5
-    dropout_hidden: float = 0.3
-    batch_size: int = 128
-    learning_rate: float = 0.05
-    momentum: float = 0.15
+    dropout_embed: Dropout = 0.5
+    dropout_hidden: Dropout = 0.3
+    batch_size: PositiveInt = 128
+    learning_rate: NonNegativeFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.15
     # "bfloat16": the training step's matrix products take bfloat16 inputs (float32 accumulation; weights,
     # optimiser state, gates, recurrent state and loss stay float32): faster GEMMs on CPUs with AVX512-BF16 or
     # AMX (docs/experiments.md), emulated and slower elsewhere; on a CUDA GPU its bfloat16 GEMMs (float32

@@ -23,10 +23,12 @@ shuffled mini-batch of prefixes is gathered on the host and copied over (a few k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from models.narm import NARM, NARMConfig
 from training.data.click_log import Sessions
@@ -34,7 +36,7 @@ from training.data.prefixes import Prefixes
 from training.progress import EpochCallback, EpochProgress, TrainingHistory
 from training.trainers.device import CPU
 from training.trainers.losses import LossConfig, make_loss
-from training.trainers.params import TrainingParams
+from training.trainers.params import Dropout, TrainingParams
 from training.trainers.sampling import PopularitySampler, sampled_candidates
 from training.trainers.warm_state import adam_state, load_adam_state
 
@@ -43,15 +45,15 @@ from training.trainers.warm_state import adam_state, load_adam_state
 class NARMTraining(TrainingParams):
     """Hyper-parameters; the defaults are the paper's (full-catalogue softmax cross-entropy)."""
 
-    embedding_dim: int = 50
-    hidden_size: int = 100
-    max_len: int = 19
-    dropout_embed: float = 0.25
-    dropout_context: float = 0.5
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    lr_decay: float = 0.1  # multiply the learning rate by this ...
-    lr_decay_every: int = 3  # ... every this many epochs
+    embedding_dim: PositiveInt = 50
+    hidden_size: PositiveInt = 100
+    max_len: PositiveInt = 19
+    dropout_embed: Dropout = 0.25
+    dropout_context: Dropout = 0.5
+    batch_size: PositiveInt = 512
+    learning_rate: NonNegativeFloat = 1e-3
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1  # multiply the learning rate by this ...
+    lr_decay_every: PositiveInt = 3  # ... every this many epochs
     full_softmax: bool = True  # the paper's loss; False: `loss` over sampled candidates
     loss: str = "cross-entropy"
 

@@ -2,15 +2,20 @@
 
 Each model's hyper-parameters extend `TrainingParams` in that model's trainer (`GRU4RecTraining` in
 `training.trainers.gru4rec`, `NARMTraining` in `training.trainers.narm`); `training.retrain` fills them from
-defaults, a TOML config and flags. DIEN's (`DIENTraining`) stand alone: its losses are not these.
+defaults, a TOML config and flags, and checks them against their types' bounds (pydantic). DIEN's
+(`DIENTraining`) stand alone: its losses are not these.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt
 
 from training.trainers.losses import LOSSES, LossConfig
+
+Dropout = Annotated[float, Field(ge=0, lt=1)]  # a share of units dropped in training
 
 
 @dataclass(frozen=True)
@@ -19,13 +24,13 @@ class TrainingParams:
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES}  # a field's allowed values (flags' choices)
 
-    n_sample: int = 2048  # popularity-sampled negatives shared by a mini-batch
-    sample_alpha: float = 0.3  # sampling probability ∝ popularity^alpha
+    n_sample: NonNegativeInt = 2048  # popularity-sampled negatives shared by a mini-batch
+    sample_alpha: NonNegativeFloat = 0.3  # sampling probability ∝ popularity^alpha
     loss: str = "bpr-max"
-    bpreg: float = 0.9
-    elu_param: float = 1.0
-    logq: float = 0.0
-    n_epochs: int = 10
+    bpreg: NonNegativeFloat = 0.9
+    elu_param: NonNegativeFloat = 1.0
+    logq: NonNegativeFloat = 0.0
+    n_epochs: NonNegativeInt = 10
     seed: int = 42
 
     def loss_config(self) -> LossConfig:
