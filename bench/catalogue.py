@@ -72,7 +72,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=1_000_000, help="catalogue size of the memory run")
     parser.add_argument("--records", type=int, default=200, help="records of the propagation run")
     parser.add_argument("--clicks", type=int, default=20_000, help="clicks per throughput run")
-    parser.add_argument("--repeat", type=int, default=2, help="throughput runs with and without rules, alternating")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="throughput runs with and without rules, alternating (0: none, nor the serving path's)")
     parser.add_argument("--flip-clicks", type=int, default=100_000, help="clicks of the flip run (0: none)")
     parser.add_argument("--flip-rate", type=float, default=1_000.0, help="clicks/s of the flip run")
     return parser.parse_args()
@@ -248,7 +249,8 @@ def main() -> None:
     clicks = interleaved(sessions, 2_000)
     categories = dict(real_categories(settings))
     model_catalogue = records_of([(item, categories.get(item, "none")) for item in scorer.item_ids])
-    serving_path_cost(args, settings, clicks, model_catalogue)
+    if args.repeat > 0:
+        serving_path_cost(args, settings, clicks, model_catalogue)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         propagation_run(args, broker, Path(tmp))
         for repetition in range(args.repeat):
