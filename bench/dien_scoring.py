@@ -7,8 +7,9 @@
 Histories are real: `--sessions` test prefixes of the data set drawn at random (`--seed`), each its last L clicks,
 padded to the batch's longest as the worker pads them (to exactly L for a graph exported before its L was
 dynamic). The graph's AUGRU runs over the real clicks only, so the batch's mean history length is printed with
-the figures. Candidates are the catalogue's most popular items. Without --artifact the graph is a freshly
-exported untrained DIEN (--item-dim, --members, --categories): its weights do not change its cost.
+the figures. With --artifact the candidates are what the worker would re-rank: the artifact's retriever's top N
+for each prefix (its state rebuilt from the prefix's kept clicks); without, a freshly exported untrained DIEN
+(--item-dim, --members, --categories; its weights do not change its cost) scores the catalogue's most popular items.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from train_speed import cpu_name  # the sibling bench script
 
 from models.dien import DIEN, DIENEnsemble
 from models.export import export_dien
+from stream_app.inference.scoring import Scorer
 from training.data.click_log import EncodedSplit
 from training.data.datasets import dataset_names, load_dataset
 from training.data.prefixes import Prefixes
@@ -75,9 +77,11 @@ def main() -> None:
         width = {graph_input.name: graph_input.shape for graph_input in session.get_inputs()}["items"][1]
         if isinstance(width, int):  # a graph of fixed L
             items = np.pad(items, ((0, 0), (0, width - items.shape[1])))
-        popular = np.argsort(-split.popularity, kind="stable")[: args.candidates]
-        feed = {"items": items, "lengths": batch.lengths.numpy(),
-                "candidates": np.tile(popular, (args.sessions, 1)).astype(np.int64)}
+        if args.artifact:
+            candidates = retrieved(args.artifact, split, batch.items.numpy(), batch.lengths.numpy(), args.candidates)
+        else:
+            candidates = np.tile(np.argsort(-split.popularity, kind="stable")[: args.candidates], (args.sessions, 1))
+        feed = {"items": items, "lengths": batch.lengths.numpy(), "candidates": candidates.astype(np.int64)}
         for _ in range(10):
             session.run(None, feed)
         seconds = []
@@ -93,9 +97,20 @@ def main() -> None:
           f"{args.repeats} calls")
     print(f"histories (test prefixes, seed {args.seed}): mean {lengths.mean():.2f} clicks, longest {lengths.max()}; "
           f"fed {items.shape[1]} wide")
+    print(f"candidates: {'the retriever' if args.artifact else 'the most popular items'}'s top {args.candidates}")
     print(f"per batch: median {np.median(ms):.2f} ms, p90 {np.percentile(ms, 90):.2f} ms, min {ms.min():.2f} ms; "
           f"{args.sessions * args.candidates / np.median(ms) * 1000:,.0f} candidate scores/s")
 
+
+def retrieved(artifact: Path, split: EncodedSplit, items: np.ndarray, lengths: np.ndarray, n: int) -> np.ndarray:
+    """The artifact's retriever's top `n` [B, n] for each padded history, as the worker would hand them to DIEN."""
+    retriever = json.loads((artifact / "manifest.json").read_text())["models"]["dien"]["retriever"]
+    scorer = Scorer(artifact, intra_op_threads=1, pipeline=retriever)
+    if scorer.item_ids != [str(item) for item in split.item_map.ids]:
+        raise SystemExit(f"{artifact} was not trained on this data set's items (--dataset)")
+    histories = [row[:length].tolist() for row, length in zip(items, lengths, strict=True)]
+    hidden = scorer.rebuild_hidden([history[:-1] for history in histories]) if scorer.stateful else None
+    return scorer.score(np.array([history[-1] for history in histories]), hidden, histories).top_items[:, :n]
 
 if __name__ == "__main__":
     main()

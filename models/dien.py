@@ -206,27 +206,20 @@ class DIEN(nn.Module):
         logits = torch.einsum("bld,bnd->bnl", self.attention(states), target)  # h_t W e_a
         return torch.softmax(logits.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
 
-    def head(self, embedded: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, evolved: torch.Tensor,
-             target_terms: torch.Tensor | None = None) -> torch.Tensor:
+    def head(self, embedded: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+             evolved: torch.Tensor) -> torch.Tensor:
         """The output MLP's logits [B, N] over [e_a ; Σ_t e_{x_t} ; e_a ∘ Σ_t e_{x_t} ; h'_T]. Its first layer is
-        applied block by block, which is the same sum: the history sum's block once per session instead of once per
-        candidate; `target_terms` [B, N, units]: the candidates' block looked up (`target_terms_table`), else
-        computed here."""
+        applied block by block, which is the same sum, with the two candidate blocks folded into one matrix per
+        session: e_a W_a + (e_a ∘ Σe) W_p = e_a (W_a + diag(Σe) W_p). So a candidate costs one product with a [D, units]
+        matrix instead of two (and serving needs no per-item table), and the history sum's block is taken once per
+        session."""
         first = self.output[0]
         w_target, w_sum, w_product, w_evolved = first.weight.split(self.config.embedding_dim, dim=1)
         history_sum = (embedded * mask.unsqueeze(2)).sum(dim=1, keepdim=True)  # [B, 1, D]
-        if target_terms is None:
-            target_terms = F.linear(target, w_target)
-        hidden = (target_terms + F.linear(history_sum, w_sum, first.bias) + F.linear(target * history_sum, w_product)
+        candidate_weights = w_target.t() + history_sum.transpose(1, 2) * w_product.t()  # [B, D, units]
+        hidden = (torch.matmul(target, candidate_weights) + F.linear(history_sum, w_sum, first.bias)
                   + F.linear(evolved, w_evolved))
         return self.output[1:](hidden).squeeze(-1)
-
-    def target_terms_table(self) -> torch.Tensor:
-        """Every item's candidate block of the first output layer [n_items, units]: serving looks a candidate's up
-        instead of computing it (`models.export.DIENServing`)."""
-        with torch.no_grad():
-            items = torch.arange(self.config.n_items, device=self.item_embedding.weight.device)
-            return F.linear(self.embed(items), self.output[0].weight[:, : self.config.embedding_dim])
 
     def auxiliary_loss(self, embedded: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
                        negatives: torch.Tensor) -> torch.Tensor:

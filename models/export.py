@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.dien import DIEN, DIENEnsemble, augru_first_step, augru_step
@@ -211,26 +210,22 @@ class DIENServing(nn.Module):
         super().__init__()
         model = on_cpu(model)
         self.members = nn.ModuleList(model.members if isinstance(model, DIENEnsemble) else [model])
-        # each member's output layer's candidate block for every item: one lookup per candidate, not a product
-        self.target_terms = [member.target_terms_table() for member in self.members]
         self.eval()
 
     def forward(self, items: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         order = torch.argsort(lengths, descending=True)  # longest history first
         items, lengths, candidates = items[order], lengths[order], candidates[order]
-        logits = torch.stack([self.score(member, table, items, lengths, candidates)
-                              for member, table in zip(self.members, self.target_terms)]).mean(0)
+        logits = torch.stack([self.score(member, items, lengths, candidates) for member in self.members]).mean(0)
         return torch.zeros_like(logits).index_copy(0, order, logits)  # back in the input's row order
 
     @staticmethod
-    def score(model: DIEN, target_terms: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor,
-              candidates: torch.Tensor) -> torch.Tensor:
+    def score(model: DIEN, items: torch.Tensor, lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """`DIEN.score`'s logits [B, N] for rows sorted longest first, its AUGRU loop `evolve`."""
         embedded, states, mask = model.extract(items, lengths)
         target = model.embed(candidates)
         attention = model.attend(states, mask, target)
         evolved = evolve(model.evolution.project(states), attention, model.evolution.hidden_gates.weight, lengths)
-        return model.head(embedded, mask, target, evolved, F.embedding(candidates, target_terms))
+        return model.head(embedded, mask, target, evolved)
 
 
 def export_dien(model: DIEN | DIENEnsemble, path: Path) -> Path:
