@@ -31,16 +31,20 @@ dimension is dynamic so the worker can score any number of clicks in one call (N
 dynamic too).
 
 A model trained on a GPU is exported from a CPU copy of its weights (`on_cpu`): the graph, and so the
-artifact and serving, are the same whatever device trained it.
+artifact and serving, are the same whatever device trained it. A graph whose weights pass `EXTERNAL_DATA_BYTES`
+(a retriever's item table at a few million items) keeps them beside it in `<graph>.onnx.data`, which the artifact's
+manifest lists and seals like every other file.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -57,6 +61,9 @@ NARM_QUERY_OUTPUTS = ("query",)
 DIEN_INPUTS = ("items", "lengths", "candidates")
 DIEN_OUTPUTS = ("scores",)
 OPSET = 17
+# protobuf stops a serialized graph at 2 GiB: a graph whose weights pass this keeps them beside it, in one file
+# (`external_data_file`), as a retriever's item table does at a few million items and hundreds of units
+EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def on_cpu(model: nn.Module) -> nn.Module:
@@ -135,20 +142,39 @@ def item_vectors(model: GRU4Rec | NARM) -> np.ndarray:
         return np.ascontiguousarray(table.detach().numpy(), dtype=np.float32)
 
 
+def external_data_file(path: Path) -> Path:
+    """Where the graph at `path` keeps its weights when they pass `EXTERNAL_DATA_BYTES`; onnxruntime finds it by
+    the name the graph records, relative to the graph's folder."""
+    return path.with_name(f"{path.name}.data")
+
+
 def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
             outputs: tuple[str, ...], dynamic_axes: dict[str, dict[int, str]]) -> Path:
-    with warnings.catch_warnings():
-        # Known, and checked by the parity tests (ONNX outputs equal torch's at several batch sizes): the
-        # TorchScript exporter is deprecated, but the torch.export-based one is far slower on these graphs
-        # (docs/experiments.md) and warns in turn; tracing nn.GRU warns about its own shape checks and about
-        # batch sizes other than 1; scripting DIEN's AUGRU loop (`evolve`) warns that TorchScript is deprecated.
-        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
-        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning, r"torch\.onnx\.")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn")
-        warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
-        torch.onnx.export(graph, example, str(path), input_names=list(inputs), output_names=list(outputs),
-                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+    data = external_data_file(path)
+    data.unlink(missing_ok=True)  # onnx appends to a data file that is there
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        exported = Path(scratch) / path.name
+        with warnings.catch_warnings():
+            # Known, and checked by the parity tests (ONNX outputs equal torch's at several batch sizes): the
+            # TorchScript exporter is deprecated, but the torch.export-based one is far slower on these graphs
+            # (docs/experiments.md) and warns in turn; tracing nn.GRU warns about its own shape checks and about
+            # batch sizes other than 1; scripting DIEN's AUGRU loop (`evolve`) warns that TorchScript is deprecated.
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
+                                    DeprecationWarning)
+            warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
+            warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning, r"torch\.onnx\.")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn")
+            warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
+            torch.onnx.export(graph, example, str(exported), input_names=list(inputs), output_names=list(outputs),
+                              dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+        # past 2 GiB the exporter writes each weight to a file of its own name beside the graph: in an artifact,
+        # two graphs' files of one name would overwrite each other, so they are gathered into the graph's own file
+        if len(list(Path(scratch).iterdir())) > 1 or exported.stat().st_size > EXTERNAL_DATA_BYTES:
+            onnx.save_model(onnx.load(str(exported)), str(path), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data.name)
+            data.chmod(0o644)  # onnx creates it readable by its owner alone
+        else:
+            exported.replace(path)
     return path
 
 

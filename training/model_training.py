@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.export import export_dien
+from models.export import export_dien, external_data_file
 from stream_app.inference.artifact_format import verify_artifact, weights_file
 from stream_app.inference.scoring import Scorer
 from training.data.click_log import ClickLog, EncodedSplit, Sessions
@@ -170,9 +170,10 @@ def published_retriever(artifact: Path, split: EncodedSplit) -> tuple[TrainedMod
 
     entry = verify_artifact(artifact)["models"][scorer.name]
     files = [entry["file"], *([entry["query_file"], entry["index"]["file"]] if "index" in entry else [])]
+    files += [data.name for graph in files if (data := external_data_file(source.with_name(graph))).is_file()]
 
     def export(path: Path) -> Path:
-        for name in files:  # the graph, and its query graph and index when the artifact has them
+        for name in files:  # the graph, and its query graph and index when the artifact has them, and their data
             shutil.copyfile(source.with_name(name), path.with_name(name))
         return path
     test = graph_retrieval(scorer, split.test)

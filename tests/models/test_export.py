@@ -5,7 +5,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.export import export_gru4rec_query, export_narm_query, item_vectors
+from models import export
+from models.export import export_gru4rec, export_gru4rec_query, export_narm_query, item_vectors
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from models.narm import NARM, NARMConfig
 
@@ -37,3 +38,31 @@ def test_narm_query_times_item_vectors_is_the_models_scores(tmp_path):
     with torch.no_grad():
         scores = model(items, lengths)
     np.testing.assert_allclose(query @ item_vectors(model).T, scores.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_graph_past_the_size_limit_keeps_its_weights_in_its_own_data_file(tmp_path, monkeypatch):
+    """Protobuf stops a graph at 2 GiB, and past it the exporter writes each weight to a file named after it, beside
+    the graph: two graphs of one artifact would overwrite each other's. Past `EXTERNAL_DATA_BYTES` each graph gets
+    one data file of its own, and serves what the single-file graph serves."""
+    torch.manual_seed(2)
+    model = GRU4Rec(GRU4RecConfig(n_items=300, layers=(24,)))
+    single = tmp_path / "single"
+    single.mkdir()
+    export_gru4rec(model, single / "g.onnx", top_k=10)
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    for _ in range(2):  # exported again over itself: the data file is rewritten, not appended to
+        export_gru4rec(model, beside / "g.onnx", top_k=10)
+        export_gru4rec_query(model, beside / "g_query.onnx")
+    assert sorted(p.name for p in beside.iterdir()) == ["g.onnx", "g.onnx.data", "g_query.onnx", "g_query.onnx.data"]
+    table_bytes = 300 * 24 * 4
+    assert (beside / "g.onnx").stat().st_size < table_bytes < (beside / "g.onnx.data").stat().st_size < 2 * table_bytes
+    hidden = np.random.default_rng(0).normal(size=(1, 3, 24)).astype(np.float32)
+    feed = {"item": np.array([3, 7, 299]), "hidden": hidden}
+    expected = ort.InferenceSession(str(single / "g.onnx")).run(None, feed)
+    for got, want in zip(ort.InferenceSession(str(beside / "g.onnx")).run(None, feed), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    query, _ = ort.InferenceSession(str(beside / "g_query.onnx")).run(None, feed)
+    np.testing.assert_allclose(np.sort(query @ item_vectors(model).T, axis=1)[:, ::-1][:, :10], expected[1],
+                               rtol=1e-5, atol=1e-5)
