@@ -41,7 +41,7 @@ import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_origin
+from typing import Any, get_origin, get_type_hints
 
 import pydantic
 import torch
@@ -78,12 +78,13 @@ PARAMS = {"gru4rec": GRU4RecTraining, "narm": NARMTraining, "dien": DIENTraining
 SETTINGS_OF = PARAMS | {name: baseline.params for name, baseline in BASELINES.items()}  # config tables
 
 
-def _flag_type(field: dataclasses.Field):
-    if get_origin(field.type) is tuple or "tuple" in str(field.type):
+def _flag_type(annotation: type):
+    """The flag's converter for a hyper-parameter of this type (resolved, bounds stripped: `get_type_hints`)."""
+    if get_origin(annotation) is tuple:
         return lambda text: tuple(int(x) for x in text.replace("/", ",").split(","))
-    if field.type in (bool, "bool"):
+    if annotation is bool:
         return lambda text: text.lower() in ("1", "true", "yes")
-    return {"int": int, "float": float, "str": str}.get(str(field.type), type(field.default))
+    return annotation
 
 
 def _field_notes(params: type) -> dict[str, str]:
@@ -122,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "retrains DIEN alone on a retriever that stays; the data must be the same")
     for model, params in PARAMS.items():
         group = parser.add_argument_group(f"{model} hyper-parameters (override the config file)")
-        notes = _field_notes(params)
+        notes, types = _field_notes(params), get_type_hints(params)
         for field in dataclasses.fields(params):
             group.add_argument(f"--{model}-{field.name.replace('_', '-')}", dest=f"{model}.{field.name}",
-                               type=_flag_type(field), default=None, choices=params.CHOICES.get(field.name),
+                               type=_flag_type(types[field.name]), default=None, choices=params.CHOICES.get(field.name),
                                metavar=None if field.name in params.CHOICES else field.name.upper(),
                                help=f"{notes.get(field.name, field.name.replace('_', ' '))} "
                                     f"(default: {readable(field.default).replace('%', '%%')})")

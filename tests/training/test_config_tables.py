@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.retrain import training_params
+from training.retrain import build_parser, training_params
 
 
 def config(tmp_path: Path, text: str) -> Path:
@@ -37,3 +37,16 @@ def test_an_unknown_setting_or_a_refused_value_ends_it_in_one_line(tmp_path: Pat
     with pytest.raises(SystemExit) as exit:
         training_params(table[1:table.index("]")], path)
     assert str(exit.value).startswith(f"{path}: {refusal}")
+
+
+def test_every_flag_reads_its_settings_type_whatever_its_default_looks_like() -> None:
+    """A flag converts by the field's declared type, bounds stripped: `--gru4rec-learning-rate 1` is the float 1.0
+    and `--dien-mlp 64,32` a tuple, not whatever type the default happens to have."""
+    args = vars(build_parser().parse_args([
+        "--gru4rec-learning-rate", "1", "--gru4rec-layers", "64/64", "--dien-mlp", "64,32", "--dien-refit", "no",
+        "--narm-dropout-embed", "0", "--dien-activation", "prelu", "--dien-batch-size", "32",
+    ]))
+    assert args["gru4rec.learning_rate"] == 1.0 and isinstance(args["gru4rec.learning_rate"], float)
+    assert args["gru4rec.layers"] == (64, 64) and args["dien.mlp"] == (64, 32) and args["dien.refit"] is False
+    assert isinstance(args["narm.dropout_embed"], float) and args["dien.batch_size"] == 32
+    assert args["dien.activation"] == "prelu"
