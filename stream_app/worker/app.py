@@ -335,11 +335,14 @@ async def serve_batch(events: Sequence[faust.EventT]) -> None:
             await refuse_click(event.message, InvalidClick(Reason.PROCESSING_ERROR, repr(exc)[:200]))
         return
     served.live_quality.observe(result.judgements)
-    last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
-    await write_states(result.states, last_event_of)
+    # the suggestions first: the changelog records are bookkeeping no click waits for, and both are handed to the
+    # producer before the batch's offsets can be committed (at least once either way)
     # stamped when the consumer hands the record over (monotonic clock: stream_app.worker.faust_adapter._Consumer)
     fetched_at = [event.message.time_in or started for _, event in clicks]
     await send_suggestions(result.suggestions, fetched_at)
+    await asyncio.sleep(0)  # the producer's sender may ship a full batch of them now
+    last_event_of = {sourced.click.session_id.encode(): event for sourced, event in clicks}
+    await write_states(result.states, last_event_of)
 
 
 @app.agent(clicks_topic)
