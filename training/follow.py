@@ -36,6 +36,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.events import InvalidClick, check_partition, parse_click
 from stream_app.kafka_security import aiokafka_client_kwargs
+from stream_app.partition_ends import partition_ends
 from stream_app.release.publish import gate_and_push
 from stream_app.release.store import ArtifactStore, StoreError
 from stream_app.settings import Settings, get_settings
@@ -203,7 +204,7 @@ class Follower:
             return {tp.partition: first[tp] for tp in tps}
         # a click's record is written after the click: no record before the cut-off time holds a newer click
         found = await consumer.offsets_for_times({tp: int(cutoff.after * 1000) for tp in tps})
-        ends = await consumer.end_offsets(tps)
+        ends = await partition_ends(consumer, tps, self.settings)  # none later: from the partition's end
         return {tp.partition: found[tp].offset if found[tp] is not None else ends[tp] for tp in tps}
 
     async def fetch(self, consumer: AIOKafkaConsumer) -> None:
