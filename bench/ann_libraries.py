@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from bench.stream_throughput import test_sessions
+from stream_app.inference import item_index
 from stream_app.inference.scoring import Scorer
 from stream_app.settings import get_settings
 
@@ -125,6 +126,24 @@ def faiss_ivf(lists_per_sqrt: int, probes: tuple[int, ...]) -> Candidate:
                      {f"nprobe={p}": search(p) for p in probes}, lambda index: faiss.serialize_index(index).nbytes)
 
 
+def served_ivf(probes: tuple[int, ...]) -> Candidate:
+    """The index the worker searches, built and searched as `stream_app.inference.item_index` does."""
+    def build(vectors: np.ndarray):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "items.faiss"
+            item_index.build(vectors, path)
+            return faiss.read_index(str(path))
+
+    def search(nprobe: int):
+        def run(index, queries):
+            padded = item_index.padded(queries, index.d)
+            return index.search(padded, TOP, params=faiss.SearchParametersIVF(nprobe=nprobe))[1]
+        return run
+
+    return Candidate("faiss IVF float16 codes, padded (served)", build,
+                     {f"nprobe={p}": search(p) for p in probes}, lambda index: faiss.serialize_index(index).nbytes)
+
+
 def hnswlib_hnsw(m: int, ef_construction: int, efs: tuple[int, ...]) -> Candidate:
     def build(vectors: np.ndarray):
         import hnswlib  # here: bench/big_catalogue.py borrows this module's vectors where hnswlib is not installed
@@ -149,6 +168,7 @@ def hnswlib_hnsw(m: int, ef_construction: int, efs: tuple[int, ...]) -> Candidat
 
 
 CANDIDATES = (
+    served_ivf((16, 64)),
     faiss_hnsw(32, 80, (128, 256)),
     hnswlib_hnsw(32, 80, (128, 256)),
     faiss_ivf(4, (16, 64)),
