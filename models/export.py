@@ -32,8 +32,8 @@ dynamic too).
 
 A model trained on a GPU is exported from a CPU copy of its weights (`on_cpu`): the graph, and so the
 artifact and serving, are the same whatever device trained it. A graph whose weights pass `EXTERNAL_DATA_BYTES`
-(a retriever's item table at a few million items) keeps them beside it in `<graph>.onnx.data`, which the artifact's
-manifest lists and seals like every other file.
+(a retriever's item table, from a few hundred thousand items) keeps them beside it in `<graph>.onnx.data`, which
+onnxruntime maps rather than reads and the artifact's manifest seals like every other file.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx.external_data_helper import set_external_data
 from torch import nn
 
 from models.dien import DIEN, DIENEnsemble, augru_first_step, augru_step
@@ -61,9 +62,12 @@ NARM_QUERY_OUTPUTS = ("query",)
 DIEN_INPUTS = ("items", "lengths", "candidates")
 DIEN_OUTPUTS = ("scores",)
 OPSET = 17
-# protobuf stops a serialized graph at 2 GiB: a graph whose weights pass this keeps them beside it, in one file
-# (`external_data_file`), as a retriever's item table does at a few million items and hundreds of units
-EXTERNAL_DATA_BYTES = 1 << 30
+# a graph whose weights pass this keeps them beside it, in one file (`external_data_file`), each weight on a page of
+# its own: onnxruntime then maps them from the file rather than copying them (an item table's rows no click reads stay
+# on disk, and the workers of one machine share the pages), and protobuf stops a serialized graph at 2 GiB
+EXTERNAL_DATA_BYTES = 64 << 20
+PAGE = 4096  # onnxruntime maps an external weight whose offset is a multiple of this, and copies any other
+INLINE_BYTES = 1024  # weights under this stay in the graph (biases, shapes)
 
 
 def on_cpu(model: nn.Module) -> nn.Module:
@@ -148,10 +152,26 @@ def external_data_file(path: Path) -> Path:
     return path.with_name(f"{path.name}.data")
 
 
+def _save_with_weights_beside(model: onnx.ModelProto, path: Path) -> None:
+    """`model` at `path`, its weights of `INLINE_BYTES` or more in `external_data_file(path)`, each from a `PAGE`
+    boundary."""
+    data = external_data_file(path)
+    with data.open("wb") as file:
+        for tensor in model.graph.initializer:
+            if len(tensor.raw_data) < INLINE_BYTES:
+                continue
+            file.write(bytes(-file.tell() % PAGE))
+            offset = file.tell()
+            file.write(tensor.raw_data)
+            set_external_data(tensor, data.name, offset, len(tensor.raw_data))
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.ClearField("raw_data")
+    onnx.save(model, str(path))
+
+
 def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
             outputs: tuple[str, ...], dynamic_axes: dict[str, dict[int, str]]) -> Path:
-    data = external_data_file(path)
-    data.unlink(missing_ok=True)  # onnx appends to a data file that is there
+    external_data_file(path).unlink(missing_ok=True)  # from an earlier export of a bigger graph
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         exported = Path(scratch) / path.name
         with warnings.catch_warnings():
@@ -167,12 +187,10 @@ def _export(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inp
             warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
             torch.onnx.export(graph, example, str(exported), input_names=list(inputs), output_names=list(outputs),
                               dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
-        # past 2 GiB the exporter writes each weight to a file of its own name beside the graph: in an artifact,
-        # two graphs' files of one name would overwrite each other, so they are gathered into the graph's own file
+        # past 2 GiB the exporter itself writes each weight to a file of its own name beside the graph: in an
+        # artifact two graphs' files of one name would overwrite each other, so they too go into the graph's own file
         if len(list(Path(scratch).iterdir())) > 1 or exported.stat().st_size > EXTERNAL_DATA_BYTES:
-            onnx.save_model(onnx.load(str(exported)), str(path), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data.name)
-            data.chmod(0o644)  # onnx creates it readable by its owner alone
+            _save_with_weights_beside(onnx.load(str(exported)), path)
         else:
             exported.replace(path)
     return path
