@@ -17,10 +17,13 @@ tuning; (b)-(d) take only its group timings, the default tuning (`DEFAULT_TUNING
     suggestion read back to the last, the server's CPU µs per click, and the worker's ratio to both
     (ratios within one repetition: the machine may be shared); with `--embedded-tuning` then a worker
     with the embedded broker's whole tuning, as the tests and the demo run it, and its ratio to the first;
-(c) latency at a fixed `--rate`: the worker's own time per click (p50/p99 of
-    nextclick_processing_latency_seconds, interpolated in its buckets) and click → suggestion read
-    back (end to end, through the broker's fetch wait); with `--embedded-tuning` also for that worker;
-(d) memory per active session: the worker's RSS growth from `--memory-sessions`/2 to `--memory-sessions`
+(c) latency at a fixed `--rate`, in a fresh worker on fresh topics after `WARM_UP_CLICKS` served as a
+    backlog (the embedded broker's cost per fetch grows with the length of the partition it reads, so on
+    (b)'s topics the figure would follow `--clicks`: docs/stream_performance.md): the worker's own time per
+    click (p50/p99 of nextclick_processing_latency_seconds, interpolated in its buckets) and click →
+    suggestion read back (end to end, through the broker's fetch wait); with `--embedded-tuning` also
+    for a worker with that tuning;
+(d) memory per active session, in (c)'s worker: its RSS growth from `--memory-sessions`/2 to `--memory-sessions`
     new sessions of one click each, against the raw state (hidden float32s and 4 bytes per kept item id); and a table of
     as many records holding 50 kept clicks each (the most the worker keeps by default), in this process;
 (e) the pause each rebalance causes: clicks at `--rebalance-rate` while a second worker joins, the first
@@ -76,6 +79,7 @@ from stream_app.settings import REPO_ROOT, Settings, get_settings
 
 BARE_LOOP = Path(__file__).with_name("bare_loop.py")
 KEPT_CLICKS = 50
+WARM_UP_CLICKS = 2_000  # served before (c): the worker's pools and onnxruntime's arena grown, the topics still short
 
 
 def parse_args() -> argparse.Namespace:
@@ -304,16 +308,15 @@ async def bare_loop_run(fields: dict, artifact: Path, clicks: list[LoggedClick],
             process[0].wait()
 
 
-async def worker_runs(args: argparse.Namespace, fields: dict, clicks: Iterator[LoggedClick], tag: str, log: Path,
-                      latency: bool, memory: bool) -> Served:
-    """A worker with `fields` serves a backlog (b), then if asked clicks at a rate (c) and new sessions (d)."""
+async def worker_runs(args: argparse.Namespace, fields: dict, backlog: list[LoggedClick], clicks: Iterator[LoggedClick],
+                      tag: str, log: Path, latency: bool, memory: bool) -> Served:
+    """A worker with `fields` serves `backlog` (b), then if asked clicks at a rate (c) and new sessions (d)."""
     worker = WorkerProcess(fields, log)
     settings = worker.settings
     await create_topics(settings, settings.clicks_topic, settings.recommendations_topic)
     pid = lambda: worker.process.pid
     try:
-        served, _ = await serve_backlog(settings, take(clicks, args.clicks, tag), worker.start, pid,
-                                        worker.check_alive)
+        served, _ = await serve_backlog(settings, backlog, worker.start, pid, worker.check_alive)
         if latency and args.rate_seconds > 0:
             await latency_run(args, worker, take(clicks, int(args.rate * args.rate_seconds), tag + "r"))
         if memory and args.memory_sessions > 0:
@@ -486,25 +489,36 @@ KAFKA_LIKE_FETCH_WAIT = 0.01
 
 async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Path, clicks: Iterator[LoggedClick],
                   tmp: Path, ort_rate: float) -> None:
+    serving = DEFAULT_TUNING | {"consumer_fetch_max_wait": args.fetch_max_wait}
     for repetition in range(args.repeat):
-        tag, last = uuid.uuid4().hex[:6], repetition == args.repeat - 1
+        tag = uuid.uuid4().hex[:6]
         batch = take(clicks, args.clicks, tag)
-        serving = DEFAULT_TUNING | {"consumer_fetch_max_wait": args.fetch_max_wait}
         bare_fields = run_fields(broker, artifact, f"bare-{tag}") | serving
         bare = await bare_loop_run(bare_fields, artifact, batch, tmp / "bare.log")
-        served = await worker_runs(args, run_fields(broker, artifact, f"worker-{tag}") | serving, clicks, tag,
-                                   tmp / f"worker-{tag}.log", latency=last, memory=last)
+        served = await worker_runs(args, run_fields(broker, artifact, f"worker-{tag}") | serving,
+                                   take(clicks, args.clicks, tag), clicks, tag, tmp / f"worker-{tag}.log",
+                                   latency=False, memory=False)
         print(f"(b) run {repetition + 1}: bare loop {bare.clicks_per_s:,.0f} clicks/s ({bare.cpu_us_per_click:.0f} µs"
               f" CPU/click); worker {served.clicks_per_s:,.0f} clicks/s ({served.cpu_us_per_click:.0f} µs CPU/click);"
               f" worker / bare loop {served.clicks_per_s / bare.clicks_per_s:.2f}"
               f" (CPU per click {bare.cpu_us_per_click / served.cpu_us_per_click:.2f});"
               f" worker / onnxruntime alone {served.clicks_per_s / ort_rate:.2f}", flush=True)
         if args.embedded_tuning:
-            embedded = await worker_runs(args, run_fields(broker, artifact, f"tansu-{tag}"), clicks, tag + "t",
-                                         tmp / f"tansu-{tag}.log", latency=last, memory=False)
+            embedded = await worker_runs(args, run_fields(broker, artifact, f"tansu-{tag}"),
+                                         take(clicks, args.clicks, tag + "t"), clicks, tag + "t",
+                                         tmp / f"tansu-{tag}.log", latency=False, memory=False)
             print(f"(b) run {repetition + 1}: worker with the embedded broker's tuning {embedded.clicks_per_s:,.0f}"
                   f" clicks/s ({embedded.cpu_us_per_click:.0f} µs CPU/click); embedded / default tuning"
                   f" {embedded.clicks_per_s / served.clicks_per_s:.2f}", flush=True)
+    if args.rate_seconds <= 0 and args.memory_sessions <= 0:
+        return
+    tag = uuid.uuid4().hex[:6]
+    await worker_runs(args, run_fields(broker, artifact, f"steady-{tag}") | serving, take(clicks, WARM_UP_CLICKS, tag),
+                      clicks, tag, tmp / f"steady-{tag}.log", latency=True, memory=True)
+    if args.embedded_tuning and args.rate_seconds > 0:
+        await worker_runs(args, run_fields(broker, artifact, f"tansu-steady-{tag}"),
+                          take(clicks, WARM_UP_CLICKS, tag + "t"), clicks, tag + "t", tmp / f"tansu-steady-{tag}.log",
+                          latency=True, memory=False)
 
 
 def main() -> None:
