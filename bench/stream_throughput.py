@@ -21,8 +21,9 @@ tuning; (b)-(d) take only its group timings, the default tuning (`DEFAULT_TUNING
     backlog (the embedded broker's cost per fetch grows with the length of the partition it reads, so on
     (b)'s topics the figure would follow `--clicks`: docs/stream_performance.md): the worker's own time per
     click (p50/p99 of nextclick_processing_latency_seconds, interpolated in its buckets) and click →
-    suggestion read back (end to end, through the broker's fetch wait); with `--embedded-tuning` also
-    for a worker with that tuning;
+    suggestion read back (end to end, through the broker's fetch wait), and the worker's CPU per click at that
+    rate (against (b)'s backlog: what each batch's fixed cost adds when clicks come a few at a time); with
+    `--embedded-tuning` also for a worker with that tuning;
 (d) memory per active session, in (c)'s worker: its RSS growth from `--memory-sessions`/2 to `--memory-sessions`
     new sessions of one click each, against the raw state (hidden float32s and 4 bytes per kept item id); and a table of
     as many records holding 50 kept clicks each (the most the worker keeps by default), in this process;
@@ -337,16 +338,17 @@ async def feed(settings: Settings, clicks: list[LoggedClick], schedule: list[flo
 
 
 async def latency_run(args: argparse.Namespace, worker: WorkerProcess, clicks: list[LoggedClick]) -> None:
-    before = processing_buckets(worker)
+    before, cpu_before = processing_buckets(worker), cpu_seconds(worker.process.pid)
     stats = await feed(worker.settings, clicks, rate_schedule(len(clicks), args.rate), worker.check_alive)
-    after = processing_buckets(worker)
+    after, cpu_used = processing_buckets(worker), cpu_seconds(worker.process.pid) - cpu_before
     own = "not exported" if not after else "p50 {:.2f} ms, p99 {:.2f} ms".format(
         *(1000 * q for q in histogram_quantiles(before, after, 0.5, 0.99))
     )
     e50, e99 = (1000 * q for q in percentiles(stats.latencies, 50, 99))
     tuning = f"fetch wait {worker.settings.consumer_fetch_max_wait} s, {worker.settings.broker_end_offsets} ends"
     print(f"(c) {len(clicks)} clicks at {args.rate:.0f} clicks/s ({tuning}): the worker's own time per click {own};"
-          f" click -> suggestion read back p50 {e50:.1f} ms, p99 {e99:.1f} ms", flush=True)
+          f" click -> suggestion read back p50 {e50:.1f} ms, p99 {e99:.1f} ms;"
+          f" {1e6 * cpu_used / len(clicks):.0f} µs CPU per click", flush=True)
 
 
 async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None:
