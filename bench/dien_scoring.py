@@ -112,5 +112,6 @@ def retrieved(artifact: Path, split: EncodedSplit, items: np.ndarray, lengths: n
     hidden = scorer.rebuild_hidden([history[:-1] for history in histories]) if scorer.stateful else None
     return scorer.score(np.array([history[-1] for history in histories]), hidden, histories).top_items[:, :n]
 
+
 if __name__ == "__main__":
     main()
