@@ -1,14 +1,15 @@
 """What the embedded broker (Tansu, memory storage) costs as its partitions grow, with no worker at all.
 
     PYTHONPATH=. python bench/embedded_broker_cost.py [--rate 1000] [--seconds 30] [--partitions 4]
-        [--fetch-max-wait 0.01] [--no-consumer]
+        [--fetch-max-wait 0.01] [--linger-ms 0] [--no-consumer]
 
-One aiokafka producer sends records of a click's size at a steady `--rate` (one request per record, as the
-benches' load generators do) to a fresh topic; one consumer reads them with `--fetch-max-wait`. Prints, per
+One aiokafka producer sends records of a click's size at a steady `--rate` (one batch per record unless
+`--linger-ms` lets it wait for more) to a fresh topic; one consumer reads them with `--fetch-max-wait`. Prints, per
 window, the broker's CPU (ms per second of wall time) beside how many records each partition holds, then the
 produce acknowledgement times and what the consumer saw: records per fetched batch and each record's age when
 it was handed over. A broker whose cost per fetch grew with the length of the partition it reads shows CPU
-rising with the records held at a steady rate; `--no-consumer` shows the produces alone. Why it matters: the
+rising with the records held at a steady rate; fewer, fuller batches (`--linger-ms`) show whether it grows
+with the batches held rather than the records; `--no-consumer` shows the produces alone. Why it matters: the
 worker benches share the machine's cores with this broker (docs/stream_performance.md).
 """
 
@@ -37,7 +38,7 @@ async def run(args: argparse.Namespace, broker: EmbeddedBroker) -> None:
     await admin.start()
     await admin.create_topics([NewTopic(topic, args.partitions, 1)])
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=args.linger_ms)
     consumer = None if args.no_consumer else AIOKafkaConsumer(
         topic, bootstrap_servers=servers, auto_offset_reset="earliest",
         fetch_max_wait_ms=int(args.fetch_max_wait * 1000),
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--fetch-max-wait", type=float, default=KAFKA_LIKE_FETCH_WAIT)
     parser.add_argument("--window", type=float, default=5.0, help="seconds per printed CPU figure")
+    parser.add_argument("--linger-ms", type=int, default=0, help="the producer's wait to fill a batch")
     parser.add_argument("--no-consumer", action="store_true", help="the produces alone")
     args = parser.parse_args()
     print(machine_line())

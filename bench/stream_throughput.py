@@ -81,6 +81,7 @@ from stream_app.settings import REPO_ROOT, Settings, get_settings
 BARE_LOOP = Path(__file__).with_name("bare_loop.py")
 KEPT_CLICKS = 50
 WARM_UP_CLICKS = 2_000  # served before (c): the worker's pools and onnxruntime's arena grown, the topics still short
+SENT_LATE = 0.005  # s behind its schedule: a click (c) counts as sent late, in a burst with those it waited for
 
 
 def parse_args() -> argparse.Namespace:
@@ -90,6 +91,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=2_000, help="sessions interleaved")
     parser.add_argument("--repeat", type=int, default=2, help="bare loop + worker runs, alternating")
     parser.add_argument("--rate", type=float, default=1_000.0, help="clicks/s of the latency run")
+    parser.add_argument("--client-linger-ms", type=int, default=5,
+                        help="the latency run's click producer linger (5: librdkafka's and Kafka 4's clients' default)")
     parser.add_argument("--rate-seconds", type=float, default=15.0, help="length of the latency run")
     parser.add_argument("--memory-sessions", type=int, default=200_000, help="sessions of the memory run")
     parser.add_argument("--rebalance-rate", type=float, default=200.0, help="clicks/s of the rebalance run")
@@ -329,26 +332,32 @@ async def worker_runs(args: argparse.Namespace, fields: dict, backlog: list[Logg
         worker.stop()
 
 
-async def feed(settings: Settings, clicks: list[LoggedClick], schedule: list[float] | None, alive) -> OnlineStats:
-    """Send `clicks` (on `schedule`, or as fast as possible) and wait until each has its suggestion."""
-    async with clients(settings, linger_ms=0 if schedule else 5) as (producer, stats):
-        await send_clicks(producer, settings.clicks_topic, clicks, schedule, stats.clicked)
+async def feed(settings: Settings, clicks: list[LoggedClick], schedule: list[float] | None, alive,
+               linger_ms: int = 5) -> tuple[OnlineStats, list[float]]:
+    """Send `clicks` (on `schedule`, or as fast as possible) and wait until each has its suggestion; with how
+    late each click left (`send_clicks`)."""
+    async with clients(settings, linger_ms=linger_ms) as (producer, stats):
+        lateness = await send_clicks(producer, settings.clicks_topic, clicks, schedule, stats.clicked)
         await wait_answered(stats, len(clicks), alive)
-        return stats
+        return stats, lateness
 
 
 async def latency_run(args: argparse.Namespace, worker: WorkerProcess, clicks: list[LoggedClick]) -> None:
     before, cpu_before = processing_buckets(worker), cpu_seconds(worker.process.pid)
-    stats = await feed(worker.settings, clicks, rate_schedule(len(clicks), args.rate), worker.check_alive)
+    stats, lateness = await feed(worker.settings, clicks, rate_schedule(len(clicks), args.rate), worker.check_alive,
+                                 args.client_linger_ms)
     after, cpu_used = processing_buckets(worker), cpu_seconds(worker.process.pid) - cpu_before
     own = "not exported" if not after else "p50 {:.2f} ms, p99 {:.2f} ms".format(
         *(1000 * q for q in histogram_quantiles(before, after, 0.5, 0.99))
     )
     e50, e99 = (1000 * q for q in percentiles(stats.latencies, 50, 99))
-    tuning = f"fetch wait {worker.settings.consumer_fetch_max_wait} s, {worker.settings.broker_end_offsets} ends"
+    l99, late = 1000 * percentiles(lateness, 99)[0], sum(behind > SENT_LATE for behind in lateness)
+    tuning = (f"fetch wait {worker.settings.consumer_fetch_max_wait} s, {worker.settings.broker_end_offsets} ends,"
+              f" clicks sent with {args.client_linger_ms} ms linger")
     print(f"(c) {len(clicks)} clicks at {args.rate:.0f} clicks/s ({tuning}): the worker's own time per click {own};"
           f" click -> suggestion read back p50 {e50:.1f} ms, p99 {e99:.1f} ms;"
-          f" {1e6 * cpu_used / len(clicks):.0f} µs CPU per click", flush=True)
+          f" {1e6 * cpu_used / len(clicks):.0f} µs CPU per click; the sender behind its schedule p99 {l99:.1f} ms,"
+          f" max {1000 * max(lateness):.1f} ms, {late} clicks over {1000 * SENT_LATE:.0f} ms", flush=True)
 
 
 async def memory_run(worker: WorkerProcess, sessions: list[LoggedClick]) -> None:
