@@ -9,6 +9,7 @@ import torch
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from tests.real_slices import yoochoose_slice
 from training.evaluation.evaluate import evaluate
+from training.trainers import device
 from training.trainers.gru4rec import GRU4RecTrainer, GRU4RecTraining, train_gru4rec
 from training.trainers.optim import AdagradMomentum
 
@@ -37,7 +38,8 @@ def test_written_out_gru_step_equals_torch_gru_cell():
 
 
 @pytest.mark.training
-def test_bfloat16_matmuls_train_like_float32_and_keep_float32_state():
+def test_bfloat16_matmuls_train_like_float32_and_keep_float32_state(monkeypatch):
+    monkeypatch.setattr(device, "cpu_bfloat16_matmuls", lambda: True)  # bfloat16 even where the CPU emulates it
     train, test, _, popularity = yoochoose_slice()
     runs = {}
     for precision in ("float32", "bfloat16"):
@@ -49,6 +51,7 @@ def test_bfloat16_matmuls_train_like_float32_and_keep_float32_state():
     assert not torch.equal(bf16_model.output_weights, fp32_model.output_weights)  # bfloat16 really ran
     metrics, baseline = evaluate(bf16_model, popularity, test, name="bfloat16")
     assert metrics.recall[20] > 2 * baseline.recall[20]
+
 
 
 def test_unknown_matmul_precision_is_refused():

@@ -7,8 +7,9 @@ from stream_app.settings import get_settings
 from tests.real_slices import yoochoose_slice
 from training import retrain
 from training.data.session_batches import _host_steps, _on_device
+from training.trainers import device
 from training.trainers.device import module_device, training_device
-from training.trainers.gru4rec import GRU4RecTrainer, GRU4RecTraining
+from training.trainers.gru4rec import GRU4RecTrainer, GRU4RecTraining, train_gru4rec
 
 
 @pytest.fixture
@@ -69,3 +70,22 @@ def test_an_explicit_cpu_trains_the_default_weights():
     assert module_device(explicit) == torch.device("cpu")
     for a, b in zip(default.parameters(), explicit.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.training
+def test_bfloat16_on_a_cpu_without_it_trains_in_float32(monkeypatch):
+    """An AVX2-only CPU emulates bfloat16 products many times slower than float32: the config's choice gives way."""
+    monkeypatch.setattr(device, "cpu_bfloat16_matmuls", lambda: False)
+    train, _, _, popularity = yoochoose_slice()
+    small = dict(layers=(32,), batch_size=32, n_sample=64, n_epochs=1)
+    fp32_model, _ = train_gru4rec(train, popularity, GRU4RecTraining(**small), progress=False)
+    with pytest.warns(UserWarning, match="this CPU has no bfloat16"):
+        model, _ = train_gru4rec(train, popularity, GRU4RecTraining(matmul_precision="bfloat16", **small),
+                                 progress=False)
+    for a, b in zip(fp32_model.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_cpu_bfloat16_probe_is_where_torch_keeps_it():
+    """`cpu_bfloat16_matmuls` asks a torch op that is not public API: an upgrade that moves it fails here first."""
+    assert isinstance(device.cpu_bfloat16_matmuls(), bool)

@@ -41,12 +41,30 @@ def module_device(module: Any) -> torch.device:
     return CPU
 
 
-def bfloat16_autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
-    """bfloat16 matrix products (float32 accumulation) on `device` when `enabled`; a GPU without bfloat16
-    (before Ampere) stays in float32."""
-    if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+def cpu_bfloat16_matmuls() -> bool:
+    """Whether oneDNN runs bfloat16 matrix products on this CPU (AVX512 or AMX on x86, BF16 on Arm). Elsewhere
+    (an AVX2-only CPU) torch's bfloat16 products take a path many times slower than float32 ones. torch has
+    no public probe for it: this is the one its own tests use (tests/training/test_device.py checks it exists)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bfloat16_matmuls(device: torch.device, wanted: bool) -> bool:
+    """Whether `matmul_precision='bfloat16'` (`wanted`) runs in bfloat16 on `device`: a GPU without it (before
+    Ampere) or a CPU without it (`cpu_bfloat16_matmuls`) trains in float32 instead, with a warning."""
+    if not wanted:
+        return False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         warnings.warn("this GPU has no bfloat16: matmul_precision='bfloat16' trains in float32", stacklevel=2)
-        enabled = False
+        return False
+    if device.type == "cpu" and not cpu_bfloat16_matmuls():
+        warnings.warn("this CPU has no bfloat16 matrix products (AVX512 or AMX): matmul_precision='bfloat16' "
+                      "trains in float32, many times faster here", stacklevel=2)
+        return False
+    return True
+
+
+def bfloat16_autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
+    """bfloat16 matrix products (float32 accumulation) on `device` when `enabled` (`bfloat16_matmuls`)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

@@ -41,7 +41,7 @@ from models.gru4rec import GRU4Rec, GRU4RecConfig
 from training.data.click_log import Sessions
 from training.data.session_batches import apply_resets, session_parallel_steps
 from training.progress import EpochCallback, EpochProgress, TrainingHistory
-from training.trainers.device import CPU, bfloat16_autocast, rng_state, set_rng_state
+from training.trainers.device import CPU, bfloat16_autocast, bfloat16_matmuls, rng_state, set_rng_state
 from training.trainers.losses import make_loss
 from training.trainers.optim import AdagradMomentum
 from training.trainers.params import Dropout, TrainingParams
@@ -109,6 +109,7 @@ class GRU4RecTrainer:
         self.log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0)).to(device)
         self.history = TrainingHistory()
         self.rng_state = rng_state(device)  # dropout's stream, this training's own across `fit` calls
+        self.bfloat16 = bfloat16_matmuls(device, params.matmul_precision == "bfloat16")
 
     def fit(self, sessions: Sessions, n_epochs: int, progress: bool = True,
             on_epoch: EpochCallback | None = None) -> GRU4Rec:
@@ -130,7 +131,7 @@ class GRU4RecTrainer:
                                                                    params.logq, params.sample_alpha)
                 rows = model.gather_rows(step.items, candidates)
                 optimiser.zero_grad()
-                with bfloat16_autocast(self.device, params.matmul_precision == "bfloat16"):
+                with bfloat16_autocast(self.device, self.bfloat16):
                     scores, hidden = model.score_candidates(rows, hidden)
                 loss = self.loss_fn(scores, log_sampling_prob) / params.batch_size
                 loss.backward()
