@@ -62,7 +62,8 @@ def metrics_record(data: RetrainData, trained: TrainedModels, rows: list[Ranking
         "results": {m.name: m.to_dict() for m in rows},
         "two_stage": trained.two_stage,
         "stages": clock.stages,
-        "training": {name: {"epochs": epochs_record(t.history)} for name, t in trained.models.items() if t.history}
+        "training": {name: {"epochs": epochs_record(t.history), "matmul_precision": t.history.matmul_precision}
+                     for name, t in trained.models.items() if t.history}
                     | {"threads": torch.get_num_threads(), "lanes": plan.lanes, "device": str(plan.device)},
         "data": {
             "train_source": train_log.source, "test_source": data.test_log.source,

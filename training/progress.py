@@ -42,6 +42,7 @@ class TrainingHistory:
     curve_events: list[int] = field(default_factory=list)  # events seen so far, at each curve point
     curve_loss: list[float] = field(default_factory=list)  # mean loss per event since the previous point
     optimiser_state: dict | None = None  # where the optimiser ended (`training.trainers.warm_state`)
+    matmul_precision: str = "float32"  # what the products ran in: a config's bfloat16 where the device has it
 
 
 class TrainingDiverged(RuntimeError):

@@ -49,6 +49,7 @@ def test_bfloat16_matmuls_train_like_float32_and_keep_float32_state(monkeypatch)
     assert all(p.dtype == torch.float32 for p in bf16_model.parameters())
     assert bf16_history.epochs[0].loss == pytest.approx(fp32_history.epochs[0].loss, rel=0.01)
     assert not torch.equal(bf16_model.output_weights, fp32_model.output_weights)  # bfloat16 really ran
+    assert (bf16_history.matmul_precision, fp32_history.matmul_precision) == ("bfloat16", "float32")
     metrics, baseline = evaluate(bf16_model, popularity, test, name="bfloat16")
     assert metrics.recall[20] > 2 * baseline.recall[20]
 

@@ -80,8 +80,9 @@ def test_bfloat16_on_a_cpu_without_it_trains_in_float32(monkeypatch):
     small = dict(layers=(32,), batch_size=32, n_sample=64, n_epochs=1)
     fp32_model, _ = train_gru4rec(train, popularity, GRU4RecTraining(**small), progress=False)
     with pytest.warns(UserWarning, match="this CPU has no bfloat16"):
-        model, _ = train_gru4rec(train, popularity, GRU4RecTraining(matmul_precision="bfloat16", **small),
-                                 progress=False)
+        model, history = train_gru4rec(train, popularity, GRU4RecTraining(matmul_precision="bfloat16", **small),
+                                       progress=False)
+    assert history.matmul_precision == "float32"  # what metrics.json records as run
     for a, b in zip(fp32_model.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -154,6 +154,7 @@ def test_warm_started_retriever_continues_diens_fold_retriever_on_every_session(
     metrics = json.loads((out / "metrics.json").read_text())
     epochs = metrics["training"]["gru4rec"]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2]
+    assert {metrics["training"][m]["matmul_precision"] for m in ("gru4rec", "dien")} == {"float32"}
     assert epochs[0]["events"] < 0.85 * epochs[1]["events"]  # the fold saw the earlier sessions, the next epoch all
     stages = [stage["name"] for stage in metrics["stages"]]
     assert stages.index("dien's training candidates (fold gru4rec training included)") \

@@ -107,9 +107,9 @@ class GRU4RecTrainer:
             self.sampler = PopularitySampler(popularity, params.n_sample, params.sample_alpha, seed=params.seed,
                                              device=device)
         self.log_popularity = torch.log(torch.as_tensor(popularity, dtype=torch.float32).clamp_min(1.0)).to(device)
-        self.history = TrainingHistory()
         self.rng_state = rng_state(device)  # dropout's stream, this training's own across `fit` calls
         self.bfloat16 = bfloat16_matmuls(device, params.matmul_precision == "bfloat16")
+        self.history = TrainingHistory(matmul_precision="bfloat16" if self.bfloat16 else "float32")
 
     def fit(self, sessions: Sessions, n_epochs: int, progress: bool = True,
             on_epoch: EpochCallback | None = None) -> GRU4Rec:
