@@ -52,6 +52,7 @@ from bench.stream_throughput import (
 from devtools.click_replay import WorkerProcess
 from devtools.embedded_broker import EmbeddedBroker
 from devtools.machine import machine_line
+from devtools.stopping import unwind_on_sigterm
 from models.checkpoint import load_checkpoint
 from stream_app.inference.artifact_format import MANIFEST
 from stream_app.inference.scoring import Scorer
@@ -125,6 +126,7 @@ async def worker_rate(broker: EmbeddedBroker, artifact: Path, mode: str, provide
 
 
 def main() -> None:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--sizes", type=int, nargs="+", default=[43_097, 250_000, 1_000_000])

@@ -55,6 +55,7 @@ from devtools.catalogue_flips import catalogue_record, flips_under_load
 from devtools.click_replay import WorkerProcess, kafka_producer
 from devtools.embedded_broker import EmbeddedBroker, free_port
 from devtools.machine import machine_line
+from devtools.stopping import unwind_on_sigterm
 from stream_app.inference.catalogue import Catalogue
 from stream_app.inference.catalogue_records import parse_item_record
 from stream_app.inference.events import Click
@@ -238,6 +239,7 @@ def flip_run(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path, clicks
 
 
 def main() -> None:
+    unwind_on_sigterm()
     args = parse_args()
     settings = get_settings()
     scorer = Scorer(args.artifact)

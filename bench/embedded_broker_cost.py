@@ -28,6 +28,7 @@ from bench.stream_throughput import KAFKA_LIKE_FETCH_WAIT, cpu_seconds
 from devtools.click_replay import percentiles
 from devtools.embedded_broker import EmbeddedBroker
 from devtools.machine import machine_line
+from devtools.stopping import unwind_on_sigterm
 
 RECORD_PADDING = 120  # bytes beside the timestamp: about a click event's JSON
 
@@ -100,6 +101,7 @@ async def run(args: argparse.Namespace, broker: EmbeddedBroker) -> None:
 
 
 def main() -> None:
+    unwind_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=1_000.0, help="records per second")
     parser.add_argument("--seconds", type=float, default=30.0)

@@ -51,6 +51,7 @@ from devtools.embedded_broker import DURABLE_WORKER_TUNING, EmbeddedBroker
 from devtools.fault_load import Account, Fault, Message, click_messages, run_load
 from devtools.machine import machine_line
 from devtools.s3_store import S3Store
+from devtools.stopping import unwind_on_sigterm
 from stream_app.inference.artifact_format import verify_artifact
 from stream_app.release.publish import promote_and_announce
 from stream_app.release.store import ArtifactStore
@@ -292,6 +293,7 @@ def report(rows: list[Row]) -> None:
 
 
 def main() -> None:
+    unwind_on_sigterm()
     args = parse_args()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the bench's own clients: the faults are on purpose
     settings = get_settings()

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from devtools.click_replay import WorkerProcess
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.stopping import unwind_on_sigterm
 from stream_app.kafka_security import aiokafka_client_kwargs
 from stream_app.release.store import ArtifactStore
 from stream_app.settings import Settings
@@ -104,6 +105,7 @@ async def end_to_end(args: argparse.Namespace, worker: WorkerProcess, settings: 
 
 
 def main() -> None:
+    unwind_on_sigterm()
     args = parse_args()
     _, test = load_dataset(args.dataset)
     new, held_out = first_clicks(test, args.clicks)

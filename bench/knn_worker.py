@@ -59,6 +59,7 @@ from devtools.artifact_versions import edit_manifest, renamed
 from devtools.click_replay import LoggedClick, WorkerProcess, kafka_producer, send_clicks
 from devtools.embedded_broker import EmbeddedBroker
 from devtools.machine import machine_line
+from devtools.stopping import unwind_on_sigterm
 from stream_app.inference.artifact_format import MANIFEST, METRICS
 from stream_app.inference.served_pipeline import ServingPipeline
 from stream_app.kafka_security import aiokafka_client_kwargs
@@ -208,6 +209,7 @@ async def measure(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -
 
 
 def main() -> None:
+    unwind_on_sigterm()
     args = parse_args()
     print(machine_line(f"index {args.index_sessions:,} sessions, {args.clicks:,} test clicks per pipeline"))
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:

@@ -41,6 +41,7 @@ from devtools.click_replay import (
 from devtools.demo import QUICK_EPOCHS, demo_artifact, train_quick_artifact
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from devtools.machine import machine_line
+from devtools.stopping import unwind_on_sigterm
 from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.inference.scoring import Scorer
 from stream_app.release.publish import promote_and_announce
@@ -205,6 +206,7 @@ def report(
 
 
 def main() -> None:
+    unwind_on_sigterm()
     args = parse_args()
     settings = get_settings()
     old_folder, new_folder = demo_artifact(settings, QUICK_EPOCHS), second_model(settings)

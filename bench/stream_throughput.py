@@ -71,6 +71,7 @@ from devtools.click_replay import (
 from devtools.demo import QUICK_EPOCHS, demo_artifact
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
 from devtools.machine import machine_line
+from devtools.stopping import unwind_on_sigterm
 from stream_app.inference.artifact_format import METRICS
 from stream_app.inference.scoring import Scorer
 from stream_app.inference.served_pipeline import served_scorer
@@ -533,6 +534,7 @@ async def measure(args: argparse.Namespace, broker: EmbeddedBroker, artifact: Pa
 
 
 def main() -> None:
+    unwind_on_sigterm()
     args = parse_args()
     settings = get_settings()
     artifact = args.artifact or demo_artifact(settings, QUICK_EPOCHS)

@@ -51,6 +51,7 @@ from devtools.click_replay import (
     suggestion_consumer,
 )
 from devtools.embedded_broker import TANSU_WORKER_TUNING, EmbeddedBroker, free_port
+from devtools.stopping import unwind_on_sigterm
 from stream_app.cli_help import HelpFormatter
 from stream_app.inference.artifact_format import ArtifactError, verify_artifact
 from stream_app.release.store import ArtifactStore
@@ -425,6 +426,7 @@ def wait_serving(worker: WorkerProcess, version: str, timeout: float = 60.0) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    unwind_on_sigterm()
     try:
         return run(build_parser().parse_args(argv), time.monotonic())
     except KeyboardInterrupt:  # before the replay started: the with-blocks stopped everything
