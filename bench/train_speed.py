@@ -19,7 +19,6 @@ from training.data.click_log import EncodedSplit
 from training.data.datasets import dataset_names, load_dataset
 from training.evaluation.evaluate import evaluate, format_table
 from training.retrain import training_params
-from training.trainers.device import CPU, bfloat16_matmuls
 from training.trainers.gru4rec import train_gru4rec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,10 +49,9 @@ def main() -> None:
     model, history = train_gru4rec(train, popularity, params, progress=False)
     total = time.perf_counter() - started
 
-    precision = "bfloat16" if bfloat16_matmuls(CPU, params.matmul_precision == "bfloat16") else "float32"
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"data: {args.dataset}, {train.n_clicks - train.n_sessions:,} training events per epoch, "
-          f"{len(split.item_map):,} items; settings: {args.config.name}, {precision} matmuls")
+          f"{len(split.item_map):,} items; settings: {args.config.name}, {history.matmul_precision} matmuls")
     for epoch in history.epochs:
         print(f"epoch {epoch.epoch}: {epoch.events_per_second:,.0f} events/s, {epoch.seconds:.1f} s, "
               f"loss {epoch.loss:.4f}")
